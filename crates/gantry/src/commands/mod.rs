@@ -1,0 +1,15 @@
+//! One module per command group. Each exposes its clap arguments and a `run` function
+//! returning the process exit code.
+
+pub mod install;
+
+/// Shown under `gantry --help`: the command groups that are planned but not built yet,
+/// so nobody mistakes them for working commands.
+pub const PLANNED: &str = "\
+Planned, not yet available:
+  run        run the controllers (sources, kustomizations, images, notifications)
+  build      render a Kustomization offline, exactly as it would be applied
+  diff       show what a Kustomization would change in the cluster
+  image      test tag policies and setter markers offline, list a registry's tags
+  get, tree  what Gantry manages and how healthy it is
+  sandbox    a complete local pipeline: cluster, registry, git server, Gantry";

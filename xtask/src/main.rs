@@ -1,0 +1,260 @@
+//! Developer tasks for Gantry, run as `cargo xtask <task>`.
+//!
+//! - `cluster up|down|status`: a real local Kubernetes control plane (see `cluster`).
+//! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
+
+mod cluster;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Gantry's developer tasks")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Use this existing cluster (kind, k3d, a real one) instead of the local control plane;
+    /// nothing is built or started.
+    #[arg(long, global = true, env = "GANTRY_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Where the local control plane keeps its certificates, data and logs.
+    #[arg(long, global = true, env = "GANTRY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Where built binaries and Go's caches are kept between runs.
+    #[arg(long, global = true, env = "GANTRY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Manage the local Kubernetes control plane.
+    #[command(subcommand)]
+    Cluster(ClusterTask),
+    /// Run the whole test suite against a control plane, starting one if needed.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterTask {
+    /// Build what is missing, start the control plane and wait until it is ready.
+    Up(UpArgs),
+    /// Stop every process of the control plane and remove its state.
+    Down,
+    /// Say what runs.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Port for kube-apiserver (default: a free one).
+    #[arg(long)]
+    apiserver_port: Option<u16>,
+    /// Port for etcd's clients (default: a free one).
+    #[arg(long)]
+    etcd_port: Option<u16>,
+    /// etcd's data directory (default: inside the state directory).
+    #[arg(long)]
+    etcd_data_dir: Option<PathBuf>,
+    /// How many kwok nodes to create.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Leave the control plane running afterwards (it is always left running if it was already).
+    #[arg(long)]
+    keep_cluster: bool,
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let paths = paths(&cli.global)?;
+    let versions = cluster::Versions::from_env();
+    match cli.task {
+        Task::Cluster(ClusterTask::Up(args)) => {
+            if let Some(kubeconfig) = &cli.global.kubeconfig {
+                use_existing(kubeconfig)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = cluster::UpOptions {
+                etcd_port: args.etcd_port,
+                apiserver_port: args.apiserver_port,
+                etcd_data_dir: args.etcd_data_dir,
+                nodes: args.nodes,
+            };
+            cluster::up(&paths, &versions, &opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Cluster(ClusterTask::Down) => {
+            if cli.global.kubeconfig.is_some() {
+                eprintln!("Using an existing cluster (GANTRY_KUBECONFIG): nothing to stop.");
+            } else {
+                cluster::down(&paths)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Cluster(ClusterTask::Status) => {
+            if let Some(kubeconfig) = &cli.global.kubeconfig {
+                use_existing(kubeconfig)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(if cluster::status(&paths) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Task::Test(args) => test(&cli.global, &paths, &versions, &args),
+    }
+}
+
+fn use_existing(kubeconfig: &Path) -> Result<()> {
+    if !cluster::api_ready(kubeconfig) {
+        bail!(
+            "the cluster in {} is not reachable or not ready (GET /readyz failed)",
+            kubeconfig.display()
+        );
+    }
+    println!(
+        "Using the existing cluster in {} (nothing built or started).",
+        kubeconfig.display()
+    );
+    Ok(())
+}
+
+/// Brings the control plane up if needed, runs `cargo test` for the whole workspace against
+/// it, and brings it down again if this run started it, also on Ctrl-C.
+fn test(
+    global: &Global,
+    paths: &cluster::Paths,
+    versions: &cluster::Versions,
+    args: &TestArgs,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let (kubeconfig, ours) = match &global.kubeconfig {
+        Some(kubeconfig) => {
+            use_existing(kubeconfig)?;
+            (kubeconfig.clone(), false)
+        }
+        None => {
+            let was_running = cluster::status_quiet(paths);
+            let record = cluster::up(paths, versions, &cluster::UpOptions::default())?;
+            (record.kubeconfig, !was_running && !args.keep_cluster)
+        }
+    };
+    eprintln!("Control plane ready after {:.0?}; running the test suite.", started.elapsed());
+
+    // Ctrl-C reaches `cargo test` too (same process group); we only need to survive it to clean up.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _signals = watch_signals(interrupted.clone());
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let tests_started = Instant::now();
+    let status = Command::new(cargo)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(&args.cargo_args)
+        .env("GANTRY_KUBECONFIG", &kubeconfig)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo test");
+    eprintln!("Test suite took {:.0?}.", tests_started.elapsed());
+
+    if ours {
+        cluster::down(paths)?;
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    let status = status?;
+    eprintln!("cargo xtask test finished in {:.0?}.", started.elapsed());
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Replaces the default "terminate" action of SIGINT and SIGTERM with setting `flag`, so the
+/// cluster can still be stopped. The returned runtime must live as long as that is wanted.
+fn watch_signals(flag: Arc<AtomicBool>) -> Option<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .ok()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let _ = ready_tx.send(());
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let _ = ready_rx.recv();
+    Some(runtime)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn paths(global: &Global) -> Result<cluster::Paths> {
+    let state = match &global.state_dir {
+        Some(dir) => dir.clone(),
+        None => workspace_root().join("target/gantry-cluster"),
+    };
+    let cache = match &global.cache_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set")?;
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(home).join(".cache"));
+            base.join("gantry")
+        }
+    };
+    // Absolute paths: they are written into kubeconfigs and used to recognise our processes.
+    Ok(cluster::Paths {
+        state: std::path::absolute(state)?,
+        cache: std::path::absolute(cache)?,
+    })
+}
