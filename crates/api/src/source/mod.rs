@@ -1,0 +1,3 @@
+//! `source.toolkit.fluxcd.io`: where manifests come from.
+
+pub mod v1;
