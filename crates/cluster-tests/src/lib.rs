@@ -1,0 +1,1 @@
+//! See `tests/`: every test here needs a Kubernetes API server.
