@@ -7,11 +7,15 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub mod kustomize;
 pub mod meta;
 mod schema;
 pub mod source;
 
 /// Every CRD Gantry serves, in the order they should be installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![source::v1::GitRepository::crd()]
+    vec![
+        source::v1::GitRepository::crd(),
+        kustomize::v1::Kustomization::crd(),
+    ]
 }

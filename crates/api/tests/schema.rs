@@ -49,7 +49,7 @@ fn flatten(path: &str, node: &Value, out: &mut BTreeMap<String, Value>) {
     for (key, value) in object {
         if FACTS.contains(&key.as_str()) {
             let value = if key == "required" {
-                let mut names: Vec<_> = value.as_array().unwrap().iter().cloned().collect();
+                let mut names: Vec<_> = value.as_array().unwrap().to_vec();
                 names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
                 Value::Array(names)
             } else {
@@ -193,10 +193,39 @@ fn git_repository_matches_flux() {
 }
 
 #[test]
+fn kustomization_matches_flux() {
+    let crd = gantry_api::kustomize::v1::Kustomization::crd();
+    assert_matches_flux(&crd, &fixture("kustomization.v1.yaml"));
+}
+
+#[test]
 fn crds_lists_every_kind_once() {
     let names: Vec<_> = gantry_api::crds()
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    assert_eq!(names, ["gitrepositories.source.toolkit.fluxcd.io"]);
+    assert_eq!(
+        names,
+        [
+            "gitrepositories.source.toolkit.fluxcd.io",
+            "kustomizations.kustomize.toolkit.fluxcd.io"
+        ]
+    );
+}
+
+/// The comparison itself must notice drift, or a green run proves nothing.
+#[test]
+fn comparison_detects_drift() {
+    let crd = gantry_api::source::v1::GitRepository::crd();
+    let mut flux = fixture("gitrepository.v1.yaml");
+    flux["schema"]["spec.timeout"]["default"] = json!("30s");
+    let result = std::panic::catch_unwind(|| assert_matches_flux(&crd, &flux));
+    assert!(result.is_err(), "a changed default went unnoticed");
+    let mut flux = fixture("gitrepository.v1.yaml");
+    flux["schema"]
+        .as_object_mut()
+        .unwrap()
+        .remove("spec.sparseCheckout[]");
+    let result = std::panic::catch_unwind(|| assert_matches_flux(&crd, &flux));
+    assert!(result.is_err(), "an extra field went unnoticed");
 }
