@@ -1,9 +1,11 @@
 //! Developer tasks for Gantry, run as `cargo xtask <task>`.
 //!
 //! - `cluster up|down|status`: a real local Kubernetes control plane (see `cluster`).
+//! - `sandbox`: that control plane with Gantry's API installed by the `gantry` binary.
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 
 mod cluster;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -42,6 +44,8 @@ enum Task {
     /// Manage the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(ClusterTask),
+    /// Start the local control plane (or use GANTRY_KUBECONFIG) and install Gantry's API into it.
+    Sandbox,
     /// Run the whole test suite against a control plane, starting one if needed.
     Test(TestArgs),
 }
@@ -129,6 +133,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        Task::Sandbox => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => {
+                    use_existing(kubeconfig)?;
+                    kubeconfig.clone()
+                }
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            let crds = sandbox::install_crds(&workspace_root(), &kubeconfig)?;
+            println!("Installed Gantry's API ({} CRDs): {}", crds.len(), crds.join(", "));
+            println!("Try:      kubectl --kubeconfig {} get crds", kubeconfig.display());
+            Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&cli.global, &paths, &versions, &args),
     }
