@@ -19,12 +19,21 @@ struct Cli {
 enum Command {
     /// Print the manifests that install Gantry into a cluster.
     Install(commands::install::InstallArgs),
+    /// Versions, notes and tags from Conventional Commits (replaces semantic-release).
+    Release(commands::release::ReleaseArgs),
+    /// Conventions for CI scripts, such as the staging image tag.
+    Ci(commands::ci::CiArgs),
+    /// Scaffolding for a repository, such as CI workflows.
+    Init(commands::init::InitArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Install(args) => commands::install::run(&args),
+        Command::Release(args) => commands::release::run(&args),
+        Command::Ci(args) => commands::ci::run(&args),
+        Command::Init(args) => commands::init::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -109,6 +109,7 @@ impl Plan {
             self.analysis.cancelled.len(),
         );
         match (&self.next, self.analysis.bump(), &self.released) {
+            (Some(next), _, _) if self.last.is_none() => format!("{counted}; first release {next}"),
             (Some(next), Some(bump), _) => format!("{counted}; {bump} release {next}"),
             (_, _, Some(tag)) => format!("{} is already released as {}", self.branch, tag.name),
             _ if self.commits.is_empty() => format!("no commits {since} on {}", self.branch),

@@ -1,7 +1,10 @@
 //! One module per command group. Each exposes its clap arguments and a `run` function
 //! returning the process exit code.
 
+pub mod ci;
+pub mod init;
 pub mod install;
+pub mod release;
 
 /// Shown under `gantry --help`: the command groups that are planned but not built yet,
 /// so nobody mistakes them for working commands.
