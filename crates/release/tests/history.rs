@@ -420,3 +420,22 @@ fn branch_option_and_detached_head() {
         Err(RepoError::UnknownBranch { .. })
     ));
 }
+
+#[test]
+fn stable_version_tagged_on_another_branch_is_refused() {
+    let repo = TestRepo::new();
+    repo.commit("feat: base");
+    repo.tag("v1.0.0");
+    repo.git(&["switch", "--quiet", "--create", "hotfix"]);
+    repo.commit("fix: hotfix");
+    repo.tag("v1.0.1");
+    repo.git(&["switch", "--quiet", "main"]);
+    repo.commit("fix: the same number on main");
+    let err = plan_err(&repo, None);
+    assert!(matches!(err, RepoError::Version(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("1.0.1 is already released elsewhere"),
+        "{err}"
+    );
+}

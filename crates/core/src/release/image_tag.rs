@@ -74,6 +74,37 @@ mod tests {
         );
     }
 
+    /// The ImagePolicy filters documented in docs/releases.md, as Flux evaluates them: the
+    /// pattern selects staging tags and `$ts` orders them numerically.
+    #[test]
+    fn documented_image_policy_patterns_select_and_order_the_tags() {
+        let plain = regex::Regex::new(r"^[a-f0-9]+-(?P<ts>[0-9]{12})$").unwrap();
+        let prefixed = regex::Regex::new(r"^main-[a-f0-9]+-(?P<ts>[0-9]{12})$").unwrap();
+        let times = [
+            "2026-02-01T00:00:00Z",
+            "2026-01-31T23:59:00Z",
+            "2027-01-01T00:00:00Z",
+        ];
+        let ts = |re: &regex::Regex, tag: &str| -> u64 {
+            re.captures(tag)
+                .unwrap_or_else(|| panic!("{tag} not matched"))["ts"]
+                .parse()
+                .unwrap()
+        };
+        for (re, prefix) in [(&plain, ""), (&prefixed, "main-")] {
+            let tags: Vec<String> = times
+                .iter()
+                .map(|t| image_tag(prefix, SHA, 7, t.parse().unwrap()).unwrap())
+                .collect();
+            let latest = tags.iter().max_by_key(|tag| ts(re, tag)).unwrap();
+            assert_eq!(latest, &format!("{prefix}0f3a9c2-202701010000"));
+            // Release images and other branches' builds are not staging candidates.
+            for other in ["1.2.3", "v1.2.3", "latest", "feature-0f3a9c2-202701010000"] {
+                assert!(!re.is_match(other), "{other}");
+            }
+        }
+    }
+
     #[test]
     fn tags_sort_by_time_numerically() {
         let earlier: Timestamp = "2026-01-31T23:59:00Z".parse().unwrap();
