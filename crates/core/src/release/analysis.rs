@@ -263,6 +263,55 @@ mod tests {
         assert_eq!(kinds, vec!["feat"]);
     }
 
+    proptest::proptest! {
+        /// Any text, however malformed, is analysed without panicking.
+        #[test]
+        fn arbitrary_messages_never_panic(messages in proptest::collection::vec(".*(\n.*){0,6}", 0..8)) {
+            let input: Vec<Commit> = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Commit { sha: format!("{i:07x}é"), message: m.clone() })
+                .collect();
+            let analysis = analyze(&input);
+            let _ = crate::release::render_notes("v1.0.0", None, &analysis.changes, 7);
+        }
+
+        /// More commits on top (that revert nothing) never lower the release.
+        #[test]
+        fn adding_commits_never_lowers_the_bump(
+            older in proptest::collection::vec(message_strategy(), 0..6),
+            newer in proptest::collection::vec(message_strategy(), 1..6),
+        ) {
+            let to_commits = |list: &[String], offset: usize| -> Vec<Commit> {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, m)| Commit { sha: format!("{:040x}", i + offset), message: m.clone() })
+                    .collect()
+            };
+            let before = analyze(&to_commits(&older, 0)).bump();
+            // Newest first: the new commits come before the old ones.
+            let mut all = to_commits(&newer, 100);
+            all.extend(to_commits(&older, 0));
+            proptest::prop_assert!(analyze(&all).bump() >= before);
+        }
+    }
+
+    fn message_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let kind = prop::sample::select(vec![
+            "feat", "fix", "perf", "docs", "chore", "refactor", "Update",
+        ]);
+        (kind, any::<bool>(), any::<bool>()).prop_map(|(kind, bang, footer)| {
+            let bang = if bang { "!" } else { "" };
+            let footer = if footer {
+                "\n\nBREAKING CHANGE: changed"
+            } else {
+                ""
+            };
+            format!("{kind}{bang}: change{footer}")
+        })
+    }
+
     #[test]
     fn non_conventional_commits_are_listed() {
         let a = analyze(&commits(&[("b", "Update README"), ("a", "docs: fix typo")]));

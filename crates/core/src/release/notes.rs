@@ -29,7 +29,7 @@ pub fn render_notes(
     .expect("writing to a String");
 
     let line = |change: &Change| {
-        let sha = &change.sha[..change.sha.len().min(sha_length)];
+        let sha: String = change.sha.chars().take(sha_length).collect();
         match &change.commit.scope {
             Some(scope) => format!("* **{scope}:** {} ({sha})", change.commit.description),
             None => format!("* {} ({sha})", change.commit.description),
