@@ -3,6 +3,18 @@
 //! unchanged) and, later, Gantry's own kinds.
 //!
 //! This crate holds types only: no I/O. CRD manifests are generated from these types by [`crds`].
+//!
+//! - [`source::v1`]: `GitRepository` (`source.toolkit.fluxcd.io/v1`).
+//! - [`kustomize::v1`]: `Kustomization` (`kustomize.toolkit.fluxcd.io/v1`).
+//! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
+//!   every Flux kind shares.
+//!
+//! How fidelity to Flux is kept: `tests/fixtures/flux/*.yaml` record, node by node, what Flux's
+//! CRDs declare (types, defaults, patterns, enums, limits, required fields, CEL rules, names,
+//! printer columns); `tests/schema.rs` fails on any difference in either direction.
+//! `tests/roundtrip.rs` pushes real-world Flux objects through the types and back. Optional string
+//! fields are `Option<String>` and booleans follow Go's `omitempty`, so what Flux writes is what
+//! Gantry writes.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
