@@ -313,6 +313,29 @@ mod tests {
     }
 
     #[test]
+    fn reapply_of_a_released_revert_counts_as_the_change() {
+        let a = analyze(&commits(&[(
+            "cccccccc",
+            "Reapply \"feat: x\"\n\nThis reverts commit 1234567.",
+        )]));
+        assert_eq!(a.bump(), Some(Bump::Minor));
+        // In range, a reapply cancels the revert and the original stands.
+        let a = analyze(&commits(&[
+            (
+                "cccccccc",
+                "Reapply \"fix: x\"\n\nThis reverts commit bbbbbbbb.",
+            ),
+            (
+                "bbbbbbbb",
+                "Revert \"fix: x\"\n\nThis reverts commit aaaaaaaa.",
+            ),
+            ("aaaaaaaa", "fix: x"),
+        ]));
+        assert_eq!(a.bump(), Some(Bump::Patch));
+        assert_eq!(a.cancelled, vec!["cccccccc", "bbbbbbbb"]);
+    }
+
+    #[test]
     fn non_conventional_commits_are_listed() {
         let a = analyze(&commits(&[("b", "Update README"), ("a", "docs: fix typo")]));
         assert_eq!(a.bump(), None);

@@ -266,11 +266,13 @@ fn strip_pr_number(description: &str) -> &str {
 
 /// The commits a revert undoes, or `None` when the message is not a revert. Recognises the
 /// `revert:` type (with `This reverts commit <sha>.` or the `Refs:` footer the specification
-/// suggests) and git's own `Revert "<header>"` messages.
+/// suggests) and git's own `Revert "<header>"` messages, as well as `Reapply "<header>"`, which
+/// git 2.43+ writes when a revert is reverted.
 pub fn revert_targets(message: &str) -> Option<Vec<String>> {
     let header = message.lines().next()?.trim();
     let conventional = parse(message).ok().filter(|c| c.kind == "revert");
-    if conventional.is_none() && !header.starts_with("Revert \"") {
+    let git_style = header.starts_with("Revert \"") || header.starts_with("Reapply \"");
+    if conventional.is_none() && !git_style {
         return None;
     }
     let is_sha =
@@ -294,9 +296,16 @@ pub fn revert_targets(message: &str) -> Option<Vec<String>> {
 }
 
 /// git's default revert message, `Revert "feat: x"`, as a conventional `revert` commit so the
-/// notes and the bump treat both spellings alike.
+/// notes and the bump treat both spellings alike. `Reapply "feat: x"` (a revert of a revert
+/// released earlier) brings the change back, so it counts as the reapplied message itself.
 pub fn git_revert_as_conventional(message: &str) -> Option<ConventionalCommit> {
     let header = message.lines().next()?.trim();
+    if let Some(quoted) = header
+        .strip_prefix("Reapply \"")
+        .and_then(|h| h.strip_suffix('"'))
+    {
+        return parse(quoted).ok();
+    }
     let quoted = header.strip_prefix("Revert \"")?.strip_suffix('"')?;
     Some(ConventionalCommit {
         kind: "revert".to_string(),
@@ -533,6 +542,13 @@ mod tests {
         );
         assert_eq!(revert_targets("revert: something old"), Some(vec![]));
         assert_eq!(revert_targets("fix: This reverts commit abcdef1."), None);
+        let reapply = "Reapply \"feat(ui): dark mode\"\n\nThis reverts commit abcdef1234.";
+        assert_eq!(
+            revert_targets(reapply),
+            Some(vec!["abcdef1234".to_string()])
+        );
+        let c = git_revert_as_conventional(reapply).unwrap();
+        assert_eq!((c.kind.as_str(), c.scope.as_deref()), ("feat", Some("ui")));
         let c = git_revert_as_conventional(git).unwrap();
         assert_eq!(
             (c.kind.as_str(), c.description.as_str()),
