@@ -420,7 +420,12 @@ mod tests {
 
     #[test]
     fn crds_only_prints_just_the_crds() {
-        let documents = parse(&render(&args(true)).unwrap());
+        let stream = render(&args(true)).unwrap();
+        // `cargo xtask sandbox` reads the stream back as typed CRDs.
+        let typed: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            serde_saphyr::from_str_multiple(&stream).expect("typed CRDs");
+        assert_eq!(typed, gantry_api::crds());
+        let documents = parse(&stream);
         assert_eq!(
             kinds(&documents),
             ["CustomResourceDefinition", "CustomResourceDefinition"]
