@@ -100,11 +100,12 @@ impl Plan {
             Some(tag) => format!("since {}", tag.name),
             None => "since the first commit".to_string(),
         };
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         let counted = format!(
-            "{} commits {since} on {}: {} conventional changes, {} not conventional, {} cancelled by reverts",
-            self.commits.len(),
+            "{} {since} on {}: {}, {} not conventional, {} cancelled by reverts",
+            plural(self.commits.len(), "commit"),
             self.branch,
-            self.analysis.changes.len(),
+            plural(self.analysis.changes.len(), "conventional change"),
             self.analysis.non_conventional.len(),
             self.analysis.cancelled.len(),
         );
