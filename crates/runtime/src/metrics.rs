@@ -1,0 +1,331 @@
+//! Prometheus metrics compatible with Flux's dashboards and alerts.
+//!
+//! - `gotk_reconcile_duration_seconds{kind,name,namespace}`: histogram per reconciliation.
+//! - `gotk_resource_info{customresource_group,customresource_kind,customresource_version,
+//!   exported_namespace,name,ready,reason,suspended,revision}`: 1 per object (the series Flux's
+//!   kube-state-metrics configuration produces).
+//! - `gotk_reconcile_condition{kind,name,namespace,type,status}`: the older readiness gauge
+//!   that many existing dashboards still query.
+//! - `process_*`: resident memory, CPU seconds, open fds, threads, start time (Linux `/proc`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    kind: String,
+    name: String,
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    kind: String,
+    name: String,
+    namespace: String,
+    r#type: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    customresource_group: String,
+    customresource_kind: String,
+    customresource_version: String,
+    exported_namespace: String,
+    name: String,
+    ready: String,
+    reason: String,
+    suspended: String,
+    revision: String,
+}
+
+/// (kind, namespace, name).
+type ObjectKey = (String, String, String);
+
+/// What `gotk_resource_info` says about one object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceInfo {
+    pub group: String,
+    pub kind: String,
+    pub version: String,
+    pub namespace: String,
+    pub name: String,
+    /// `True`, `False` or `Unknown`.
+    pub ready: String,
+    pub reason: String,
+    pub suspended: bool,
+    pub revision: String,
+}
+
+/// All of Gantry's metrics. Cheap to clone; every controller records into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconcile_duration: Family<ObjectLabels, Histogram>,
+    condition: Family<ConditionLabels, Gauge>,
+    info: Family<InfoLabels, Gauge>,
+    /// The label set currently exported per object, so a change replaces rather than adds.
+    current: Arc<Mutex<HashMap<ObjectKey, (InfoLabels, ConditionLabels)>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // Flux's buckets (fluxcd/pkg runtime/metrics): 10 ms to 100 s, by powers of ten.
+        let reconcile_duration = Family::<ObjectLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.1, 1.0, 10.0, 100.0])
+        });
+        let condition = Family::<ConditionLabels, Gauge>::default();
+        let info = Family::<InfoLabels, Gauge>::default();
+        registry.register(
+            "gotk_reconcile_duration_seconds",
+            "The duration in seconds of a GitOps Toolkit resource reconciliation.",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "gotk_reconcile_condition",
+            "The current condition status of a GitOps Toolkit resource reconciliation.",
+            condition.clone(),
+        );
+        registry.register(
+            "gotk_resource_info",
+            "The current state of a Flux resource.",
+            info.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry: Arc::new(registry),
+            reconcile_duration,
+            condition,
+            info,
+            current: Arc::default(),
+        }
+    }
+
+    /// Records how long one reconciliation of `kind` `namespace/name` took.
+    pub fn observe_reconcile(&self, kind: &str, namespace: &str, name: &str, took: Duration) {
+        self.reconcile_duration
+            .get_or_create(&ObjectLabels {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Publishes an object's current readiness, replacing what was exported for it before.
+    pub fn set_resource(&self, info: &ResourceInfo) {
+        let key = (info.kind.clone(), info.namespace.clone(), info.name.clone());
+        let info_labels = InfoLabels {
+            customresource_group: info.group.clone(),
+            customresource_kind: info.kind.clone(),
+            customresource_version: info.version.clone(),
+            exported_namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            ready: info.ready.clone(),
+            reason: info.reason.clone(),
+            suspended: info.suspended.to_string(),
+            revision: info.revision.clone(),
+        };
+        let condition_labels = ConditionLabels {
+            kind: info.kind.clone(),
+            name: info.name.clone(),
+            namespace: info.namespace.clone(),
+            r#type: "Ready".to_string(),
+            status: info.ready.clone(),
+        };
+        let mut current = self.current.lock().expect("metrics lock");
+        if let Some((old_info, old_condition)) = current.remove(&key) {
+            self.info.remove(&old_info);
+            self.condition.remove(&old_condition);
+        }
+        self.info.get_or_create(&info_labels).set(1);
+        self.condition.get_or_create(&condition_labels).set(1);
+        current.insert(key, (info_labels, condition_labels));
+    }
+
+    /// Forgets a deleted object.
+    pub fn remove_resource(&self, kind: &str, namespace: &str, name: &str) {
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        if let Some((info, condition)) = self.current.lock().expect("metrics lock").remove(&key) {
+            self.info.remove(&info);
+            self.condition.remove(&condition);
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Process metrics read from `/proc/self` on every scrape (Linux; elsewhere they are omitted).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stat) = ProcStat::read() else {
+            return Ok(());
+        };
+        let gauges: [(&str, &str, f64); 4] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                stat.rss_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                stat.vsize_bytes,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                stat.start_time,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                stat.threads,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let gauge = ConstGauge::new(fds.count() as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        let cpu = ConstCounter::new(stat.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+struct ProcStat {
+    rss_bytes: f64,
+    vsize_bytes: f64,
+    cpu_seconds: f64,
+    start_time: f64,
+    threads: f64,
+}
+
+impl ProcStat {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may itself contain spaces and parentheses.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // Indices are the stat(5) field numbers minus 3 (pid, comm and state precede).
+        let ticks = 100.0; // USER_HZ is 100 on every Linux platform Gantry runs on.
+        let page = 4096.0;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+        Some(Self {
+            cpu_seconds: (num(11)? + num(12)?) / ticks,
+            threads: num(17)?,
+            start_time: boot_time + num(19)? / ticks,
+            vsize_bytes: num(20)?,
+            rss_bytes: num(21)? * page,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(ready: &str) -> ResourceInfo {
+        ResourceInfo {
+            group: "kustomize.toolkit.fluxcd.io".into(),
+            kind: "Kustomization".into(),
+            version: "v1".into(),
+            namespace: "flux-system".into(),
+            name: "apps".into(),
+            ready: ready.into(),
+            reason: "ReconciliationSucceeded".into(),
+            suspended: false,
+            revision: "main@sha1:0123".into(),
+        }
+    }
+
+    #[test]
+    fn exports_flux_series_and_replaces_an_objects_labels() {
+        let metrics = Metrics::new();
+        metrics.observe_reconcile(
+            "Kustomization",
+            "flux-system",
+            "apps",
+            Duration::from_millis(40),
+        );
+        metrics.set_resource(&info("False"));
+        metrics.set_resource(&info("True"));
+        let text = metrics.encode();
+
+        assert!(text.contains(
+            "gotk_reconcile_duration_seconds_bucket{le=\"0.1\",kind=\"Kustomization\",name=\"apps\",namespace=\"flux-system\"} 1"
+        ), "{text}");
+        assert!(text.contains("gotk_resource_info{customresource_group=\"kustomize.toolkit.fluxcd.io\",customresource_kind=\"Kustomization\",customresource_version=\"v1\",exported_namespace=\"flux-system\",name=\"apps\",ready=\"True\""), "{text}");
+        assert!(
+            !text.contains("ready=\"False\""),
+            "the old readiness is gone: {text}"
+        );
+        assert!(text.contains("gotk_reconcile_condition{kind=\"Kustomization\",name=\"apps\",namespace=\"flux-system\",type=\"Ready\",status=\"True\"} 1"), "{text}");
+
+        metrics.remove_resource("Kustomization", "flux-system", "apps");
+        assert!(
+            !metrics.encode().contains("name=\"apps\",ready"),
+            "deleted objects disappear"
+        );
+    }
+
+    #[test]
+    fn process_metrics_are_real() {
+        let text = Metrics::new().encode();
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .expect("rss exported")
+            .parse::<f64>()
+            .unwrap();
+        assert!(
+            rss > 1_000_000.0,
+            "a test process uses more than 1 MB: {rss}"
+        );
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+}
