@@ -4,4 +4,5 @@
 //! the offline CLI commands (`gantry image policy`, `gantry release next`, ...) share exactly the
 //! code the controllers run.
 
+pub mod depgraph;
 pub mod release;
