@@ -6,3 +6,5 @@
 
 pub mod depgraph;
 pub mod release;
+pub mod substitute;
+pub mod transform;
