@@ -5,6 +5,8 @@
 //! code the controllers run.
 
 pub mod depgraph;
+pub mod inventory;
+pub mod kstatus;
 pub mod release;
 pub mod substitute;
 pub mod transform;
