@@ -8,5 +8,6 @@ pub mod depgraph;
 pub mod inventory;
 pub mod kstatus;
 pub mod release;
+pub mod revision;
 pub mod substitute;
 pub mod transform;
