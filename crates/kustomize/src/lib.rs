@@ -1,6 +1,11 @@
-//! The Kustomization's engine: from a source artifact's path to objects in the cluster.
+//! The Kustomization's engine: from built manifests to objects in the cluster.
 //!
 //! - [`build`]: the manifests of a path (plain YAML natively, kustomize via its CLI) with the
 //!   spec's transforms and postBuild substitution.
+//! - `apply`: server-side apply in stages, dry-run first, drift detection, owner labels, Flux's
+//!   per-object annotations, inventory and prune.
+//! - `health`: kstatus health waits with Flux's messages.
 
+pub mod apply;
 pub mod build;
+pub mod health;

@@ -1,0 +1,240 @@
+//! Health waits: poll objects until kstatus calls all of them `Current`, bounded by a timeout,
+//! failing fast when one is `Failed` (a rollout past its progress deadline, a stalled Flux
+//! object, a failed Job).
+//!
+//! Errors read like Flux's (`timeout waiting for: [Deployment/apps/web status: 'InProgress']`,
+//! `failed early due to stalled resources: [...]`), each object followed by its kstatus message
+//! (`...: Available: 0/1`) so the Ready condition says why, not only what.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use gantry_core::inventory::{InventoryEntry, ObjectId};
+use gantry_core::kstatus::{self, Health, Status};
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use tracing::debug;
+
+use crate::apply::{Applier, Resolver};
+
+/// How many objects are read at the same time.
+const CONCURRENCY: usize = 16;
+
+/// Bounds of a wait.
+#[derive(Clone, Debug)]
+pub struct WaitOptions {
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Return as soon as one object is `Failed` instead of waiting for the timeout.
+    pub fail_fast: bool,
+}
+
+impl WaitOptions {
+    /// Fail-fast wait with a 2 s poll interval.
+    pub fn new(timeout: Duration) -> Self {
+        WaitOptions {
+            timeout,
+            interval: Duration::from_secs(2),
+            fail_fast: true,
+        }
+    }
+}
+
+/// An object that is not `Current`, with kstatus' reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub id: ObjectId,
+    pub status: Status,
+    pub message: String,
+}
+
+impl fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} status: '{}'", self.id.display(), self.status)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+fn list(unhealthy: &[Unhealthy]) -> String {
+    unhealthy
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a wait ended unhealthy.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The timeout passed with these objects not `Current`.
+    #[error("timeout waiting for: [{}]", list(.unhealthy))]
+    Timeout { unhealthy: Vec<Unhealthy> },
+
+    /// These objects are `Failed` (fail fast).
+    #[error("failed early due to stalled resources: [{}]", list(.unhealthy))]
+    Failed { unhealthy: Vec<Unhealthy> },
+
+    /// An object could not be read.
+    #[error("{}: {source}", .id.display())]
+    Kube {
+        id: ObjectId,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl HealthError {
+    /// The objects that were not healthy (empty for read errors).
+    pub fn unhealthy(&self) -> &[Unhealthy] {
+        match self {
+            HealthError::Timeout { unhealthy } | HealthError::Failed { unhealthy } => unhealthy,
+            HealthError::Kube { .. } => &[],
+        }
+    }
+}
+
+/// The current health of each target, in the given order. An object that does not exist, or
+/// whose kind is not served, is `NotFound`.
+pub async fn check(
+    client: &Client,
+    resolver: &Resolver,
+    targets: &[InventoryEntry],
+) -> Result<Vec<(ObjectId, Health)>, HealthError> {
+    let results: Vec<Result<(ObjectId, Health), HealthError>> =
+        stream::iter(targets.iter().map(|entry| async move {
+            let health = health_of(client, resolver, entry).await?;
+            Ok((entry.id.clone(), health))
+        }))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn health_of(
+    client: &Client,
+    resolver: &Resolver,
+    entry: &InventoryEntry,
+) -> Result<Health, HealthError> {
+    let id = &entry.id;
+    let kube_err = |source| HealthError::Kube {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    let Some(resolved) = resolver
+        .resolve(client, &id.group, &entry.version, &id.kind)
+        .await
+        .map_err(kube_err)?
+    else {
+        return Ok(Health::not_found());
+    };
+    let api: Api<DynamicObject> = if resolved.namespaced {
+        Api::namespaced_with(client.clone(), &id.namespace, &resolved.resource)
+    } else {
+        Api::all_with(client.clone(), &resolved.resource)
+    };
+    match api.get_opt(&id.name).await.map_err(kube_err)? {
+        Some(object) => {
+            let value = serde_json::to_value(object).unwrap_or_default();
+            Ok(kstatus::compute(&value))
+        }
+        None => Ok(Health::not_found()),
+    }
+}
+
+/// Polls `targets` until all are `Current`; errors on timeout, or as soon as one is `Failed`
+/// when `fail_fast`.
+pub async fn wait(
+    client: &Client,
+    resolver: &Resolver,
+    targets: &[InventoryEntry],
+    opts: &WaitOptions,
+) -> Result<(), HealthError> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    loop {
+        let healths = check(client, resolver, targets).await?;
+        let unhealthy: Vec<Unhealthy> = healths
+            .into_iter()
+            .filter(|(_, h)| h.status != Status::Current)
+            .map(|(id, h)| Unhealthy {
+                id,
+                status: h.status,
+                message: h.message,
+            })
+            .collect();
+        if unhealthy.is_empty() {
+            return Ok(());
+        }
+        if opts.fail_fast && unhealthy.iter().any(|u| u.status == Status::Failed) {
+            let failed = unhealthy
+                .into_iter()
+                .filter(|u| u.status == Status::Failed)
+                .collect();
+            return Err(HealthError::Failed { unhealthy: failed });
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(HealthError::Timeout { unhealthy });
+        }
+        debug!(waiting_for = unhealthy.len(), "health check");
+        tokio::time::sleep(opts.interval.min(deadline - now)).await;
+    }
+}
+
+impl Applier {
+    /// [`wait`] with this applier's client and discovery cache.
+    pub async fn wait(
+        &self,
+        targets: &[InventoryEntry],
+        opts: &WaitOptions,
+    ) -> Result<(), HealthError> {
+        wait(self.client(), self.resolver(), targets, opts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_flux_shape() {
+        let err = HealthError::Timeout {
+            unhealthy: vec![
+                Unhealthy {
+                    id: ObjectId::new("apps", "web", "apps", "Deployment"),
+                    status: Status::InProgress,
+                    message: "Available: 0/1".into(),
+                },
+                Unhealthy {
+                    id: ObjectId::new("", "apps", "", "Namespace"),
+                    status: Status::NotFound,
+                    message: String::new(),
+                },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "timeout waiting for: [Deployment/apps/web status: 'InProgress': Available: 0/1, \
+             Namespace/apps status: 'NotFound']"
+        );
+        let failed = HealthError::Failed {
+            unhealthy: vec![Unhealthy {
+                id: ObjectId::new("apps", "web", "apps", "Deployment"),
+                status: Status::Failed,
+                message: "Progress deadline exceeded".into(),
+            }],
+        };
+        assert_eq!(
+            failed.to_string(),
+            "failed early due to stalled resources: [Deployment/apps/web status: 'Failed': \
+             Progress deadline exceeded]"
+        );
+    }
+}
