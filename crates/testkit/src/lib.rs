@@ -13,6 +13,8 @@
 //! # }
 //! ```
 
+pub mod git;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

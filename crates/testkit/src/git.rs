@@ -1,0 +1,755 @@
+//! Real git servers on loopback for tests, and repositories to serve.
+//!
+//! - [`GitHttpServer`]: smart HTTP through git's own `git-http-backend`, run as a CGI program for
+//!   every request, behind HTTP basic auth or a bearer token. It counts the requests it serves,
+//!   so a test can prove that no pack was fetched.
+//! - [`SshServer`]: Debian's `sshd` (package `openssh-server`) as a foreground process on a free
+//!   loopback port, with a generated host key and one authorised test key; clients run the real
+//!   `git-upload-pack` / `git-receive-pack` through it.
+//! - [`TestRepo`]: a bare repository plus a work tree to commit, tag and (force-)push from, with
+//!   the `git` CLI isolated from the machine's configuration.
+//!
+//! Servers bind 127.0.0.1 only and stop (kill + wait) when dropped.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+/// Where Debian puts git's CGI program.
+pub const GIT_HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
+/// Debian's OpenSSH server.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// A `git` command isolated from global and system configuration, with a fixed identity.
+pub fn git_command(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Gantry Test")
+        .env("GIT_AUTHOR_EMAIL", "test@gantry.invalid")
+        .env("GIT_COMMITTER_NAME", "Gantry Test")
+        .env("GIT_COMMITTER_EMAIL", "test@gantry.invalid")
+        .env("GIT_TERMINAL_PROMPT", "0");
+    cmd
+}
+
+/// Runs `git args` in `dir` and returns its trimmed stdout; panics with stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_command(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running git {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A bare repository (what servers serve) and a work tree that pushes to it.
+pub struct TestRepo {
+    /// The bare repository, `<root>/<name>.git`.
+    pub bare: PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl TestRepo {
+    /// Creates `<root>/<name>.git` (bare, default branch `main`) and an empty work tree.
+    pub fn new(root: &Path, name: &str) -> Self {
+        let bare = root.join(format!("{name}.git"));
+        std::fs::create_dir_all(&bare).expect("create bare repository directory");
+        git(&bare, &["init", "--quiet", "--bare", "-b", "main"]);
+        let work = tempfile::tempdir().expect("work tree");
+        git(work.path(), &["init", "--quiet", "-b", "main"]);
+        TestRepo { bare, work }
+    }
+
+    /// The work tree.
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Writes a file (creating directories) in the work tree.
+    pub fn write(&self, path: &str, content: &str) -> &Self {
+        let p = self.work.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("create directories");
+        std::fs::write(&p, content).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+        self
+    }
+
+    /// Removes a file from the work tree.
+    pub fn remove(&self, path: &str) -> &Self {
+        std::fs::remove_file(self.work.path().join(path)).expect("remove file");
+        self
+    }
+
+    /// Commits everything in the work tree; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        git(self.work(), &["add", "-A"]);
+        git(
+            self.work(),
+            &["commit", "--quiet", "--allow-empty", "-m", message],
+        );
+        self.head()
+    }
+
+    /// The id of the work tree's HEAD commit.
+    pub fn head(&self) -> String {
+        git(self.work(), &["rev-parse", "HEAD"])
+    }
+
+    /// Runs any git command in the work tree.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(self.work(), args)
+    }
+
+    /// Switches to (creating if needed) `branch` in the work tree.
+    pub fn checkout(&self, branch: &str) -> &Self {
+        let exists = git_command(self.work())
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if exists {
+            git(self.work(), &["checkout", "--quiet", branch]);
+        } else {
+            git(self.work(), &["checkout", "--quiet", "-b", branch]);
+        }
+        self
+    }
+
+    /// Starts a branch with no history (for rewriting history), with an empty tree.
+    pub fn orphan(&self, branch: &str) -> &Self {
+        git(self.work(), &["checkout", "--quiet", "--orphan", branch]);
+        git(
+            self.work(),
+            &["rm", "-r", "--quiet", "--force", "--ignore-unmatch", "."],
+        );
+        self
+    }
+
+    /// A lightweight tag on HEAD.
+    pub fn tag(&self, name: &str) -> &Self {
+        git(self.work(), &["tag", name]);
+        self
+    }
+
+    /// An annotated tag on HEAD.
+    pub fn annotated_tag(&self, name: &str) -> &Self {
+        git(
+            self.work(),
+            &["tag", "-a", name, "-m", &format!("release {name}")],
+        );
+        self
+    }
+
+    /// Force-pushes `refspec` (e.g. `HEAD:refs/heads/main`) and all tags to the bare repository.
+    pub fn push(&self, refspec: &str) -> &Self {
+        let bare = self.bare.to_string_lossy().into_owned();
+        git(self.work(), &["push", "--quiet", "--force", &bare, refspec]);
+        git(
+            self.work(),
+            &["push", "--quiet", "--force", "--tags", &bare],
+        );
+        self
+    }
+}
+
+/// How the HTTP server authenticates clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpAuth {
+    /// Anyone may fetch.
+    None,
+    /// HTTP basic auth with this user and password.
+    Basic { username: String, password: String },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+#[derive(Default)]
+struct Counters {
+    info_refs: AtomicUsize,
+    upload_pack: AtomicUsize,
+    unauthorized: AtomicUsize,
+}
+
+/// Smart HTTP git server: `git-http-backend` as CGI behind a small HTTP/1.1 server.
+pub struct GitHttpServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl GitHttpServer {
+    /// Serves every repository under `root` on a free loopback port.
+    pub fn start(root: &Path, auth: HttpAuth) -> Self {
+        assert!(
+            Path::new(GIT_HTTP_BACKEND).exists(),
+            "{GIT_HTTP_BACKEND} is missing: install Debian's `git` package"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = listener.local_addr().expect("local address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let root = root.to_owned();
+        let accept = {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (root, auth, counters) = (root.clone(), auth.clone(), counters.clone());
+                    std::thread::spawn(move || {
+                        if let Err(e) = serve(stream, &root, &auth, &counters) {
+                            eprintln!("git http test server: {e}");
+                        }
+                    });
+                }
+            })
+        };
+        GitHttpServer {
+            port,
+            stop,
+            counters,
+            accept: Some(accept),
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:<port>/<path>`, e.g. `url("app.git")`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Ref advertisements served (`GET .../info/refs`), authorised ones only.
+    pub fn info_refs_requests(&self) -> usize {
+        self.counters.info_refs.load(Ordering::SeqCst)
+    }
+
+    /// Pack negotiations served (`POST .../git-upload-pack`): zero means nothing was fetched.
+    pub fn upload_pack_requests(&self) -> usize {
+        self.counters.upload_pack.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused with 401.
+    pub fn unauthorized_requests(&self) -> usize {
+        self.counters.unauthorized.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(io::Error::other(format!("bad request line {line:?}")));
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    Ok(Some(Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers,
+    }))
+}
+
+fn authorised(req: &Request, auth: &HttpAuth) -> Option<String> {
+    let given = req.header("authorization");
+    match auth {
+        HttpAuth::None => Some(String::new()),
+        HttpAuth::Basic { username, password } => {
+            let expected = format!(
+                "Basic {}",
+                STANDARD.encode(format!("{username}:{password}"))
+            );
+            (given == Some(expected.as_str())).then(|| username.clone())
+        }
+        HttpAuth::Bearer(token) => {
+            (given == Some(format!("Bearer {token}").as_str())).then(|| "bearer".to_owned())
+        }
+    }
+}
+
+fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let Some(req) = read_request(&mut reader)? else {
+        return Ok(());
+    };
+    let Some(user) = authorised(&req, auth) else {
+        counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+        let challenge = match auth {
+            HttpAuth::Bearer(_) => "Bearer realm=\"git\"",
+            _ => "Basic realm=\"git\"",
+        };
+        write!(
+            out,
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return Ok(());
+    };
+    if req.path.ends_with("/info/refs") {
+        counters.info_refs.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.method == "POST" && req.path.ends_with("/git-upload-pack") {
+        counters.upload_pack.fetch_add(1, Ordering::SeqCst);
+    }
+    if req
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+
+    let mut cmd = Command::new(GIT_HTTP_BACKEND);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("REQUEST_METHOD", &req.method)
+        .env("PATH_INFO", &req.path)
+        .env("QUERY_STRING", &req.query)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("CONTENT_TYPE", req.header("content-type").unwrap_or(""));
+    if !user.is_empty() {
+        cmd.env("REMOTE_USER", &user);
+    }
+    if let Some(enc) = req.header("content-encoding") {
+        cmd.env("HTTP_CONTENT_ENCODING", enc);
+    }
+    if let Some(proto) = req.header("git-protocol") {
+        cmd.env("GIT_PROTOCOL", proto);
+    }
+    let length = req
+        .header("content-length")
+        .and_then(|l| l.parse::<u64>().ok());
+    if let Some(len) = length {
+        cmd.env("CONTENT_LENGTH", len.to_string());
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+
+    // Feed the body on its own thread: the backend may write before it has read everything.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    let feeder = std::thread::spawn(move || -> io::Result<()> {
+        if chunked {
+            copy_chunked(&mut reader, &mut stdin)?;
+        } else if let Some(len) = length {
+            io::copy(&mut (&mut reader).take(len), &mut stdin)?;
+        }
+        Ok(())
+    });
+
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut status = "200 OK".to_owned();
+    let mut headers = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        match line.split_once(':') {
+            Some((n, v)) if n.eq_ignore_ascii_case("status") => status = v.trim().to_owned(),
+            _ => {
+                headers.push_str(line);
+                headers.push_str("\r\n");
+            }
+        }
+    }
+    // libgit2 wants a delimited body: buffer the (small, test-sized) response.
+    let mut body = Vec::new();
+    stdout.read_to_end(&mut body)?;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    out.write_all(&body)?;
+    out.flush()?;
+    let _ = out.shutdown(Shutdown::Write);
+    let _ = feeder.join();
+    child.wait()?;
+    Ok(())
+}
+
+fn copy_chunked(reader: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
+    loop {
+        let mut size_line = String::new();
+        if reader.read_line(&mut size_line)? == 0 {
+            return Ok(());
+        }
+        let size_hex = size_line.trim().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size_hex, 16)
+            .map_err(|_| io::Error::other(format!("bad chunk size {size_line:?}")))?;
+        if size == 0 {
+            // Trailers end with an empty line.
+            loop {
+                let mut t = String::new();
+                if reader.read_line(&mut t)? == 0 || t.trim().is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        io::copy(&mut reader.take(size), out)?;
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf)?;
+    }
+}
+
+/// A key pair made by `ssh-keygen`.
+#[derive(Clone, Debug)]
+pub struct SshKeyPair {
+    /// Private key (OpenSSH format).
+    pub private: String,
+    /// Public key line, `<type> <base64> [comment]`.
+    pub public: String,
+}
+
+impl SshKeyPair {
+    /// Generates an ed25519 key pair without passphrase in `dir` as `name` / `name.pub`.
+    pub fn generate(dir: &Path, name: &str) -> Self {
+        Self::generate_with(dir, name, "ed25519", "")
+    }
+
+    /// Generates a key pair of `key_type` (`ed25519`, `ecdsa`, `rsa`) with `passphrase`.
+    pub fn generate_with(dir: &Path, name: &str, key_type: &str, passphrase: &str) -> Self {
+        let path = dir.join(name);
+        let status = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                key_type,
+                "-N",
+                passphrase,
+                "-C",
+                "gantry-test",
+                "-f",
+            ])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-keygen (package openssh-client) runs");
+        assert!(status.success(), "ssh-keygen failed");
+        SshKeyPair {
+            private: std::fs::read_to_string(&path).expect("private key"),
+            public: std::fs::read_to_string(path.with_extension("pub")).expect("public key"),
+        }
+    }
+
+    /// `<type> <base64>` of the public key.
+    pub fn public_key(&self) -> String {
+        self.public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `sshd` serving git over SSH to one authorised key.
+pub struct SshServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// The server's host key.
+    pub host_key: SshKeyPair,
+    /// The key the server accepts.
+    pub client_key: SshKeyPair,
+    user: String,
+}
+
+impl SshServer {
+    /// Starts `sshd -D -e` on a free loopback port, accepting `client_key` for the current user.
+    pub fn start() -> Self {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is missing: install Debian's `openssh-server` package"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-sshd-")
+            .tempdir()
+            .expect("sshd directory");
+        let host_key = SshKeyPair::generate(dir.path(), "host_ed25519");
+        let client_key = SshKeyPair::generate(dir.path(), "client_ed25519");
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::write(&authorized, &client_key.public).expect("authorized_keys");
+        // As root, sshd insists on its privilege separation directory.
+        if is_root() {
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let user = current_user();
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                     AuthorizedKeysFile {auth}\nUsePAM no\nStrictModes no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+                     AllowUsers {user}\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                    host = dir.path().join("host_ed25519").display(),
+                    pid = dir.path().join("sshd.pid").display(),
+                    auth = authorized.display(),
+                ),
+            )
+            .expect("sshd_config");
+            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("sshd log");
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_err = format!(
+                        "sshd exited ({status}): {}",
+                        std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return SshServer {
+                        child,
+                        port,
+                        dir,
+                        host_key,
+                        client_key,
+                        user,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_err = "sshd did not listen within 10s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start sshd: {last_err}");
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user to log in as (the one running the tests).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// `ssh://<user>@127.0.0.1:<port><absolute path>` for a repository on this machine.
+    pub fn url(&self, repo: &Path) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            repo.display()
+        )
+    }
+
+    /// A plain known_hosts line for this server: `[127.0.0.1]:<port> <type> <key>`.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.host_key.public_key())
+    }
+
+    /// What sshd logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            let out = Command::new("id").arg("-un").output().ok()?;
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .unwrap_or_else(|| "root".into())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_git_cli_clones_over_http_with_basic_auth() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("a.txt", "hello");
+        let id = repo.commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(
+            root.path(),
+            HttpAuth::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        );
+        let dest = tempfile::tempdir().unwrap();
+        let url = server.url("app.git").replace("http://", "http://u:p@");
+        git(dest.path(), &["clone", "--quiet", &url, "c"]);
+        assert_eq!(git(&dest.path().join("c"), &["rev-parse", "HEAD"]), id);
+        assert!(server.upload_pack_requests() >= 1);
+
+        let refused = git_command(dest.path())
+            .args([
+                "ls-remote",
+                &server.url("app.git").replace("http://", "http://u:wrong@"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(server.unauthorized_requests() >= 1);
+    }
+
+    #[test]
+    fn the_git_cli_clones_over_ssh() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("a.txt", "hello");
+        let id = repo.commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = SshServer::start();
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("id");
+        std::fs::write(&key, &server.client_key.private).unwrap();
+        let known = keys.path().join("known_hosts");
+        std::fs::write(&known, server.known_hosts_line()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let ssh = format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            key.display(),
+            known.display()
+        );
+        let out = git_command(dest.path())
+            .env("GIT_SSH_COMMAND", ssh)
+            .args(["clone", "--quiet", &server.url(&repo.bare), "c"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "clone over ssh: {}\nsshd: {}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        assert_eq!(git(&dest.path().join("c"), &["rev-parse", "HEAD"]), id);
+    }
+}
