@@ -539,6 +539,16 @@ async fn prune_deletes_only_stale_objects_that_carry_our_labels() {
         ] {
             assert_eq!(cms.get_opt(name).await.unwrap().is_some(), exists, "{name}");
         }
+        let gone: Vec<InventoryEntry> = previous
+            .entries
+            .iter()
+            .filter(|e| e.id.name == "goes")
+            .cloned()
+            .collect();
+        applier
+            .wait_for_termination(&gone, Duration::from_secs(30), Duration::from_millis(200))
+            .await
+            .expect("deleted objects terminate");
         // Nothing stale: nothing to do.
         let none = applier
             .prune(&current, &current, &Owner::new("apps", &ns))
@@ -690,7 +700,10 @@ async fn health_wait_times_out_listing_what_is_not_ready() {
             .unwrap();
         // `web` first becomes ready on its own (under load this can take a while) ...
         applier
-            .wait(&[entry(&ns, "web")], &WaitOptions::new(Duration::from_secs(90)))
+            .wait(
+                &[entry(&ns, "web")],
+                &WaitOptions::new(Duration::from_secs(90)),
+            )
             .await
             .unwrap();
         // ... while `stuck` never will.

@@ -175,6 +175,19 @@ impl ChangeSet {
         inventory
     }
 
+    /// What a `wait: true` health check should watch: every applied object except those
+    /// skipped by annotation (which may legitimately not exist) and deleted ones.
+    pub fn health_targets(&self) -> Vec<InventoryEntry> {
+        self.entries
+            .iter()
+            .filter(|e| !matches!(e.action, Action::Skipped | Action::Deleted))
+            .map(|e| InventoryEntry {
+                id: e.id.clone(),
+                version: e.version.clone(),
+            })
+            .collect()
+    }
+
     /// One line per change, as the controller's event message.
     pub fn summary(&self) -> String {
         self.changes()
@@ -991,6 +1004,7 @@ mod tests {
             ],
         };
         assert_eq!(set.summary(), "Deployment/apps/web configured");
+        assert_eq!(set.health_targets().len(), 2);
         let inventory = set.to_inventory();
         assert_eq!(
             inventory
