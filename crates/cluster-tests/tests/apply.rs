@@ -774,3 +774,60 @@ async fn health_wait_fails_fast_when_the_progress_deadline_is_exceeded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn secrets_and_cluster_scoped_objects_are_unchanged_on_reapply() {
+    with_namespace("scope", |client, ns| async move {
+        let applier = applier(&client);
+        let role = format!("{ns}-reader");
+        let revision = vec![
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "token", "namespace": ns },
+                "stringData": { "token": "s3cr3t" }
+            }),
+            // A stray namespace on a cluster-scoped object is dropped, as kubectl does.
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": role, "namespace": ns },
+                "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"] }]
+            }),
+        ];
+        let first = applier.apply(revision.clone(), &opts(&ns)).await.unwrap();
+        let got = actions(&first);
+        assert_eq!(
+            got[&format!("ClusterRole/{role}")],
+            Action::Created,
+            "{got:?}"
+        );
+        assert_eq!(got[&format!("Secret/{ns}/token")], Action::Created);
+        let second = applier.apply(revision, &opts(&ns)).await.unwrap();
+        assert!(
+            !second.has_changes(),
+            "stringData compares as data: {second:?}"
+        );
+
+        let deleted = applier
+            .delete_all(&first.to_inventory(), &Owner::new("apps", &ns))
+            .await
+            .unwrap();
+        assert_eq!(deleted.with_action(Action::Deleted).count(), 2);
+
+        // A namespaced object without a namespace is refused before anything is written.
+        let err = applier
+            .apply(
+                vec![json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": { "name": "nowhere" } })],
+                &opts(&ns),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::InvalidObject { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("ConfigMap/nowhere: namespace not specified"),
+            "{err}"
+        );
+    })
+    .await;
+}
