@@ -21,7 +21,7 @@
 //! fields alone (no managed-fields takeover), `force: enabled` recreates it on immutable-field
 //! changes, `prune: disabled` keeps it when it leaves the revision.
 //!
-//! Managed-fields cleanup (as Flux): on objects that are written, the
+//! Managed-fields cleanup (as Flux, skipped with `ssa: Merge`): on live objects, the
 //! `kubectl.kubernetes.io/last-applied-configuration` annotation is removed, and the field sets
 //! of `kubectl*` managers (Apply and Update operations) and `before-first-apply` are merged
 //! into the `kustomize-controller` Apply entry, so fields that were removed from git are really
@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use gantry_core::inventory::{Inventory, InventoryEntry, ObjectId, Stage, apply_order};
-use gantry_core::kstatus;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
@@ -933,11 +932,6 @@ pub fn inventory_to_status(inventory: &Inventory) -> gantry_api::kustomize::v1::
             .map(|(id, v)| gantry_api::kustomize::v1::ResourceRef { id, v })
             .collect(),
     }
-}
-
-/// Health of a live object, for callers holding one.
-pub fn health_of(object: &Value) -> kstatus::Health {
-    kstatus::compute(object)
 }
 
 #[cfg(test)]
