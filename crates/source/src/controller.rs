@@ -58,8 +58,8 @@ pub struct Context {
     pub client: Client,
     /// Where artifacts go.
     pub store: ArtifactStore,
-    /// Publishes Kubernetes Events as `source-controller`.
-    pub recorder: Recorder,
+    /// Who the Kubernetes Events come from (`source-controller`).
+    pub reporter: Reporter,
     hook: Option<ArtifactHook>,
     schedule: Mutex<HashMap<(String, String), Schedule>>,
 }
@@ -81,7 +81,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             store,
             hook: None,
@@ -538,7 +538,11 @@ async fn publish(ctx: &Context, obj: &GitRepository, type_: EventType, reason: &
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    // A fresh recorder per event: kube's recorder folds events that differ only in their note
+    // into one series, which would hide each new revision's message. Events are only emitted on
+    // change, so there is nothing to deduplicate.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!("publishing event {reason}: {e}");
     }
 }

@@ -1,0 +1,548 @@
+//! The GitRepository controller against the real API server and real git servers (smart HTTP
+//! through `git-http-backend`, SSH through `sshd`): status, conditions and events as Flux writes
+//! them, and the failures a user meets (wrong password, server down, wrong host key, missing
+//! secret).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use gantry_api::meta::LocalObjectReference;
+use gantry_api::source::v1::{Artifact, GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_source::artifact::ArtifactStore;
+use gantry_source::controller::{Context, error_policy, reconcile};
+use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRepo, free_port};
+use gantry_testkit::{wait_for, with_namespace};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in gantry_api::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("gantry-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("applying CRD {name}: {err}"));
+        wait_for(&crds, &name, Duration::from_secs(30), |crd| {
+            crd.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        })
+        .await;
+    }
+}
+
+// The controller, watching one namespace, for as long as this value lives.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    ctx: Arc<Context>,
+    hooked: Arc<Mutex<Vec<(String, String)>>>,
+    _storage: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start_controller(client: &Client, ns: &str) -> Running {
+    let storage = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(storage.path(), "http://gantry.test/");
+    let hooked = Arc::new(Mutex::new(Vec::new()));
+    let seen = hooked.clone();
+    let ctx = Arc::new(
+        Context::new(client.clone(), store).with_artifact_hook(move |ns, name| {
+            seen.lock().unwrap().push((ns.to_owned(), name.to_owned()));
+        }),
+    );
+    let api: Api<GitRepository> = Api::namespaced(client.clone(), ns);
+    let task = tokio::spawn(
+        Controller::new(api, watcher::Config::default())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|_| async {}),
+    );
+    Running {
+        task,
+        ctx,
+        hooked,
+        _storage: storage,
+    }
+}
+
+fn spec(url: &str, secret: Option<&str>, branch: &str) -> GitRepositorySpec {
+    GitRepositorySpec {
+        url: url.into(),
+        interval: "10m".into(),
+        timeout: Some("20s".into()),
+        secret_ref: secret.map(|s| LocalObjectReference { name: s.into() }),
+        r#ref: Some(GitRepositoryRef {
+            branch: Some(branch.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": data.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+    }))
+    .unwrap();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply("gantry-tests").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("secret {name}: {e}"));
+}
+
+fn condition<'a>(repo: &'a GitRepository, type_: &str) -> Option<&'a Condition> {
+    repo.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn is_ready(repo: Option<&GitRepository>) -> bool {
+    repo.and_then(|r| condition(r, "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+fn failed_with(reason: &'static str) -> impl FnMut(Option<&GitRepository>) -> bool {
+    move |repo| {
+        repo.and_then(|r| condition(r, "Ready"))
+            .is_some_and(|c| c.status == "False" && c.reason == reason)
+    }
+}
+
+async fn events(client: &Client, ns: &str, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+async fn wait_for_event(client: &Client, ns: &str, name: &str, reason: &str) -> Event {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = events(client, ns, name)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {reason} event for {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn request_reconcile(api: &Api<GitRepository>, name: &str, token: &str) {
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": token } }
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
+    with_namespace("gitrepo-http", |client, ns| async move {
+        install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("deploy/app.yaml", "kind: ConfigMap\n")
+            .commit("first commit");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(
+            root.path(),
+            HttpAuth::Basic {
+                username: "flux".into(),
+                password: "pw".into(),
+            },
+        );
+        create_secret(
+            &client,
+            &ns,
+            "git-auth",
+            &[("username", "flux"), ("password", "pw")],
+        )
+        .await;
+        let running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new(
+                "app",
+                spec(&server.url("app.git"), Some("git-auth"), "main"),
+            ),
+        )
+        .await
+        .unwrap();
+
+        let repo_obj = wait_for(&api, "app", WAIT, is_ready).await.unwrap();
+        let head = repo.head();
+        let revision = format!("main@sha1:{head}");
+        let status = repo_obj.status.clone().unwrap();
+        let artifact: Artifact = status.artifact.clone().expect("an artifact");
+        assert_eq!(artifact.revision, revision);
+        assert!(artifact.digest.starts_with("sha256:") && artifact.digest.len() == 71);
+        assert_eq!(
+            artifact.path,
+            format!("gitrepository/{ns}/app/{}.tar.gz", &artifact.digest[7..])
+        );
+        assert_eq!(
+            artifact.url,
+            format!("http://gantry.test/{}", artifact.path)
+        );
+        assert!(artifact.size.is_some_and(|s| s > 0));
+        assert_eq!(status.observed_generation, repo_obj.metadata.generation);
+
+        let message = format!("stored artifact for revision '{revision}'");
+        let ready = condition(&repo_obj, "Ready").unwrap();
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            ("Succeeded", message.as_str())
+        );
+        let stored = condition(&repo_obj, "ArtifactInStorage").unwrap();
+        assert_eq!(
+            (stored.status.as_str(), stored.reason.as_str()),
+            ("True", "Succeeded")
+        );
+        for absent in ["Reconciling", "Stalled", "FetchFailed"] {
+            assert!(
+                condition(&repo_obj, absent).is_none(),
+                "{absent} is absent when ready"
+            );
+        }
+
+        let event = wait_for_event(&client, &ns, "app", "NewArtifact").await;
+        assert_eq!(event.type_.as_deref(), Some("Normal"));
+        assert_eq!(
+            event.note.as_deref(),
+            Some("stored artifact for commit 'first commit'")
+        );
+        assert_eq!(
+            event.reporting_controller.as_deref(),
+            Some("source-controller")
+        );
+        assert_eq!(
+            *running.hooked.lock().unwrap(),
+            [(ns.clone(), "app".to_owned())]
+        );
+
+        // The Kustomization controller's view: the artifact unpacked.
+        let tree = running.ctx.store.open(&artifact).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree.path().join("deploy/app.yaml")).unwrap(),
+            "kind: ConfigMap\n"
+        );
+
+        // `flux reconcile` with nothing new: echoed, and no pack fetched.
+        let packs = server.upload_pack_requests();
+        request_reconcile(&api, "app", "first").await;
+        let handled = wait_for(&api, "app", WAIT, |r| {
+            r.and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some("first"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(handled.status.unwrap().artifact.unwrap().revision, revision);
+        assert_eq!(
+            server.upload_pack_requests(),
+            packs,
+            "unchanged remote: nothing fetched"
+        );
+        assert_eq!(
+            running.hooked.lock().unwrap().len(),
+            1,
+            "no new artifact, no hook"
+        );
+
+        // A new commit, then a request: a new artifact.
+        repo.write("deploy/app.yaml", "kind: Secret\n")
+            .commit("second commit");
+        repo.push("HEAD:refs/heads/main");
+        request_reconcile(&api, "app", "second").await;
+        let next = format!("main@sha1:{}", repo.head());
+        let updated = wait_for(&api, "app", WAIT, |r| {
+            r.and_then(|r| r.status.as_ref())
+                .and_then(|s| s.artifact.as_ref())
+                .is_some_and(|a| a.revision == next)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            updated
+                .status
+                .as_ref()
+                .unwrap()
+                .last_handled_reconcile_at
+                .as_deref(),
+            Some("second")
+        );
+        assert_ne!(
+            updated.status.unwrap().artifact.unwrap().digest,
+            artifact.digest
+        );
+        assert_eq!(running.hooked.lock().unwrap().len(), 2);
+        let mut notes: Vec<String> = events(&client, &ns, "app")
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("NewArtifact"))
+            .filter_map(|e| e.note)
+            .collect();
+        notes.sort();
+        assert_eq!(
+            notes,
+            [
+                "stored artifact for commit 'first commit'",
+                "stored artifact for commit 'second commit'"
+            ],
+            "one event per new artifact"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_give_ready_false_with_flux_reasons_and_recover() {
+    with_namespace("gitrepo-fail", |client, ns| async move {
+        install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("app.yaml", "a: 1\n").commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(
+            root.path(),
+            HttpAuth::Basic {
+                username: "flux".into(),
+                password: "right".into(),
+            },
+        );
+        create_secret(
+            &client,
+            &ns,
+            "wrong",
+            &[("username", "flux"), ("password", "wrong")],
+        )
+        .await;
+        let _running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        let url = server.url("app.git");
+        let down_url = format!("http://127.0.0.1:{}/app.git", free_port());
+        for (name, spec) in [
+            ("wrong-password", spec(&url, Some("wrong"), "main")),
+            ("server-down", spec(&down_url, None, "main")),
+            ("missing-secret", spec(&url, Some("nope"), "main")),
+            ("missing-branch", spec(&url, Some("wrong"), "main")),
+        ] {
+            api.create(&PostParams::default(), &GitRepository::new(name, spec))
+                .await
+                .unwrap();
+        }
+
+        let obj = wait_for(
+            &api,
+            "wrong-password",
+            WAIT,
+            failed_with("AuthenticationFailed"),
+        )
+        .await
+        .unwrap();
+        let ready = condition(&obj, "Ready").unwrap();
+        assert!(
+            ready.message.contains(&url) && ready.message.contains("401"),
+            "{}",
+            ready.message
+        );
+        let fetch = condition(&obj, "FetchFailed").unwrap();
+        assert_eq!(
+            (fetch.status.as_str(), fetch.reason.as_str()),
+            ("True", "AuthenticationFailed")
+        );
+        let reconciling = condition(&obj, "Reconciling").unwrap();
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", "ProgressingWithRetry")
+        );
+        assert!(condition(&obj, "Stalled").is_none());
+        assert!(obj.status.as_ref().unwrap().artifact.is_none());
+        let warning = wait_for_event(&client, &ns, "wrong-password", "AuthenticationFailed").await;
+        assert_eq!(warning.type_.as_deref(), Some("Warning"));
+
+        let obj = wait_for(&api, "server-down", WAIT, failed_with("GitOperationFailed"))
+            .await
+            .unwrap();
+        let msg = &condition(&obj, "Ready").unwrap().message;
+        assert!(msg.contains(&down_url), "{msg}");
+
+        let obj = wait_for(
+            &api,
+            "missing-secret",
+            WAIT,
+            failed_with("AuthenticationFailed"),
+        )
+        .await
+        .unwrap();
+        let msg = &condition(&obj, "Ready").unwrap().message;
+        assert!(
+            msg.contains(&format!("failed to get secret '{ns}/nope'")),
+            "{msg}"
+        );
+
+        // Retried with backoff: fixing the secret heals the object without touching it.
+        create_secret(
+            &client,
+            &ns,
+            "wrong",
+            &[("username", "flux"), ("password", "right")],
+        )
+        .await;
+        let healed = wait_for(&api, "wrong-password", WAIT, is_ready)
+            .await
+            .unwrap();
+        for gone in ["FetchFailed", "Reconciling"] {
+            assert!(
+                condition(&healed, gone).is_none(),
+                "{gone} removed after recovery"
+            );
+        }
+        assert_eq!(
+            healed.status.unwrap().artifact.unwrap().revision,
+            format!("main@sha1:{}", repo.head())
+        );
+
+        // A branch that does not exist.
+        let patch = serde_json::json!({ "spec": { "ref": { "branch": "nope" } } });
+        api.patch(
+            "missing-branch",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+        let obj = wait_for(&api, "missing-branch", WAIT, |r| {
+            r.and_then(|r| condition(r, "Ready")).is_some_and(|c| {
+                c.status == "False" && c.message.contains("branch 'nope' not found")
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            condition(&obj, "Ready").unwrap().reason,
+            "GitOperationFailed"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ssh_with_known_hosts_and_a_wrong_host_key() {
+    with_namespace("gitrepo-ssh", |client, ns| async move {
+        install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("app.yaml", "over: ssh\n").commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = SshServer::start();
+        let keys = tempfile::tempdir().unwrap();
+        let impostor = SshKeyPair::generate(keys.path(), "impostor");
+        let identity = server.client_key.private.clone();
+        let good_hosts = server.known_hosts_line();
+        let bad_hosts = format!("[127.0.0.1]:{} {}", server.port(), impostor.public_key());
+        create_secret(
+            &client,
+            &ns,
+            "ssh-good",
+            &[("identity", &identity), ("known_hosts", &good_hosts)],
+        )
+        .await;
+        create_secret(
+            &client,
+            &ns,
+            "ssh-bad",
+            &[("identity", &identity), ("known_hosts", &bad_hosts)],
+        )
+        .await;
+        let _running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        let url = server.url(&repo.bare);
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new("good", spec(&url, Some("ssh-good"), "main")),
+        )
+        .await
+        .unwrap();
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new("bad", spec(&url, Some("ssh-bad"), "main")),
+        )
+        .await
+        .unwrap();
+
+        let good = wait_for(&api, "good", WAIT, is_ready).await.unwrap();
+        assert_eq!(
+            good.status.unwrap().artifact.unwrap().revision,
+            format!("main@sha1:{}", repo.head())
+        );
+        let bad = wait_for(&api, "bad", WAIT, failed_with("GitOperationFailed"))
+            .await
+            .unwrap();
+        let msg = &condition(&bad, "Ready").unwrap().message;
+        assert!(msg.contains("host key mismatch"), "{msg}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_suspended_gitrepository_is_left_alone() {
+    with_namespace("gitrepo-suspend", |client, ns| async move {
+        install_crds(&client).await;
+        let _running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        let mut s = spec("http://127.0.0.1:1/app.git", None, "main");
+        s.suspend = true;
+        api.create(&PostParams::default(), &GitRepository::new("paused", s))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let obj = api.get("paused").await.unwrap();
+        assert!(
+            obj.status.is_none_or(|s| s.conditions.is_empty()),
+            "no status written"
+        );
+        assert!(events(&client, &ns, "paused").await.is_empty(), "no events");
+    })
+    .await;
+}
