@@ -25,6 +25,8 @@ enum Command {
     Ci(commands::ci::CiArgs),
     /// Scaffolding for a repository, such as CI workflows.
     Init(commands::init::InitArgs),
+    /// Render manifests offline, exactly as they would be applied.
+    Build(commands::build::BuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Release(args) => commands::release::run(&args),
         Command::Ci(args) => commands::ci::run(&args),
         Command::Init(args) => commands::init::run(&args),
+        Command::Build(args) => commands::build::run(&args),
     };
     match result {
         Ok(code) => code,

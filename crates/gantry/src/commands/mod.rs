@@ -1,6 +1,7 @@
 //! One module per command group. Each exposes its clap arguments and a `run` function
 //! returning the process exit code.
 
+pub mod build;
 pub mod ci;
 pub mod init;
 pub mod install;
@@ -11,7 +12,6 @@ pub mod release;
 pub const PLANNED: &str = "\
 Planned, not yet available:
   run        run the controllers (sources, kustomizations, images, notifications)
-  build      render a Kustomization offline, exactly as it would be applied
   diff       show what a Kustomization would change in the cluster
   image      test tag policies and setter markers offline, list a registry's tags
   get, tree  what Gantry manages and how healthy it is

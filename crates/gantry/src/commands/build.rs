@@ -1,0 +1,185 @@
+//! `gantry build kustomization`: render a Kustomization offline, exactly as the controller would
+//! apply it (the same build, transforms, substitution and owner labels), like
+//! `flux build kustomization`.
+//!
+//! No cluster is contacted. `postBuild.substituteFrom` reads ConfigMaps and Secrets from the
+//! cluster, so it is skipped with a warning on standard error; its variables can be given with
+//! `--var KEY=VALUE` instead. Substitution is strict: a variable that is unset and has no default
+//! fails the build, naming it (and when `substituteFrom` was skipped, substitution runs even
+//! without any variable, so such a variable is reported rather than printed as `${var}`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use gantry_api::kustomize::v1::{
+    Kustomization, KustomizationSpec, SubstituteKind, SubstituteStrategy,
+};
+use gantry_kustomize::build::{self, Kustomize};
+use serde_json::Value;
+
+/// Namespace of the Kustomization when neither `--namespace` nor the file says (Flux's default).
+pub const DEFAULT_NAMESPACE: &str = "flux-system";
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(subcommand)]
+    pub what: BuildWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildWhat {
+    /// Print the manifests a Kustomization would apply, as one YAML stream.
+    Kustomization(KustomizationArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KustomizationArgs {
+    /// Name of the Kustomization (goes into the `kustomize.toolkit.fluxcd.io/name` label).
+    pub name: String,
+
+    /// Local directory to build: the checkout of the Kustomization's `spec.path`.
+    #[arg(long)]
+    pub path: PathBuf,
+
+    /// Namespace of the Kustomization [default: the file's, else flux-system].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+
+    /// A Flux Kustomization (YAML) whose spec to use: targetNamespace, patches, images,
+    /// postBuild and so on. Without it the spec is empty.
+    #[arg(long)]
+    pub kustomization_file: Option<PathBuf>,
+
+    /// Accepted for compatibility with `flux build kustomization`: this command never contacts a
+    /// cluster anyway.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// A substitution variable, as `substituteFrom` would supply it (repeatable). The file's
+    /// `postBuild.substitute` wins over these, as in Flux.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+
+    /// kustomize or kubectl binary for directories with a kustomization file
+    /// [default: $GANTRY_KUSTOMIZE, then kustomize, then kubectl on PATH].
+    #[arg(long)]
+    pub kustomize: Option<PathBuf>,
+}
+
+pub fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    match &args.what {
+        BuildWhat::Kustomization(args) => {
+            print!("{}", render(args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The YAML stream `gantry build kustomization` prints.
+pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
+    let (mut spec, file_namespace) = match &args.kustomization_file {
+        Some(file) => read_kustomization(file, &args.name)?,
+        None => (KustomizationSpec::default(), None),
+    };
+    let namespace = args
+        .namespace
+        .clone()
+        .or(file_namespace)
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+
+    if let Some(post_build) = &mut spec.post_build
+        && !post_build.substitute_from.is_empty()
+    {
+        // In the cluster these sources would define variables, so substitution would run: run it
+        // here too, so that a variable nobody supplied is reported instead of left as `${var}`.
+        post_build.substitute_strategy = Some(SubstituteStrategy::Always);
+        let skipped: Vec<String> = post_build
+            .substitute_from
+            .iter()
+            .map(|s| {
+                let kind = match s.kind {
+                    SubstituteKind::ConfigMap => "ConfigMap",
+                    SubstituteKind::Secret => "Secret",
+                };
+                format!("{kind}/{}", s.name)
+            })
+            .collect();
+        eprintln!(
+            "gantry: warning: postBuild.substituteFrom needs a cluster and was skipped ({}); \
+             pass its variables with --var KEY=VALUE",
+            skipped.join(", ")
+        );
+    }
+    let mut vars = BTreeMap::new();
+    for var in &args.vars {
+        let Some((key, value)) = var.split_once('=') else {
+            bail!("--var {var:?}: expected KEY=VALUE");
+        };
+        vars.insert(key.to_string(), value.to_string());
+    }
+
+    let kustomize = Kustomize {
+        binary: args.kustomize.clone(),
+        ..Kustomize::default()
+    };
+    let mut objects = build::build(&args.path, &spec, &vars, &kustomize, true)?;
+    build::set_owner_labels(&mut objects, &args.name, &namespace);
+    to_yaml_stream(&objects)
+}
+
+/// Reads the Kustomization named `name` from a YAML file (which may hold other documents too).
+fn read_kustomization(
+    file: &Path,
+    name: &str,
+) -> anyhow::Result<(KustomizationSpec, Option<String>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let documents = build::parse_stream(&text, file)?;
+    let mut kinds = Vec::new();
+    for (doc, _) in documents {
+        let is_kustomization = doc.get("kind").and_then(Value::as_str) == Some("Kustomization")
+            && doc
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with("kustomize.toolkit.fluxcd.io/"));
+        if !is_kustomization {
+            kinds.push(format!(
+                "{}/{}",
+                doc["kind"].as_str().unwrap_or("?"),
+                doc["metadata"]["name"].as_str().unwrap_or("?")
+            ));
+            continue;
+        }
+        if doc["metadata"]["name"].as_str() != Some(name) {
+            kinds.push(format!(
+                "Kustomization/{}",
+                doc["metadata"]["name"].as_str().unwrap_or("?")
+            ));
+            continue;
+        }
+        let ks: Kustomization = serde_json::from_value(doc)
+            .with_context(|| format!("{}: Kustomization {name}: invalid spec", file.display()))?;
+        return Ok((ks.spec, ks.metadata.namespace));
+    }
+    bail!(
+        "{}: no Kustomization named {name:?} (found: {})",
+        file.display(),
+        if kinds.is_empty() {
+            "nothing".to_string()
+        } else {
+            kinds.join(", ")
+        }
+    )
+}
+
+fn to_yaml_stream(objects: &[Value]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(object).context("rendering YAML")?);
+    }
+    Ok(out)
+}
