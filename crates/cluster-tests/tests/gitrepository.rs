@@ -546,3 +546,35 @@ async fn a_suspended_gitrepository_is_left_alone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_per_spec_timeout() {
+    with_namespace("gitrepo-timeout", |client, ns| async move {
+        install_crds(&client).await;
+        // Accepts connections (the kernel does, from the backlog) but never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/app.git",
+            silent.local_addr().unwrap().port()
+        );
+        let _running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        let mut s = spec(&url, None, "main");
+        s.timeout = Some("1s".into());
+        api.create(&PostParams::default(), &GitRepository::new("silent", s))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let obj = wait_for(&api, "silent", WAIT, failed_with("GitOperationFailed"))
+            .await
+            .unwrap();
+        let msg = &condition(&obj, "Ready").unwrap().message;
+        assert!(msg.contains("timeout") && msg.contains(&url), "{msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bounded by spec.timeout"
+        );
+        drop(silent);
+    })
+    .await;
+}
