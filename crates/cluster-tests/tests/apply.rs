@@ -831,3 +831,45 @@ async fn secrets_and_cluster_scoped_objects_are_unchanged_on_reapply() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn health_wait_waits_for_a_job_to_complete() {
+    with_namespace("job", |client, ns| async move {
+        let applier = applier(&client);
+        let set = applier
+            .apply(
+                vec![json!({
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": { "name": "migrate", "namespace": ns },
+                    "spec": { "backoffLimit": 0, "template": { "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{ "name": "m", "image": "registry.invalid/migrate:1" }]
+                    } } }
+                })],
+                &opts(&ns),
+            )
+            .await
+            .unwrap();
+        applier
+            .wait(
+                &set.health_targets(),
+                &WaitOptions::new(Duration::from_secs(90)),
+            )
+            .await
+            .expect("kwok completes the Job's Pod, and the wait ends only then");
+        let jobs: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &ns,
+            &ApiResource::from_gvk(&GroupVersionKind::gvk("batch", "v1", "Job")),
+        );
+        let job = jobs.get("migrate").await.unwrap();
+        let complete = job.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Complete" && c["status"] == "True")
+            });
+        assert!(complete, "{:#}", job.data["status"]);
+    })
+    .await;
+}

@@ -118,6 +118,27 @@ pub fn compute(object: &Value) -> Health {
     }
 }
 
+/// Health as Flux's kustomize-controller judges it when waiting: [`compute`], except that a
+/// Job is `Current` only once it has completed (kstatus calls a running Job `Current`; a
+/// health check that waits for a migration Job must wait for it to finish).
+pub fn compute_flux(object: &Value) -> Health {
+    let is_job = api_group(object) == "batch" && str_at(object, &["kind"]) == Some("Job");
+    if !is_job {
+        return compute(object);
+    }
+    if let Some(health) = generic(object) {
+        return health;
+    }
+    let completed = conditions(object)
+        .iter()
+        .any(|c| c.type_ == "Complete" && c.status == "True");
+    let health = job(object);
+    if health.status == Status::Current && !completed {
+        return Health::in_progress("Job in progress");
+    }
+    health
+}
+
 /// The group of `apiVersion` (empty for the core group).
 fn api_group(object: &Value) -> &str {
     match str_at(object, &["apiVersion"]) {

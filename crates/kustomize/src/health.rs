@@ -1,6 +1,7 @@
 //! Health waits: poll objects until kstatus calls all of them `Current`, bounded by a timeout,
 //! failing fast when one is `Failed` (a rollout past its progress deadline, a stalled Flux
-//! object, a failed Job).
+//! object, a failed Job). As in Flux, a Job counts only once it has completed
+//! ([`gantry_core::kstatus::compute_flux`]).
 //!
 //! Errors read like Flux's (`timeout waiting for: [Deployment/apps/web status: 'InProgress']`,
 //! `failed early due to stalled resources: [...]`), each object followed by its kstatus message
@@ -140,7 +141,7 @@ async fn health_of(
     match api.get_opt(&id.name).await.map_err(kube_err)? {
         Some(object) => {
             let value = serde_json::to_value(object).unwrap_or_default();
-            Ok(kstatus::compute(&value))
+            Ok(kstatus::compute_flux(&value))
         }
         None => Ok(Health::not_found()),
     }

@@ -704,3 +704,30 @@ fn garbage_never_panics() {
         let _ = compute(&value);
     }
 }
+
+#[test]
+fn flux_waits_for_jobs_to_complete() {
+    let job = |status: Value| {
+        with_kind(
+            "batch/v1",
+            "Job",
+            json!({ "spec": { "completions": 1 }, "status": status }),
+        )
+    };
+    let running = job(json!({ "startTime": "2026-11-26T07:00:00Z", "active": 1 }));
+    assert_eq!(
+        compute(&running).status,
+        Status::Current,
+        "kstatus: a running Job is Current"
+    );
+    let health = compute_flux(&running);
+    assert_eq!(health, Health::in_progress("Job in progress"));
+    let done = job(json!({ "startTime": "2026-11-26T07:00:00Z", "succeeded": 1,
+        "conditions": [condition("Complete", "True", "", "")] }));
+    assert_eq!(compute_flux(&done).status, Status::Current);
+    let failed = job(json!({ "failed": 1,
+        "conditions": [condition("Failed", "True", "BackoffLimitExceeded", "")] }));
+    assert_eq!(compute_flux(&failed).status, Status::Failed);
+    let deployment = deployment(1, 1, json!({}));
+    assert_eq!(compute_flux(&deployment), compute(&deployment));
+}
