@@ -190,6 +190,22 @@ mod tests {
         assert!(Revision::parse("main@:abc").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn format_then_parse_is_identity(
+            reference in proptest::option::of("[a-zA-Z0-9._/@-]{1,40}"),
+            hash in "[0-9a-f]{40}",
+        ) {
+            let rev = Revision::sha1(reference.as_deref(), &hash);
+            proptest::prop_assert_eq!(Revision::parse(&rev.to_string()), Ok(rev));
+        }
+
+        #[test]
+        fn parse_never_panics(s in ".{0,80}") {
+            let _ = Revision::parse(&s);
+        }
+    }
+
     #[test]
     fn short_reference_follows_flux() {
         assert_eq!(short_reference("refs/heads/main"), "main");

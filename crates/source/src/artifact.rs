@@ -179,6 +179,41 @@ impl ArtifactStore {
         }
     }
 
+    /// Removes the artifacts of every object of `kind` not in `live` (namespace, name): the
+    /// clean-up for objects deleted while nothing watched them. Returns the removed objects.
+    pub fn remove_orphans(
+        &self,
+        kind: &str,
+        live: &std::collections::HashSet<(String, String)>,
+    ) -> Result<Vec<(String, String)>, ArtifactError> {
+        let mut removed = Vec::new();
+        let kind_dir = self.root.join(kind);
+        let list = |dir: &Path| -> Result<Vec<String>, ArtifactError> {
+            match std::fs::read_dir(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(source) => Err(ArtifactError::Storage {
+                    path: dir.to_owned(),
+                    source,
+                }),
+                Ok(entries) => Ok(entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()),
+            }
+        };
+        for namespace in list(&kind_dir)? {
+            for name in list(&kind_dir.join(&namespace))? {
+                let key = (namespace.clone(), name);
+                if !live.contains(&key) {
+                    self.remove_all(kind, &key.0, &key.1)?;
+                    removed.push(key);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Verifies the artifact's digest and unpacks it into a fresh temporary directory, removed
     /// when the returned value is dropped.
     pub fn open(&self, artifact: &Artifact) -> Result<TempDir, ArtifactError> {
