@@ -141,6 +141,9 @@ impl fmt::Display for ChangeSetEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
     pub entries: Vec<ChangeSetEntry>,
+    /// Objects health checks must not wait for: Jobs with `ttlSecondsAfterFinished`, which
+    /// delete themselves once done (Flux leaves them out too).
+    pub unwaited: Vec<ObjectId>,
 }
 
 impl ChangeSet {
@@ -175,11 +178,13 @@ impl ChangeSet {
     }
 
     /// What a `wait: true` health check should watch: every applied object except those
-    /// skipped by annotation (which may legitimately not exist) and deleted ones.
+    /// skipped by annotation (which may legitimately not exist), deleted ones and
+    /// [`ChangeSet::unwaited`].
     pub fn health_targets(&self) -> Vec<InventoryEntry> {
         self.entries
             .iter()
             .filter(|e| !matches!(e.action, Action::Skipped | Action::Deleted))
+            .filter(|e| !self.unwaited.contains(&e.id))
             .map(|e| InventoryEntry {
                 id: e.id.clone(),
                 version: e.version.clone(),
@@ -424,7 +429,19 @@ impl Applier {
                     })?;
             }
         }
-        Ok(ChangeSet { entries: changes })
+        let unwaited = desired
+            .iter()
+            .filter(|d| {
+                d.id.group == "batch"
+                    && d.id.kind == "Job"
+                    && d.object.pointer("/spec/ttlSecondsAfterFinished").is_some()
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        Ok(ChangeSet {
+            entries: changes,
+            unwaited,
+        })
     }
 
     /// Deletes the objects of `previous` missing from `current` that still carry both owner
@@ -447,7 +464,10 @@ impl Applier {
                 });
             }
         }
-        Ok(ChangeSet { entries: changes })
+        Ok(ChangeSet {
+            entries: changes,
+            unwaited: Vec::new(),
+        })
     }
 
     /// Deletes every object of `inventory` owned by `owner` (deletionPolicy `Delete`), with the
@@ -983,7 +1003,7 @@ mod tests {
 
     #[test]
     fn change_set_lines_and_inventory() {
-        let set = ChangeSet {
+        let mut set = ChangeSet {
             entries: vec![
                 ChangeSetEntry {
                     id: ObjectId::new("apps", "web", "apps", "Deployment"),
@@ -996,9 +1016,13 @@ mod tests {
                     action: Action::Unchanged,
                 },
             ],
+            unwaited: Vec::new(),
         };
         assert_eq!(set.summary(), "Deployment/apps/web configured");
         assert_eq!(set.health_targets().len(), 2);
+        set.unwaited
+            .push(ObjectId::new("apps", "web", "apps", "Deployment"));
+        assert_eq!(set.health_targets().len(), 1);
         let inventory = set.to_inventory();
         assert_eq!(
             inventory
