@@ -668,7 +668,14 @@ impl Applier {
         let (create, cleanup, recreate) = match plan {
             Plan::Skip => return Ok(Action::Skipped),
             Plan::Unchanged => return Ok(Action::Unchanged),
-            Plan::Defer => unreachable!("deferred objects are evaluated before their stage"),
+            // Deferred objects are evaluated before their stage; never reached, but an error
+            // beats a panic in a controller.
+            Plan::Defer => {
+                return Err(ApplyError::InvalidObject {
+                    what: d.id.display(),
+                    reason: "could not be dry-run before its stage".into(),
+                });
+            }
             Plan::Write {
                 create,
                 cleanup,
