@@ -295,6 +295,11 @@ impl Kustomize {
                 },
             });
         }
+        let warnings = String::from_utf8_lossy(&stderr);
+        if !warnings.trim().is_empty() {
+            // e.g. deprecation notices: worth seeing, not worth failing for.
+            tracing::warn!(dir = %dir.display(), "kustomize: {}", warnings.trim());
+        }
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 }
@@ -578,7 +583,8 @@ fn yaml_error(err: &serde_saphyr::Error, file: &Path, line_offset: u64) -> Build
     let inner = err.without_snippet();
     let message = serde_saphyr::DefaultMessageFormatter
         .format_message(inner)
-        .into_owned();
+        // The parser's advice is about its own API, not about the manifest.
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
     let (line, column) = err
         .location()
         .map(|l| (l.line(), l.column()))

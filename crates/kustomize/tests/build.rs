@@ -524,3 +524,19 @@ fn components_are_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn duplicate_keys_are_yaml_errors_on_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "dup.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  a: 1\n  a: 2\n",
+    );
+    let err = read(dir.path(), &no_kustomize()).unwrap_err();
+    assert!(matches!(&err, BuildError::Yaml { line: 6, .. }), "{err}");
+    assert!(
+        err.to_string().ends_with("duplicate mapping key: a"),
+        "{err}"
+    );
+}
