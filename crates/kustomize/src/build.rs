@@ -12,6 +12,10 @@
 //!    map wins over the `substituteFrom` values, which the caller reads from the cluster and merges
 //!    with [`merge_substitute_from`].
 //!
+//! [`build`] blocks (it reads files and may wait for kustomize): call it from
+//! `tokio::task::spawn_blocking` in async code. [`resolve_path`] turns `spec.path` into a
+//! directory confined to the artifact.
+//!
 //! Every failure is a [`BuildError`], which the controller reports with Flux's `BuildFailed`
 //! reason; the messages name the file, line and column (YAML), the document, or the field.
 //! Nothing is returned from a failed build, so nothing half-built is ever applied.
@@ -55,6 +59,12 @@ pub enum BuildError {
     #[error("kustomization path is not a directory: {path}")]
     NotADirectory {
         /// The path.
+        path: PathBuf,
+    },
+    /// A symlink in the path points outside it.
+    #[error("{path} is a symlink to a file outside the kustomization path")]
+    OutsidePath {
+        /// The symlink.
         path: PathBuf,
     },
     /// A file or directory could not be read.
@@ -311,6 +321,26 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The directory `spec.path` names inside an artifact extracted at `root`, confined to `root`:
+/// `..` never climbs above it (as Flux's secure join does), and an absolute path is taken
+/// relative to it. Whether the directory exists is [`read`]'s concern.
+pub fn resolve_path(root: &Path, path: Option<&str>) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in Path::new(path.unwrap_or("")).components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    parts
+        .iter()
+        .fold(root.to_path_buf(), |acc, part| acc.join(part))
+}
+
 /// The kustomization file of `dir`, if it has one.
 pub fn kustomization_file(dir: &Path) -> Option<PathBuf> {
     KUSTOMIZATION_FILES
@@ -373,9 +403,13 @@ pub fn read(dir: &Path, kustomize: &Kustomize) -> Result<Vec<Value>, BuildError>
             path: dir.to_path_buf(),
         });
     }
+    let root = dir.canonicalize().map_err(|source| BuildError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut objects = Vec::new();
     let mut seen = HashMap::new();
-    collect(dir, kustomize, &mut objects, &mut seen)?;
+    collect(dir, &root, kustomize, &mut objects, &mut seen)?;
     Ok(objects.into_iter().map(|(obj, _)| obj).collect())
 }
 
@@ -384,6 +418,7 @@ type Seen = HashMap<String, String>;
 /// Adds the objects of `dir` to `out`, each with a description of where it came from.
 fn collect(
     dir: &Path,
+    root: &Path,
     kustomize: &Kustomize,
     out: &mut Vec<(Value, String)>,
     seen: &mut Seen,
@@ -415,12 +450,23 @@ fn collect(
         })?;
         // Symlinked directories are not followed: they could loop or leave the artifact.
         if file_type.is_dir() {
-            collect(&path, kustomize, out, seen)?;
+            collect(&path, root, kustomize, out, seen)?;
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         if !(name.ends_with(".yaml") || name.ends_with(".yml")) || !path.is_file() {
             continue;
+        }
+        // A symlinked file may only point inside the path, so a repository cannot make the
+        // controller read (and apply, or echo in errors) files of its own machine.
+        if file_type.is_symlink() {
+            let target = path.canonicalize().map_err(|source| BuildError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if !target.starts_with(root) {
+                return Err(BuildError::OutsidePath { path });
+            }
         }
         let text = std::fs::read_to_string(&path).map_err(|source| BuildError::Read {
             path: path.clone(),
@@ -741,6 +787,23 @@ pub fn set_owner_labels(objects: &mut [Value], name: &str, namespace: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_paths_stay_inside_the_artifact() {
+        let root = Path::new("/artifact");
+        let cases = [
+            (None, "/artifact"),
+            (Some(""), "/artifact"),
+            (Some("./"), "/artifact"),
+            (Some("./apps/prod"), "/artifact/apps/prod"),
+            (Some("apps/../infra"), "/artifact/infra"),
+            (Some("../../etc"), "/artifact/etc"),
+            (Some("/etc/passwd"), "/artifact/etc/passwd"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(resolve_path(root, path), Path::new(want), "{path:?}");
+        }
+    }
 
     #[test]
     fn documents_split_with_their_lines() {

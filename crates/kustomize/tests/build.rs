@@ -540,3 +540,27 @@ fn duplicate_keys_are_yaml_errors_on_their_line() {
         "{err}"
     );
 }
+
+#[test]
+fn symlinks_may_not_leave_the_path() {
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret.yaml", &cm("stolen"));
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "real.yaml", &cm("real"));
+    std::os::unix::fs::symlink(dir.path().join("real.yaml"), dir.path().join("inside.yaml"))
+        .unwrap();
+    let objects = read(dir.path(), &no_kustomize());
+    // A link to a file of the path is read (and is then a duplicate, like a copy would be).
+    assert!(
+        matches!(objects, Err(BuildError::Duplicate { .. })),
+        "{objects:?}"
+    );
+    fs::remove_file(dir.path().join("inside.yaml")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.yaml"),
+        dir.path().join("link.yaml"),
+    )
+    .unwrap();
+    let err = read(dir.path(), &no_kustomize()).unwrap_err();
+    assert!(matches!(err, BuildError::OutsidePath { .. }), "{err}");
+}
