@@ -505,3 +505,45 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+#[test]
+fn https_with_the_ca_from_the_secret() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new(root.path(), "app");
+    repo.write("app.yaml", "over: https\n").commit("one");
+    repo.push("HEAD:refs/heads/main");
+    let server = GitHttpServer::start_tls(root.path(), basic());
+    let url = server.url("app.git");
+    assert!(url.starts_with("https://"));
+    let with_ca = |ca: Option<&str>| Credentials {
+        ca_cert: ca.map(str::to_owned),
+        ..basic_creds()
+    };
+
+    let (commit, dir) = fetched(&request(
+        &url,
+        Reference::Branch("main".into()),
+        with_ca(server.ca_pem()),
+    ));
+    assert_eq!(commit.revision, format!("main@sha1:{}", repo.head()));
+    assert_eq!(read(dir.path(), "app.yaml"), "over: https\n");
+
+    // The system roots do not know the test CA.
+    let err = fetch_err(&request(
+        &url,
+        Reference::Branch("main".into()),
+        with_ca(None),
+    ));
+    assert_eq!(err.reason(), "GitOperationFailed");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    // Another CA is not this server's.
+    let other_root = tempfile::tempdir().unwrap();
+    let other = GitHttpServer::start_tls(other_root.path(), basic());
+    let err = fetch_err(&request(
+        &url,
+        Reference::Branch("main".into()),
+        with_ca(other.ca_pem()),
+    ));
+    assert!(err.to_string().contains("unknown authority"), "{err}");
+}

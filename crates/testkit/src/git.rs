@@ -1,7 +1,8 @@
 //! Real git servers on loopback for tests, and repositories to serve.
 //!
-//! - [`GitHttpServer`]: smart HTTP through git's own `git-http-backend`, run as a CGI program for
-//!   every request, behind HTTP basic auth or a bearer token. It counts the requests it serves,
+//! - [`GitHttpServer`]: smart HTTP (or HTTPS with a generated CA) through git's own
+//!   `git-http-backend`, run as a CGI program for every request, behind HTTP basic auth or a
+//!   bearer token. It counts the requests it serves,
 //!   so a test can prove that no pack was fetched.
 //! - [`SshServer`]: Debian's `sshd` (package `openssh-server`) as a foreground process on a free
 //!   loopback port, with a generated host key and one authorised test key; clients run the real
@@ -12,7 +13,7 @@
 //! Servers bind 127.0.0.1 only and stop (kill + wait) when dropped.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -191,6 +192,7 @@ struct Counters {
 /// Smart HTTP git server: `git-http-backend` as CGI behind a small HTTP/1.1 server.
 pub struct GitHttpServer {
     port: u16,
+    ca_pem: Option<String>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     accept: Option<JoinHandle<()>>,
@@ -199,6 +201,24 @@ pub struct GitHttpServer {
 impl GitHttpServer {
     /// Serves every repository under `root` on a free loopback port.
     pub fn start(root: &Path, auth: HttpAuth) -> Self {
+        Self::launch(root, auth, None)
+    }
+
+    /// Like [`start`](Self::start), over HTTPS with a certificate for `127.0.0.1` and
+    /// `localhost` issued by a fresh CA ([`ca_pem`](Self::ca_pem)).
+    pub fn start_tls(root: &Path, auth: HttpAuth) -> Self {
+        let (ca_pem, config) = tls_config();
+        let mut server = Self::launch(root, auth, Some(Arc::new(config)));
+        server.ca_pem = Some(ca_pem);
+        server
+    }
+
+    /// The CA that issued the HTTPS certificate (PEM), for a secret's `ca.crt`.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    fn launch(root: &Path, auth: HttpAuth, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         assert!(
             Path::new(GIT_HTTP_BACKEND).exists(),
             "{GIT_HTTP_BACKEND} is missing: install Debian's `git` package"
@@ -217,8 +237,20 @@ impl GitHttpServer {
                     }
                     let Ok(stream) = stream else { continue };
                     let (root, auth, counters) = (root.clone(), auth.clone(), counters.clone());
+                    let tls = tls.clone();
                     std::thread::spawn(move || {
-                        if let Err(e) = serve(stream, &root, &auth, &counters) {
+                        let served = match tls {
+                            None => serve(stream, &root, &auth, &counters).map(drop),
+                            Some(config) => rustls::ServerConnection::new(config)
+                                .map_err(io::Error::other)
+                                .and_then(|conn| {
+                                    let tls = rustls::StreamOwned::new(conn, stream);
+                                    let mut tls = serve(tls, &root, &auth, &counters)?;
+                                    tls.conn.send_close_notify();
+                                    tls.flush()
+                                }),
+                        };
+                        if let Err(e) = served {
                             eprintln!("git http test server: {e}");
                         }
                     });
@@ -227,6 +259,7 @@ impl GitHttpServer {
         };
         GitHttpServer {
             port,
+            ca_pem: None,
             stop,
             counters,
             accept: Some(accept),
@@ -238,10 +271,15 @@ impl GitHttpServer {
         self.port
     }
 
-    /// `http://127.0.0.1:<port>/<path>`, e.g. `url("app.git")`.
+    /// `http(s)://127.0.0.1:<port>/<path>`, e.g. `url("app.git")`.
     pub fn url(&self, path: &str) -> String {
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!(
-            "http://127.0.0.1:{}/{}",
+            "{scheme}://127.0.0.1:{}/{}",
             self.port,
             path.trim_start_matches('/')
         )
@@ -337,11 +375,17 @@ fn authorised(req: &Request, auth: &HttpAuth) -> Option<String> {
     }
 }
 
-fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+// One request per connection; the whole body is read first (test repositories are small),
+// which lets the same code serve plain TCP and TLS streams. Returns the stream to close.
+fn serve<S: Read + Write>(
+    stream: S,
+    root: &Path,
+    auth: &HttpAuth,
+    counters: &Counters,
+) -> io::Result<S> {
+    let mut reader = BufReader::new(stream);
     let Some(req) = read_request(&mut reader)? else {
-        return Ok(());
+        return Ok(reader.into_inner());
     };
     let Some(user) = authorised(&req, auth) else {
         counters.unauthorized.fetch_add(1, Ordering::SeqCst);
@@ -349,11 +393,13 @@ fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -
             HttpAuth::Bearer(_) => "Bearer realm=\"git\"",
             _ => "Basic realm=\"git\"",
         };
+        let mut out = reader.into_inner();
         write!(
             out,
             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
-        return Ok(());
+        out.flush()?;
+        return Ok(out);
     };
     if req.path.ends_with("/info/refs") {
         counters.info_refs.fetch_add(1, Ordering::SeqCst);
@@ -365,7 +411,22 @@ fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -
         .header("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
-        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        reader.get_mut().flush()?;
+    }
+    let mut body = Vec::new();
+    if req
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        copy_chunked(&mut reader, &mut body)?;
+    } else if let Some(len) = req
+        .header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
+        (&mut reader).take(len).read_to_end(&mut body)?;
     }
 
     let mut cmd = Command::new(GIT_HTTP_BACKEND);
@@ -380,7 +441,8 @@ fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -
         .env("PATH_INFO", &req.path)
         .env("QUERY_STRING", &req.query)
         .env("REMOTE_ADDR", "127.0.0.1")
-        .env("CONTENT_TYPE", req.header("content-type").unwrap_or(""));
+        .env("CONTENT_TYPE", req.header("content-type").unwrap_or(""))
+        .env("CONTENT_LENGTH", body.len().to_string());
     if !user.is_empty() {
         cmd.env("REMOTE_USER", &user);
     }
@@ -390,31 +452,14 @@ fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -
     if let Some(proto) = req.header("git-protocol") {
         cmd.env("GIT_PROTOCOL", proto);
     }
-    let length = req
-        .header("content-length")
-        .and_then(|l| l.parse::<u64>().ok());
-    if let Some(len) = length {
-        cmd.env("CONTENT_LENGTH", len.to_string());
-    }
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-
     // Feed the body on its own thread: the backend may write before it has read everything.
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let chunked = req
-        .header("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-    let feeder = std::thread::spawn(move || -> io::Result<()> {
-        if chunked {
-            copy_chunked(&mut reader, &mut stdin)?;
-        } else if let Some(len) = length {
-            io::copy(&mut (&mut reader).take(len), &mut stdin)?;
-        }
-        Ok(())
-    });
+    let feeder = std::thread::spawn(move || stdin.write_all(&body));
 
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut status = "200 OK".to_owned();
@@ -437,19 +482,58 @@ fn serve(stream: TcpStream, root: &Path, auth: &HttpAuth, counters: &Counters) -
         }
     }
     // libgit2 wants a delimited body: buffer the (small, test-sized) response.
-    let mut body = Vec::new();
-    stdout.read_to_end(&mut body)?;
+    let mut response = Vec::new();
+    stdout.read_to_end(&mut response)?;
+    let _ = feeder.join();
+    child.wait()?;
+    let mut out = reader.into_inner();
     write!(
         out,
         "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        response.len()
     )?;
-    out.write_all(&body)?;
+    out.write_all(&response)?;
     out.flush()?;
-    let _ = out.shutdown(Shutdown::Write);
-    let _ = feeder.join();
-    child.wait()?;
-    Ok(())
+    Ok(out)
+}
+
+// A CA and a server certificate for 127.0.0.1/localhost signed by it.
+fn tls_config() -> (String, rustls::ServerConfig) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "gantry test git CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().expect("server key");
+    let cert = leaf
+        .signed_by(&leaf_key, &issuer)
+        .expect("server certificate");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
+        .expect("server key DER");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .expect("TLS server config");
+    (ca_pem, config)
 }
 
 fn copy_chunked(reader: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {

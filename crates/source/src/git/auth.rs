@@ -2,7 +2,8 @@
 //!
 //! Secret keys as Flux reads them: `username`/`password` (HTTP basic auth), `bearerToken`
 //! (HTTP `Authorization: Bearer`), `identity` (PEM or OpenSSH private key), `known_hosts` and an
-//! optional `password` (the key's passphrase) for SSH.
+//! optional `password` (the key's passphrase) for SSH, `ca.crt` (PEM CA) for HTTPS servers with
+//! a private CA.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,8 @@ pub struct Credentials {
     pub identity: Option<String>,
     /// OpenSSH known_hosts lines the server's host key must match.
     pub known_hosts: Option<String>,
+    /// PEM CA certificate(s) the HTTPS server's certificate must chain to (`ca.crt`).
+    pub ca_cert: Option<String>,
 }
 
 // Never print secrets, not even in debug logs.
@@ -38,6 +41,7 @@ impl std::fmt::Debug for Credentials {
             )
             .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
             .field("known_hosts", &self.known_hosts.is_some())
+            .field("ca_cert", &self.ca_cert.is_some())
             .finish()
     }
 }
@@ -56,6 +60,8 @@ impl Credentials {
             bearer_token: get("bearerToken"),
             identity: get("identity"),
             known_hosts: get("known_hosts"),
+            // `caFile` is the name Flux's older API used.
+            ca_cert: get("ca.crt").or_else(|| get("caFile")),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod semver_range;
+pub mod tls;
 
 use std::cell::Cell;
 use std::path::Path;
@@ -137,7 +138,7 @@ impl GitError {
 #[derive(Default)]
 struct CallbackState {
     auth_problem: std::cell::RefCell<Option<String>>,
-    host_key_problem: std::cell::RefCell<Option<String>>,
+    certificate_problem: std::cell::RefCell<Option<String>>,
 }
 
 struct Session<'a> {
@@ -219,9 +220,26 @@ impl<'a> Session<'a> {
         });
         let (host, port) = (self.host.clone(), self.port);
         let known = creds.known_hosts.as_deref().map(parse_known_hosts);
+        let ca_cert = creds.ca_cert.clone();
         cb.certificate_check(move |cert, _| {
+            if let Some(x509) = cert.as_x509() {
+                // Without a CA of its own, libgit2's verification against the system roots holds.
+                let Some(ca) = &ca_cert else {
+                    return Ok(CertificateCheckStatus::CertificatePassthrough);
+                };
+                return match tls::verify_server_certificate(ca, x509.data(), &host) {
+                    Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                    Err(problem) => {
+                        *state.certificate_problem.borrow_mut() = Some(problem.clone());
+                        Err(git2::Error::new(
+                            ErrorCode::Certificate,
+                            ErrorClass::Ssl,
+                            problem,
+                        ))
+                    }
+                };
+            }
             let Some(hostkey) = cert.as_hostkey() else {
-                // TLS: libgit2 already verified the chain against the system roots.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
             let problem = match (&known, hostkey.hostkey()) {
@@ -239,7 +257,7 @@ impl<'a> Session<'a> {
                     ),
                 },
             };
-            *state.host_key_problem.borrow_mut() = Some(problem.clone());
+            *state.certificate_problem.borrow_mut() = Some(problem.clone());
             Err(git2::Error::new(
                 ErrorCode::Certificate,
                 ErrorClass::Ssh,
@@ -270,7 +288,7 @@ impl<'a> Session<'a> {
                 timeout: self.req.timeout,
             };
         }
-        if let Some(problem) = self.state.host_key_problem.borrow().clone() {
+        if let Some(problem) = self.state.certificate_problem.borrow().clone() {
             return GitError::Operation {
                 url,
                 cause: problem,
