@@ -251,13 +251,8 @@ pub fn resolve_plain(s: &str) -> Value {
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return Value::from(i);
-        }
-        if let Ok(u) = s.parse::<u64>() {
-            return Value::from(u);
-        }
+    if let Some(i) = parse_int(s) {
+        return i;
     }
     let looks_float = digits.bytes().any(|b| b.is_ascii_digit())
         && digits
@@ -271,6 +266,37 @@ pub fn resolve_plain(s: &str) -> Value {
         return Value::Number(n);
     }
     Value::String(s.to_string())
+}
+
+/// An integer as go-yaml v2 reads one (Go's `ParseInt` with base 0): decimal, `0x` hex, `0o` or
+/// leading-`0` octal, `0b` binary, with an optional sign.
+fn parse_int(s: &str) -> Option<Value> {
+    let (negative, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i128::from_str_radix(digits, radix).ok()?;
+    let value = if negative { -magnitude } else { magnitude };
+    i64::try_from(value)
+        .map(Value::from)
+        .or_else(|_| u64::try_from(value).map(Value::from))
+        .ok()
 }
 
 // ---- expression parser ----------------------------------------------------------------------
@@ -1034,7 +1060,12 @@ mod tests {
             ("1.27", json!(1.27)),
             ("1.27.3", json!("1.27.3")),
             ("v1", json!("v1")),
-            ("0x1F", json!("0x1F")),
+            ("0x1F", json!(31)),
+            ("0755", json!(493)),
+            ("0b101", json!(5)),
+            ("-0o17", json!(-15)),
+            ("089", json!(89.0)),
+            ("+12", json!(12)),
         ];
         for (text, want) in cases {
             assert_eq!(resolve_plain(text), want, "{text}");

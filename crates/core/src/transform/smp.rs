@@ -309,6 +309,50 @@ mod tests {
         assert_eq!(t, json!({"containers": [{"name": "b"}]}));
     }
 
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let key = prop_oneof![
+                Just("name".to_string()),
+                Just("containers".to_string()),
+                Just("env".to_string()),
+                "[a-z]{1,3}".prop_map(String::from),
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(key, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn empty_patch_changes_nothing(target in json()) {
+            let mut t = target.clone();
+            if target.is_object() {
+                let empty = Value::Object(Default::default());
+                let kept = strategic_merge(&mut t, &empty, true);
+                proptest::prop_assert!(kept);
+                proptest::prop_assert_eq!(t, target);
+            }
+        }
+
+        #[test]
+        fn patching_with_itself_is_idempotent(target in json()) {
+            let mut once = target.clone();
+            strategic_merge(&mut once, &target, true);
+            let mut twice = once.clone();
+            strategic_merge(&mut twice, &target, true);
+            proptest::prop_assert_eq!(twice, once);
+        }
+    }
+
     #[test]
     fn delete_whole_object() {
         let mut t = json!({"kind": "ConfigMap"});
