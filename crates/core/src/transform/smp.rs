@@ -157,9 +157,16 @@ fn merge_list(target: &mut Vec<Value>, patch: &[Value], key: &str, keyed: bool) 
             }
             continue;
         };
-        let found = pm
-            .get(key)
-            .and_then(|kv| target.iter().position(|t| t.get(key) == Some(kv)));
+        let Some(kv) = pm.get(key) else {
+            // Kubernetes rejects elements without the merge key; appending them unless already
+            // present keeps patches idempotent.
+            let element = clean(element);
+            if !target.contains(&element) {
+                target.push(element);
+            }
+            continue;
+        };
+        let found = target.iter().position(|t| t.get(key) == Some(kv));
         match (found, directive(pm)) {
             (Some(i), Some("delete")) => {
                 target.remove(i);
