@@ -468,9 +468,13 @@ fn collect(
                 return Err(BuildError::OutsidePath { path });
             }
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| BuildError::Read {
+        let bytes = std::fs::read(&path).map_err(|source| BuildError::Read {
             path: path.clone(),
             source,
+        })?;
+        let text = decode_text(&bytes).map_err(|message| BuildError::Read {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, message),
         })?;
         for (obj, document) in parse_stream(&text, &path)? {
             push(
@@ -506,6 +510,25 @@ fn push(
     seen.insert(id, origin.clone());
     out.push((obj, origin));
     Ok(())
+}
+
+/// A manifest file's text: UTF-8 (a byte-order mark is dropped) or, with its byte-order mark,
+/// UTF-16 as Windows editors write it (kustomize accepts both).
+fn decode_text(bytes: &[u8]) -> Result<String, String> {
+    let utf16 = |rest: &[u8], unit: fn([u8; 2]) -> u16| {
+        let units: Vec<u16> = rest
+            .chunks(2)
+            .map(|c| unit([c[0], *c.get(1).unwrap_or(&0)]))
+            .collect();
+        String::from_utf16(&units).map_err(|e| format!("invalid UTF-16: {e}"))
+    };
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8(rest.to_vec()),
+        [0xFF, 0xFE, rest @ ..] => return utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => return utf16(rest, u16::from_be_bytes),
+        _ => String::from_utf8(bytes.to_vec()),
+    }
+    .map_err(|e| format!("not UTF-8 (nor UTF-16 with a byte-order mark): {e}"))
 }
 
 /// Parses a multi-document YAML stream of Kubernetes objects. Returns each object with the
@@ -787,6 +810,30 @@ pub fn set_owner_labels(objects: &mut [Value], name: &str, namespace: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_encodings() {
+        let utf16 = |le: bool| {
+            let mut out = if le {
+                vec![0xFF, 0xFE]
+            } else {
+                vec![0xFE, 0xFF]
+            };
+            for unit in "a: é\n".encode_utf16() {
+                out.extend(if le {
+                    unit.to_le_bytes()
+                } else {
+                    unit.to_be_bytes()
+                });
+            }
+            out
+        };
+        assert_eq!(decode_text(b"a: 1\n").unwrap(), "a: 1\n");
+        assert_eq!(decode_text(b"\xEF\xBB\xBFa: 1\n").unwrap(), "a: 1\n");
+        assert_eq!(decode_text(&utf16(true)).unwrap(), "a: é\n");
+        assert_eq!(decode_text(&utf16(false)).unwrap(), "a: é\n");
+        assert!(decode_text(b"a: \xFF\n").unwrap_err().contains("not UTF-8"));
+    }
 
     #[test]
     fn spec_paths_stay_inside_the_artifact() {
