@@ -16,6 +16,12 @@
 //! `tokio::task::spawn_blocking` in async code. [`resolve_path`] turns `spec.path` into a
 //! directory confined to the artifact.
 //!
+//! Known differences from Flux, which writes the spec's fields into the kustomization file and
+//! builds once: for a directory with a kustomization file, Gantry applies the spec's transforms to
+//! kustomize's output instead, so a spec patch or image matches what the kustomization produced
+//! (after its own `namePrefix` or `images`), not what it started from; `spec.components` is
+//! refused; and files outside a kustomization's directory need [`Kustomize::load_files_outside`].
+//!
 //! Every failure is a [`BuildError`], which the controller reports with Flux's `BuildFailed`
 //! reason; the messages name the file, line and column (YAML), the document, or the field.
 //! Nothing is returned from a failed build, so nothing half-built is ever applied.
@@ -199,6 +205,11 @@ pub struct Kustomize {
     pub binary: Option<PathBuf>,
     /// Limit for one run.
     pub timeout: Duration,
+    /// Let a kustomization read files outside its own directory (`../patches/x.yaml`), as Flux
+    /// does. Flux confines such reads to the artifact with its own file system layer; kustomize's
+    /// CLI cannot, so with this on a repository could read any file of the machine (e.g. a
+    /// ServiceAccount token into a generated Secret). Off by default: kustomize's `RootOnly`.
+    pub load_files_outside: bool,
 }
 
 impl Default for Kustomize {
@@ -206,6 +217,7 @@ impl Default for Kustomize {
         Self {
             binary: None,
             timeout: DEFAULT_KUSTOMIZE_TIMEOUT,
+            load_files_outside: false,
         }
     }
 }
@@ -245,8 +257,12 @@ impl Kustomize {
                 tried,
             })?;
         tracing::debug!(binary = %binary.display(), dir = %dir.display(), "running kustomize");
-        let mut child = Command::new(&binary)
-            .args(&args)
+        let mut command = Command::new(&binary);
+        command.args(&args);
+        if self.load_files_outside {
+            command.arg("--load-restrictor=LoadRestrictionsNone");
+        }
+        let mut child = command
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

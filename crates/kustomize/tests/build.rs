@@ -47,6 +47,7 @@ fn no_kustomize() -> Kustomize {
     Kustomize {
         binary: Some("/nonexistent/kustomize".into()),
         timeout: Duration::from_secs(5),
+        ..Kustomize::default()
     }
 }
 
@@ -292,6 +293,7 @@ fn slow_kustomize_is_killed_at_the_timeout() {
     let kustomize = Kustomize {
         binary: Some(fake),
         timeout: Duration::from_millis(300),
+        ..Kustomize::default()
     };
     let started = std::time::Instant::now();
     let err = read(&dir.path().join("app"), &kustomize).unwrap_err();
@@ -563,4 +565,23 @@ fn symlinks_may_not_leave_the_path() {
     .unwrap();
     let err = read(dir.path(), &no_kustomize()).unwrap_err();
     assert!(matches!(err, BuildError::OutsidePath { .. }), "{err}");
+}
+
+#[test]
+fn files_outside_a_kustomization_need_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "shared/extra.yaml", &cm("extra"));
+    write(
+        dir.path(),
+        "app/kustomization.yaml",
+        "resources:\n- ../shared/extra.yaml\n",
+    );
+    let app = dir.path().join("app");
+    let err = read(&app, &real_kustomize()).unwrap_err();
+    assert!(matches!(err, BuildError::KustomizeFailed { .. }), "{err}");
+    let open = Kustomize {
+        load_files_outside: true,
+        ..real_kustomize()
+    };
+    assert_eq!(names(&read(&app, &open).unwrap()), ["ConfigMap/extra"]);
 }

@@ -123,6 +123,9 @@ pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
 
     let kustomize = Kustomize {
         binary: args.kustomize.clone(),
+        // As in Flux (`../patches/x.yaml` works). Safe here: the user builds their own checkout
+        // on their own machine, and the output only goes to their terminal.
+        load_files_outside: true,
         ..Kustomize::default()
     };
     let mut objects = build::build(&args.path, &spec, &vars, &kustomize, true)?;
