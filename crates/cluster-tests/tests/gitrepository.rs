@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use gantry_api::meta::LocalObjectReference;
 use gantry_api::source::v1::{Artifact, GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_runtime::metrics::Metrics;
 use gantry_source::artifact::ArtifactStore;
 use gantry_source::controller::{Context, error_policy, reconcile};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRepo, free_port};
@@ -51,6 +52,7 @@ async fn install_crds(client: &Client) {
 struct Running {
     task: tokio::task::JoinHandle<()>,
     ctx: Arc<Context>,
+    metrics: Metrics,
     hooked: Arc<Mutex<Vec<(String, String)>>>,
     _storage: tempfile::TempDir,
 }
@@ -66,10 +68,13 @@ fn start_controller(client: &Client, ns: &str) -> Running {
     let store = ArtifactStore::new(storage.path(), "http://gantry.test/");
     let hooked = Arc::new(Mutex::new(Vec::new()));
     let seen = hooked.clone();
+    let metrics = Metrics::new();
     let ctx = Arc::new(
-        Context::new(client.clone(), store).with_artifact_hook(move |ns, name| {
-            seen.lock().unwrap().push((ns.to_owned(), name.to_owned()));
-        }),
+        Context::new(client.clone(), store)
+            .with_metrics(metrics.clone())
+            .with_artifact_hook(move |ns, name| {
+                seen.lock().unwrap().push((ns.to_owned(), name.to_owned()));
+            }),
     );
     let api: Api<GitRepository> = Api::namespaced(client.clone(), ns);
     let task = tokio::spawn(
@@ -80,6 +85,7 @@ fn start_controller(client: &Client, ns: &str) -> Running {
     Running {
         task,
         ctx,
+        metrics,
         hooked,
         _storage: storage,
     }
@@ -260,6 +266,19 @@ async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
             *running.hooked.lock().unwrap(),
             [(ns.clone(), "app".to_owned())]
         );
+
+        let exported = running.metrics.encode();
+        assert!(
+            exported.contains(&format!(
+                "gotk_reconcile_duration_seconds_count{{kind=\"GitRepository\",name=\"app\",namespace=\"{ns}\"}}"
+            )),
+            "{exported}"
+        );
+        let info = exported
+            .lines()
+            .find(|l| l.starts_with("gotk_resource_info{") && l.contains("name=\"app\""))
+            .unwrap_or_else(|| panic!("gotk_resource_info for app: {exported}"));
+        assert!(info.contains("ready=\"True\"") && info.contains(&revision), "{info}");
 
         // The Kustomization controller's view: the artifact unpacked.
         let tree = running.ctx.store.open(&artifact).unwrap();

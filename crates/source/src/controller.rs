@@ -17,18 +17,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gantry_api::meta::{
-    PROGRESSING_WITH_RETRY_REASON, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION,
-    RECONCILING_CONDITION, STALLED_CONDITION, SUCCEEDED_REASON,
-};
+use gantry_api::meta::{READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON};
 use gantry_api::source::v1::{
     ARTIFACT_IN_STORAGE_CONDITION, ARTIFACT_OUTDATED_CONDITION, Artifact, FETCH_FAILED_CONDITION,
     GitRepository, GitRepositoryStatus, STORAGE_OPERATION_FAILED_CONDITION, URL_INVALID_REASON,
 };
+use gantry_runtime::backoff::after_failures;
+use gantry_runtime::conditions::{self, Status};
+use gantry_runtime::events::{Events, Severity};
+use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -45,9 +45,6 @@ pub const NEW_ARTIFACT_REASON: &str = "NewArtifact";
 /// Reason when storing the artifact failed.
 pub const STORAGE_OPERATION_FAILED_REASON: &str = "StorageOperationFailed";
 
-const BACKOFF_MIN: Duration = Duration::from_millis(750);
-const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
-
 /// Called with (namespace, name) of a GitRepository whenever a new artifact was stored, so other
 /// controllers in the process can react at once.
 pub type ArtifactHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -61,6 +58,8 @@ pub struct Context {
     /// Who the Kubernetes Events come from (`source-controller`).
     pub reporter: Reporter,
     hook: Option<ArtifactHook>,
+    events: Option<Events>,
+    metrics: Option<Metrics>,
     schedule: Mutex<HashMap<(String, String), Schedule>>,
 }
 
@@ -85,8 +84,23 @@ impl Context {
             client,
             store,
             hook: None,
+            events: None,
+            metrics: None,
             schedule: Mutex::default(),
         }
+    }
+
+    /// Publishes events through the process's shared [`Events`] (so in-process subscribers such
+    /// as alerting see them) instead of a recorder of its own.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Records `gotk_reconcile_duration_seconds` and `gotk_resource_info` into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Calls `hook(namespace, name)` after every new artifact.
@@ -166,8 +180,41 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
     if obj.spec.suspend {
+        record_resource(&ctx, &obj, &namespace, &name, None);
         return Ok(Action::await_change());
     }
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx, &namespace, &name).await;
+    if let Some(metrics) = &ctx.metrics
+        && !matches!(result, Ok(Outcome::NotDue(_)))
+    {
+        metrics.observe_reconcile("GitRepository", &namespace, &name, started.elapsed());
+    }
+    result.map(Outcome::action)
+}
+
+// Whether the reconciliation did anything (for metrics) and when to come back.
+enum Outcome {
+    NotDue(Action),
+    Done(Action),
+}
+
+impl Outcome {
+    fn action(self) -> Action {
+        match self {
+            Outcome::NotDue(a) | Outcome::Done(a) => a,
+        }
+    }
+}
+
+async fn reconcile_inner(
+    obj: &Arc<GitRepository>,
+    ctx: &Arc<Context>,
+    namespace: &str,
+    name: &str,
+) -> Result<Outcome, Error> {
+    let (obj, ctx) = (obj.as_ref(), ctx.as_ref());
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
     let key = (namespace.clone(), name.clone());
     let generation = obj.metadata.generation;
     let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
@@ -177,7 +224,7 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
         && s.requested_at == requested_at
         && s.due > Instant::now()
     {
-        return Ok(Action::requeue(s.due - Instant::now()));
+        return Ok(Outcome::NotDue(Action::requeue(s.due - Instant::now())));
     }
     let failures = ctx.schedule_of(&key).map_or(0, |s| s.failures);
 
@@ -185,7 +232,9 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
         Ok(d) if !d.is_zero() => d,
         _ => {
             let err = Error::InvalidSpec(format!("invalid interval '{}'", obj.spec.interval));
-            return stalled(&obj, &ctx, &namespace, err, requested_at).await;
+            return stalled(obj, ctx, &namespace, err, requested_at)
+                .await
+                .map(Outcome::Done);
         }
     };
     if !["http://", "https://", "ssh://"]
@@ -196,15 +245,24 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
             "URL '{}' is not supported: use http://, https:// or ssh://",
             obj.spec.url
         ));
-        return stalled(&obj, &ctx, &namespace, err, requested_at).await;
+        return stalled(obj, ctx, &namespace, err, requested_at)
+            .await
+            .map(Outcome::Done);
     }
 
-    match run(&obj, &ctx, &namespace, &name).await {
+    match run(obj, ctx, &namespace, &name).await {
         Ok(outcome) => {
             let previous = obj.status.clone().unwrap_or_default();
             let artifact = outcome.artifact;
-            let status = success_status(&obj, &previous, artifact.clone(), requested_at.clone());
-            patch_status(&ctx, &obj, &namespace, status).await?;
+            let status = success_status(obj, &previous, artifact.clone(), requested_at.clone());
+            patch_status(ctx, obj, &namespace, status).await?;
+            record_resource(
+                ctx,
+                obj,
+                &namespace,
+                &name,
+                Some((true, SUCCEEDED_REASON, &artifact)),
+            );
             let changed = previous
                 .artifact
                 .as_ref()
@@ -215,12 +273,20 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
                     Some(s) => format!("stored artifact for commit '{s}'"),
                     None => ready_message(&artifact.revision),
                 };
-                publish(&ctx, &obj, EventType::Normal, NEW_ARTIFACT_REASON, note).await;
+                publish(
+                    ctx,
+                    obj,
+                    Severity::Info,
+                    NEW_ARTIFACT_REASON,
+                    note,
+                    Some(&artifact.revision),
+                )
+                .await;
                 if let Some(hook) = &ctx.hook {
                     hook(&namespace, &name);
                 }
             }
-            let wait = jitter(interval);
+            let wait = jittered(obj, interval);
             ctx.set_schedule(
                 key,
                 Schedule {
@@ -230,24 +296,33 @@ pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Act
                     failures: 0,
                 },
             );
-            Ok(Action::requeue(wait))
+            Ok(Outcome::Done(Action::requeue(wait)))
         }
         Err(err) => {
             let message = err.to_string();
             tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
             let previous = obj.status.clone().unwrap_or_default();
-            let status = failure_status(&obj, &previous, &err, requested_at.clone());
-            patch_status(&ctx, &obj, &namespace, status).await?;
-            let was = find(&previous.conditions, READY_CONDITION);
+            let status = failure_status(obj, &previous, &err, requested_at.clone());
+            patch_status(ctx, obj, &namespace, status).await?;
+            if let Some(artifact) = &previous.artifact {
+                record_resource(
+                    ctx,
+                    obj,
+                    &namespace,
+                    &name,
+                    Some((false, err.reason(), artifact)),
+                );
+            }
+            let was = conditions::get(&previous.conditions, READY_CONDITION);
             if was.is_none_or(|c| c.status != "False" || c.message != message) {
-                publish(&ctx, &obj, EventType::Warning, err.reason(), message).await;
+                publish(ctx, obj, Severity::Error, err.reason(), message, None).await;
             }
             ctx.set_schedule(
                 key,
                 Schedule {
                     generation,
                     requested_at,
-                    due: Instant::now() + backoff(failures + 1),
+                    due: Instant::now() + after_failures(failures + 1),
                     failures: failures + 1,
                 },
             );
@@ -263,16 +338,26 @@ pub fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> 
         Error::InvalidSpec(_) => Action::await_change(),
         _ => {
             let failures = ctx.schedule_of(&key).map_or(1, |s| s.failures.max(1));
-            Action::requeue(backoff(failures))
+            Action::requeue(after_failures(failures))
         }
     }
 }
 
-/// Runs the GitRepository controller on all namespaces until the stream ends (shutdown).
-pub async fn run_controller(ctx: Arc<Context>) {
-    let api: Api<GitRepository> = Api::all(ctx.client.clone());
+/// Runs the GitRepository controller (in `namespace`, or all namespaces) with up to
+/// `concurrency` reconciliations at once, until `shutdown` completes.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<GitRepository> = match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
     Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -382,35 +467,27 @@ fn success_status(
 ) -> GitRepositoryStatus {
     let generation = obj.metadata.generation;
     let message = ready_message(&artifact.revision);
-    let mut conditions = previous.conditions.clone();
+    let mut conds = previous.conditions.clone();
     for gone in [
-        RECONCILING_CONDITION,
-        STALLED_CONDITION,
         FETCH_FAILED_CONDITION,
         STORAGE_OPERATION_FAILED_CONDITION,
         ARTIFACT_OUTDATED_CONDITION,
     ] {
-        conditions.retain(|c| c.type_ != gone);
+        conditions::remove(&mut conds, gone);
     }
-    set(
-        &mut conditions,
-        READY_CONDITION,
-        true,
-        SUCCEEDED_REASON,
-        &message,
-        generation,
-    );
-    set(
-        &mut conditions,
+    conditions::set(
+        &mut conds,
         ARTIFACT_IN_STORAGE_CONDITION,
-        true,
+        Status::True,
         SUCCEEDED_REASON,
         &message,
         generation,
     );
+    // Ready=True; Reconciling and Stalled removed (kstatus).
+    conditions::succeeded(&mut conds, generation, SUCCEEDED_REASON, &message);
     GitRepositoryStatus {
         observed_generation: generation,
-        conditions: order(conditions),
+        conditions: conds,
         artifact: Some(artifact),
         observed_ignore: obj.spec.ignore.clone(),
         last_handled_reconcile_at: requested_at
@@ -428,35 +505,20 @@ fn failure_status(
     let generation = obj.metadata.generation;
     let message = err.to_string();
     let reason = err.reason();
-    let mut conditions = previous.conditions.clone();
-    conditions.retain(|c| c.type_ != STALLED_CONDITION);
-    set(
-        &mut conditions,
+    let mut conds = previous.conditions.clone();
+    conditions::set(
+        &mut conds,
         err.condition(),
-        true,
+        Status::True,
         reason,
         &message,
         generation,
     );
-    set(
-        &mut conditions,
-        READY_CONDITION,
-        false,
-        reason,
-        &message,
-        generation,
-    );
-    set(
-        &mut conditions,
-        RECONCILING_CONDITION,
-        true,
-        PROGRESSING_WITH_RETRY_REASON,
-        &message,
-        generation,
-    );
+    // Ready=False and, as it will be retried, Reconciling=True (ProgressingWithRetry).
+    conditions::failed(&mut conds, generation, reason, &message, false);
     GitRepositoryStatus {
         observed_generation: previous.observed_generation.or(Some(-1)),
-        conditions: order(conditions),
+        conditions: conds,
         last_handled_reconcile_at: requested_at
             .or_else(|| previous.last_handled_reconcile_at.clone()),
         ..previous.clone()
@@ -474,35 +536,20 @@ async fn stalled(
     let generation = obj.metadata.generation;
     let message = err.to_string();
     let reason = err.reason();
-    let mut conditions = previous.conditions.clone();
-    conditions.retain(|c| c.type_ != RECONCILING_CONDITION);
-    set(
-        &mut conditions,
-        STALLED_CONDITION,
-        true,
-        reason,
-        &message,
-        generation,
-    );
-    set(
-        &mut conditions,
-        READY_CONDITION,
-        false,
-        reason,
-        &message,
-        generation,
-    );
+    let mut conds = previous.conditions.clone();
+    // Ready=False, Stalled=True: only a change of the spec helps.
+    conditions::failed(&mut conds, generation, reason, &message, true);
     let status = GitRepositoryStatus {
         observed_generation: generation,
-        conditions: order(conditions),
+        conditions: conds,
         last_handled_reconcile_at: requested_at
             .or_else(|| previous.last_handled_reconcile_at.clone()),
         ..previous.clone()
     };
     patch_status(ctx, obj, namespace, status).await?;
-    let was = find(&previous.conditions, READY_CONDITION);
+    let was = conditions::get(&previous.conditions, READY_CONDITION);
     if was.is_none_or(|c| c.message != message) {
-        publish(ctx, obj, EventType::Warning, reason, message).await;
+        publish(ctx, obj, Severity::Error, reason, message, None).await;
     }
     Ok(Action::await_change())
 }
@@ -529,9 +576,29 @@ async fn patch_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, obj: &GitRepository, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    obj: &GitRepository,
+    severity: Severity,
+    reason: &str,
+    note: String,
+    revision: Option<&str>,
+) {
+    if let Some(events) = &ctx.events {
+        let metadata = revision
+            .map(|r| ("source.toolkit.fluxcd.io/revision".to_owned(), r.to_owned()))
+            .into_iter()
+            .collect();
+        events
+            .publish(obj.object_ref(&()), severity, reason, &note, metadata)
+            .await;
+        return;
+    }
     let event = Event {
-        type_,
+        type_: match severity {
+            Severity::Info => EventType::Normal,
+            Severity::Error => EventType::Warning,
+        },
         reason: reason.to_owned(),
         // The events API caps notes at 1 kB.
         note: Some(truncate(note, 1000)),
@@ -547,6 +614,50 @@ async fn publish(ctx: &Context, obj: &GitRepository, type_: EventType, reason: &
     }
 }
 
+// `gotk_resource_info` / `gotk_reconcile_condition` for the object; `state` is (ready, reason,
+// artifact), `None` while suspended (last known state kept, marked suspended).
+fn record_resource(
+    ctx: &Context,
+    obj: &GitRepository,
+    namespace: &str,
+    name: &str,
+    state: Option<(bool, &str, &Artifact)>,
+) {
+    let Some(metrics) = &ctx.metrics else { return };
+    let status = obj.status.clone().unwrap_or_default();
+    let ready = conditions::get(&status.conditions, READY_CONDITION);
+    let (ready, reason, revision) = match state {
+        Some((ok, reason, artifact)) => (
+            if ok { "True" } else { "False" }.to_owned(),
+            reason.to_owned(),
+            artifact.revision.clone(),
+        ),
+        None => (
+            ready.map_or("Unknown".into(), |c| c.status.clone()),
+            ready.map_or(String::new(), |c| c.reason.clone()),
+            status.artifact.map(|a| a.revision).unwrap_or_default(),
+        ),
+    };
+    metrics.set_resource(&ResourceInfo {
+        group: "source.toolkit.fluxcd.io".into(),
+        kind: "GitRepository".into(),
+        version: "v1".into(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ready,
+        reason,
+        suspended: obj.spec.suspend,
+        revision,
+    });
+}
+
+// The interval with Flux's ±5% jitter, seeded per object and per run.
+fn jittered(obj: &GitRepository, interval: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = RandomState::new().hash_one((obj.metadata.uid.as_deref(), Instant::now()));
+    gantry_runtime::backoff::jittered(interval, seed)
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
@@ -558,105 +669,88 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn find<'c>(conditions: &'c [Condition], type_: &str) -> Option<&'c Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-// Sets a condition; the transition time moves only when the status flips.
-fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) {
-    let status = if status { "True" } else { "False" };
-    let now = Time(jiff::Timestamp::now());
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = now;
-            }
-            c.status = status.into();
-            c.reason = reason.into();
-            c.message = message.into();
-            c.observed_generation = generation;
-        }
-        None => conditions.push(Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: generation,
-            last_transition_time: now,
-        }),
-    }
-}
-
-// Flux lists the summary conditions first.
-fn order(mut conditions: Vec<Condition>) -> Vec<Condition> {
-    let rank = |t: &str| match t {
-        READY_CONDITION => 0,
-        RECONCILING_CONDITION => 1,
-        STALLED_CONDITION => 2,
-        _ => 3,
-    };
-    conditions.sort_by_key(|c| rank(&c.type_));
-    conditions
-}
-
-/// `interval` ±5%, so that many objects created together do not fetch in lockstep.
-pub fn jitter(interval: Duration) -> Duration {
-    // A hash of the current time is random enough here and needs no RNG dependency.
-    use std::hash::{BuildHasher, RandomState};
-    let r = RandomState::new().hash_one(std::time::SystemTime::now()) % 10_001;
-    let factor = 0.95 + (r as f64 / 10_000.0) * 0.10;
-    interval.mul_f64(factor)
-}
-
-/// 750 ms doubled per consecutive failure, at most 15 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    #[test]
-    fn jitter_stays_within_five_percent() {
-        for _ in 0..200 {
-            let d = jitter(Duration::from_secs(100));
-            assert!(
-                d >= Duration::from_secs(95) && d <= Duration::from_secs(105),
-                "{d:?}"
-            );
+    fn repo() -> GitRepository {
+        let mut r = GitRepository::new("app", Default::default());
+        r.metadata.generation = Some(3);
+        r
+    }
+
+    fn artifact(revision: &str) -> Artifact {
+        Artifact {
+            path: "gitrepository/ns/app/x.tar.gz".into(),
+            url: "http://x/gitrepository/ns/app/x.tar.gz".into(),
+            revision: revision.into(),
+            digest: "sha256:00".into(),
+            last_update_time: Time(jiff::Timestamp::now()),
+            size: Some(1),
+            metadata: Default::default(),
         }
     }
 
-    #[test]
-    fn backoff_doubles_up_to_fifteen_minutes() {
-        assert_eq!(backoff(1), Duration::from_millis(750));
-        assert_eq!(backoff(2), Duration::from_millis(1500));
-        assert_eq!(backoff(3), Duration::from_secs(3));
-        assert_eq!(backoff(40), Duration::from_secs(900));
+    fn types(status: &GitRepositoryStatus) -> Vec<(&str, &str, &str)> {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
     }
 
     #[test]
-    fn transition_time_moves_only_on_flips() {
-        let mut cs = Vec::new();
-        set(&mut cs, READY_CONDITION, false, "A", "a", Some(1));
-        let first = cs[0].last_transition_time.clone();
-        std::thread::sleep(Duration::from_millis(5));
-        set(&mut cs, READY_CONDITION, false, "B", "b", Some(2));
-        assert_eq!(cs[0].last_transition_time, first);
+    fn failure_then_success_gives_flux_conditions() {
+        let obj = repo();
+        let err = Error::Git(GitError::Authentication {
+            url: "http://x".into(),
+            cause: "401".into(),
+        });
+        let failed = failure_status(&obj, &Default::default(), &err, Some("t1".into()));
         assert_eq!(
-            (cs[0].reason.as_str(), cs[0].observed_generation),
-            ("B", Some(2))
+            types(&failed),
+            [
+                ("Ready", "False", "AuthenticationFailed"),
+                ("FetchFailed", "True", "AuthenticationFailed"),
+                ("Reconciling", "True", "ProgressingWithRetry"),
+            ]
         );
-        set(&mut cs, READY_CONDITION, true, "C", "c", Some(2));
-        assert_ne!(cs[0].last_transition_time, first);
+        assert_eq!(failed.observed_generation, Some(-1));
+        assert_eq!(failed.last_handled_reconcile_at.as_deref(), Some("t1"));
+        assert!(
+            failed.conditions[0]
+                .message
+                .starts_with("failed to checkout and determine revision: authentication failed")
+        );
+
+        let ok = success_status(&obj, &failed, artifact("main@sha1:abc"), None);
+        assert_eq!(
+            types(&ok),
+            [
+                ("Ready", "True", "Succeeded"),
+                ("ArtifactInStorage", "True", "Succeeded"),
+            ]
+        );
+        assert_eq!(
+            ok.conditions[0].message,
+            "stored artifact for revision 'main@sha1:abc'"
+        );
+        assert_eq!(ok.observed_generation, Some(3));
+        assert_eq!(ok.last_handled_reconcile_at.as_deref(), Some("t1"), "kept");
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_artifact_in_storage() {
+        let obj = repo();
+        let ok = success_status(&obj, &Default::default(), artifact("main@sha1:abc"), None);
+        let err = Error::Git(GitError::Operation {
+            url: "http://x".into(),
+            cause: "connection refused".into(),
+        });
+        let failed = failure_status(&obj, &ok, &err, None);
+        assert!(types(&failed).contains(&("ArtifactInStorage", "True", "Succeeded")));
+        assert_eq!(failed.artifact, ok.artifact);
+        assert_eq!(failed.observed_generation, Some(3));
     }
 }
