@@ -7,10 +7,12 @@
 //!    file is built by kustomize in its place, as Flux does. Documents may be multi-document
 //!    streams; empty documents are skipped; a `v1` `List` is flattened.
 //! 2. **Transform** with the spec: patches, `targetNamespace`, `namePrefix`/`nameSuffix`,
-//!    `commonMetadata`, `images` ([`gantry_core::transform`], in kustomize's order).
+//!    `images` ([`gantry_core::transform`], in kustomize's order).
 //! 3. **Substitute** `postBuild` variables ([`gantry_core::substitute`]): the inline `substitute`
 //!    map wins over the `substituteFrom` values, which the caller reads from the cluster and merges
 //!    with [`merge_substitute_from`].
+//! 4. **commonMetadata** labels and annotations, last (kustomize-controller sets them when
+//!    applying, so they are never substituted).
 //!
 //! [`build`] blocks (it reads files and may wait for kustomize): call it from
 //! `tokio::task::spawn_blocking` in async code. [`resolve_path`] turns `spec.path` into a
@@ -382,7 +384,11 @@ pub fn build(
         });
     }
     let objects = read(dir, kustomize)?;
-    let transforms = transforms(spec)?;
+    let mut transforms = transforms(spec)?;
+    // commonMetadata is set after substitution, as kustomize-controller does it at apply time:
+    // `${var}` in its values stays literal.
+    let labels = std::mem::take(&mut transforms.labels);
+    let annotations = std::mem::take(&mut transforms.annotations);
     let mut objects = transform::apply(objects, &transforms)?;
     if let Some(post_build) = &spec.post_build {
         let mut all = vars.clone();
@@ -400,6 +406,7 @@ pub fn build(
             }
         }
     }
+    transform::set_metadata(&mut objects, &labels, &annotations);
     Ok(objects)
 }
 

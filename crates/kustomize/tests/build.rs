@@ -585,3 +585,27 @@ fn files_outside_a_kustomization_need_the_opt_in() {
     };
     assert_eq!(names(&read(&app, &open).unwrap()), ["ConfigMap/extra"]);
 }
+
+#[test]
+fn common_metadata_is_set_after_substitution() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {tier: '${tier}'}\n",
+    );
+    let mut s = spec();
+    s.common_metadata = Some(CommonMetadata {
+        labels: BTreeMap::from([("team".into(), "${team}".into())]),
+        annotations: BTreeMap::new(),
+    });
+    s.post_build = Some(PostBuild {
+        substitute: BTreeMap::from([("tier".into(), "web".into())]),
+        ..Default::default()
+    });
+    let objects = build(dir.path(), &s, &BTreeMap::new(), &no_kustomize(), true).unwrap();
+    assert_eq!(
+        objects[0]["metadata"]["labels"],
+        json!({"tier": "web", "team": "${team}"})
+    );
+}
