@@ -547,3 +547,36 @@ fn https_with_the_ca_from_the_secret() {
     ));
     assert!(err.to_string().contains("unknown authority"), "{err}");
 }
+
+#[test]
+fn ssh_with_a_passphrase_protected_identity() {
+    let f = ssh_fixture();
+    let keys = tempfile::tempdir().unwrap();
+    for key_type in ["ed25519", "ecdsa", "rsa"] {
+        let key = SshKeyPair::generate_with(keys.path(), key_type, key_type, "open sesame");
+        f.server.authorize(&key);
+        let creds = |password: Option<&str>| Credentials {
+            identity: Some(key.private.clone()),
+            password: password.map(str::to_owned),
+            known_hosts: Some(f.server.known_hosts_line()),
+            ..Default::default()
+        };
+        let url = f.server.url(&f.repo.bare);
+        let (commit, _dir) = fetched(&request(
+            &url,
+            Reference::Branch("main".into()),
+            creds(Some("open sesame")),
+        ));
+        assert_eq!(
+            commit.revision,
+            format!("main@sha1:{}", f.repo.head()),
+            "{key_type}"
+        );
+        let err = fetch_err(&request(
+            &url,
+            Reference::Branch("main".into()),
+            creds(Some("wrong")),
+        ));
+        assert_eq!(err.reason(), "AuthenticationFailed", "{key_type}: {err}");
+    }
+}

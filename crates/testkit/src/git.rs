@@ -720,6 +720,16 @@ impl SshServer {
         )
     }
 
+    /// Also accepts `key` from now on.
+    pub fn authorize(&self, key: &SshKeyPair) {
+        let path = self.dir.path().join("authorized_keys");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("authorized_keys");
+        writeln!(file, "{}", key.public.trim()).expect("append to authorized_keys");
+    }
+
     /// A plain known_hosts line for this server: `[127.0.0.1]:<port> <type> <key>`.
     pub fn known_hosts_line(&self) -> String {
         format!("[127.0.0.1]:{} {}", self.port, self.host_key.public_key())

@@ -301,7 +301,9 @@ impl<'a> Session<'a> {
             };
         }
         let cause = err.message().to_owned();
+        // libssh2 reports an undecryptable or unreadable identity as a failed authentication.
         let auth = err.code() == ErrorCode::Auth
+            || (err.class() == ErrorClass::Ssh && cause.contains("authenticate"))
             || cause.contains("401")
             || cause.contains("authentication required")
             || cause.contains("403");
