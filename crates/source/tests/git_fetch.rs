@@ -131,6 +131,19 @@ fn http_bearer_token() {
     ));
     assert_eq!(commit.revision, format!("main@sha1:{}", f.repo.head()));
 
+    // ls-remote with the token too: an unchanged remote is not fetched again.
+    let packs = f.server.upload_pack_requests();
+    let mut again = request(&url, Reference::Branch("main".into()), creds("t0ken"));
+    again.last_revision = Some(commit.revision.clone());
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        fetch(&again, dir.path()).unwrap(),
+        FetchOutcome::Unchanged {
+            revision: commit.revision.clone()
+        }
+    );
+    assert_eq!(f.server.upload_pack_requests(), packs);
+
     let err = fetch_err(&request(
         &url,
         Reference::Branch("main".into()),

@@ -328,8 +328,8 @@ struct Resolved {
     oid: Oid,
 }
 
-/// Resolves `req.reference` and, unless it still resolves to `req.last_revision`, fetches it
-/// and checks its tree out into `workdir` (which must be empty).
+/// Resolves `req.reference` from the remote's advertisement and, unless it still resolves to
+/// `req.last_revision`, fetches it and checks its tree out into `workdir` (which must be empty).
 pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitError> {
     let session = Session::new(req)?;
     let span = tracing::debug_span!("git_fetch", url = %req.url, reference = ?req.reference);
@@ -348,37 +348,53 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
         .remote_anonymous(&req.url)
         .map_err(|e| session.operation(e.message()))?;
 
-    // ls-remote: libgit2 cannot send custom headers on a bare connect, so with a bearer token
-    // the listing is skipped and the fetch below decides.
-    let listed = if req.credentials.bearer_token.is_none() {
+    // ls-remote: the advertised refs, without downloading anything.
+    let heads: Vec<(String, Oid)> = if req.credentials.bearer_token.is_none() {
         let conn = remote
             .connect_auth(Direction::Fetch, Some(session.callbacks()), None)
             .map_err(|e| session.error(e))?;
-        let heads: Vec<(String, Oid)> = conn
+        let heads = conn
             .list()
             .map_err(|e| session.error(e))?
             .iter()
             .map(|h| (h.name().to_owned(), h.oid()))
             .collect();
         drop(conn);
-        Some(heads)
+        heads
     } else {
-        None
+        // `git2` has no custom headers on a bare connect, only on a download. A download of a
+        // refspec that matches nothing wants no object, so no pack is requested; the
+        // advertisement stays readable until the disconnect.
+        let mut fo = session.fetch_options();
+        remote
+            .download(
+                &["+refs/gantry/ls-remote:refs/gantry/ls-remote"],
+                Some(&mut fo),
+            )
+            .map_err(|e| session.error(e))?;
+        let heads = remote
+            .list()
+            .map_err(|e| session.error(e))?
+            .iter()
+            .map(|h| (h.name().to_owned(), h.oid()))
+            .collect();
+        remote.disconnect().map_err(|e| session.error(e))?;
+        heads
     };
-
-    let resolved = match &listed {
-        Some(heads) => Some(resolve_listed(&session, heads)?),
-        None => None,
-    };
-    if let (Some(r), Some(last)) = (&resolved, &req.last_revision) {
-        let rev = revision_for(&req.reference, &r.ref_name, &r.oid.to_string());
+    let resolved = resolve_listed(&session, &heads)?;
+    if let Some(last) = &req.last_revision {
+        let rev = revision_for(
+            &req.reference,
+            &resolved.ref_name,
+            &resolved.oid.to_string(),
+        );
         if &rev == last {
             tracing::debug!(revision = %rev, "remote unchanged, not fetching");
             return Ok(FetchOutcome::Unchanged { revision: rev });
         }
     }
 
-    let refspecs = refspecs(&req.reference, resolved.as_ref());
+    let refspecs = refspecs(&req.reference, &resolved);
     let mut fo = session.fetch_options();
     if !matches!(req.reference, Reference::Commit { .. }) {
         // Only the tip is needed; history is not part of the artifact.
@@ -504,83 +520,42 @@ fn resolve_listed(session: &Session<'_>, heads: &[(String, Oid)]) -> Result<Reso
     Ok(Resolved { ref_name, oid })
 }
 
-fn refspecs(reference: &Reference, resolved: Option<&Resolved>) -> Vec<String> {
+fn refspecs(reference: &Reference, resolved: &Resolved) -> Vec<String> {
     let force = |name: &str| format!("+{name}:{name}");
-    match (reference, resolved) {
-        (
-            Reference::Commit {
-                branch: Some(b), ..
-            },
-            _,
-        ) => vec![force(&qualified(b, "refs/heads/"))],
-        (Reference::Commit { branch: None, .. }, _) => {
-            vec![
-                "+refs/heads/*:refs/heads/*".into(),
-                "+refs/tags/*:refs/tags/*".into(),
-            ]
-        }
-        (_, Some(r)) => vec![force(&r.ref_name)],
-        (Reference::Branch(b), None) => vec![force(&qualified(b, "refs/heads/"))],
-        (Reference::Tag(t), None) => vec![force(&qualified(t, "refs/tags/"))],
-        (Reference::Name(n), None) => vec![force(n)],
-        (Reference::Semver(_), None) => vec!["+refs/tags/*:refs/tags/*".into()],
+    match reference {
+        Reference::Commit {
+            branch: Some(b), ..
+        } => vec![force(&qualified(b, "refs/heads/"))],
+        Reference::Commit { branch: None, .. } => vec![
+            "+refs/heads/*:refs/heads/*".into(),
+            "+refs/tags/*:refs/tags/*".into(),
+        ],
+        _ => vec![force(&resolved.ref_name)],
     }
 }
 
-// After the fetch: the commit, from the listing or from the fetched refs.
+// After the fetch: the commit to check out. Annotated tags were listed peeled, but the fetched
+// ref points at the tag object, so refs are peeled locally.
 fn resolve_local(
     session: &Session<'_>,
     repo: &Repository,
-    resolved: Option<Resolved>,
+    resolved: Resolved,
 ) -> Result<(String, Oid), GitError> {
-    let peel = |name: &str| -> Result<Oid, GitError> {
-        repo.find_reference(name)
-            .and_then(|r| r.peel_to_commit())
-            .map(|c| c.id())
-            .map_err(|e| {
-                session.operation(format!("reference '{name}' not found: {}", e.message()))
-            })
-    };
-    if let Some(r) = resolved {
-        // Annotated tags were listed peeled; fetched refs point at the tag object.
-        let oid = if r.ref_name.is_empty() {
-            r.oid
-        } else {
-            peel(&r.ref_name)?
-        };
-        return Ok((r.ref_name, oid));
+    if resolved.ref_name.is_empty() {
+        return Ok((resolved.ref_name, resolved.oid));
     }
-    match &session.req.reference {
-        Reference::Branch(b) => {
-            let name = qualified(b, "refs/heads/");
-            Ok((name.clone(), peel(&name)?))
-        }
-        Reference::Tag(t) => {
-            let name = qualified(t, "refs/tags/");
-            Ok((name.clone(), peel(&name)?))
-        }
-        Reference::Name(n) => Ok((n.clone(), peel(n)?)),
-        Reference::Semver(r) => {
-            let range = parse_range(session, r)?;
-            let names = repo
-                .references_glob("refs/tags/*")
-                .map_err(|e| session.operation(e.message()))?
-                .filter_map(|r| r.ok()?.name().ok().map(str::to_owned))
-                .collect::<Vec<_>>();
-            let tag = highest_tag(
-                &range,
-                names.iter().filter_map(|n| n.strip_prefix("refs/tags/")),
-            )
-            .ok_or_else(|| session.operation(format!("no tag matching semver range '{r}'")))?;
-            let name = format!("refs/tags/{tag}");
-            Ok((name.clone(), peel(&name)?))
-        }
-        Reference::Commit { commit, .. } => {
-            let oid = Oid::from_str(commit)
-                .map_err(|_| session.operation(format!("'{commit}' is not a commit id")))?;
-            Ok((String::new(), oid))
-        }
-    }
+    let oid = repo
+        .find_reference(&resolved.ref_name)
+        .and_then(|r| r.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|e| {
+            session.operation(format!(
+                "reference '{}' not found: {}",
+                resolved.ref_name,
+                e.message()
+            ))
+        })?;
+    Ok((resolved.ref_name, oid))
 }
 
 /// Splits `scheme://[user@]host[:port]/path` into scheme, host, port and user.
