@@ -18,11 +18,14 @@
 //! `tokio::task::spawn_blocking` in async code. [`resolve_path`] turns `spec.path` into a
 //! directory confined to the artifact.
 //!
-//! Known differences from Flux, which writes the spec's fields into the kustomization file and
-//! builds once: for a directory with a kustomization file, Gantry applies the spec's transforms to
-//! kustomize's output instead, so a spec patch or image matches what the kustomization produced
-//! (after its own `namePrefix` or `images`), not what it started from; `spec.components` is
-//! refused; and files outside a kustomization's directory need [`Kustomize::load_files_outside`].
+//! Flux writes the spec's kustomize fields into the kustomization file and builds once. Gantry
+//! does the same when the directory is a private copy it may edit ([`Kustomize::edit_in_place`],
+//! what the controller uses on extracted artifacts). Otherwise the directory is never written to
+//! and, for a directory with a kustomization file, the spec's transforms run on kustomize's
+//! output: a spec patch or image then matches what the kustomization produced (after its own
+//! `namePrefix` or `images`), the spec's `namePrefix` is added to the file's instead of replacing
+//! it, and `spec.components` is refused. Files outside a kustomization's directory need
+//! [`Kustomize::load_files_outside`].
 //!
 //! Every failure is a [`BuildError`], which the controller reports with Flux's `BuildFailed`
 //! reason; the messages name the file, line and column (YAML), the document, or the field.
@@ -212,6 +215,12 @@ pub struct Kustomize {
     /// CLI cannot, so with this on a repository could read any file of the machine (e.g. a
     /// ServiceAccount token into a generated Secret). Off by default: kustomize's `RootOnly`.
     pub load_files_outside: bool,
+    /// The directory is a private copy (e.g. an artifact extracted for this build), so its
+    /// kustomization file may be rewritten: the spec's `targetNamespace`, `namePrefix`,
+    /// `nameSuffix`, `patches`, `components` and `images` are then written into it and built in
+    /// one kustomize run, exactly as Flux does. Without it the directory is never written to and
+    /// the spec's transforms run on kustomize's output (see the module docs).
+    pub edit_in_place: bool,
 }
 
 impl Default for Kustomize {
@@ -220,6 +229,7 @@ impl Default for Kustomize {
             binary: None,
             timeout: DEFAULT_KUSTOMIZE_TIMEOUT,
             load_files_outside: false,
+            edit_in_place: false,
         }
     }
 }
@@ -377,19 +387,28 @@ pub fn build(
     kustomize: &Kustomize,
     strict: bool,
 ) -> Result<Vec<Value>, BuildError> {
-    if !spec.components.is_empty() {
-        return Err(BuildError::Unsupported {
-            field: "components",
-            reason: "list the components in the kustomization.yaml of the path instead",
-        });
-    }
-    let objects = read(dir, kustomize)?;
     let mut transforms = transforms(spec)?;
     // commonMetadata is set after substitution, as kustomize-controller does it at apply time:
     // `${var}` in its values stays literal.
     let labels = std::mem::take(&mut transforms.labels);
     let annotations = std::mem::take(&mut transforms.annotations);
-    let mut objects = transform::apply(objects, &transforms)?;
+    check_dir(dir)?;
+    let merge = kustomize.edit_in_place
+        && (kustomization_file(dir).is_some() || !spec.components.is_empty());
+    let mut objects = if merge {
+        // Flux's way: the spec goes into the kustomization and kustomize applies it.
+        write_flux_kustomization(dir, spec)?;
+        read(dir, kustomize)?
+    } else {
+        if !spec.components.is_empty() {
+            return Err(BuildError::Unsupported {
+                field: "components",
+                reason: "components need a kustomization file Gantry may edit \
+                         (Kustomize::edit_in_place); list them in the path's kustomization.yaml",
+            });
+        }
+        transform::apply(read(dir, kustomize)?, &transforms)?
+    };
     if let Some(post_build) = &spec.post_build {
         let mut all = vars.clone();
         all.extend(
@@ -412,6 +431,18 @@ pub fn build(
 
 /// The objects of `dir` before any transform (step 1 of the module docs).
 pub fn read(dir: &Path, kustomize: &Kustomize) -> Result<Vec<Value>, BuildError> {
+    check_dir(dir)?;
+    let root = dir.canonicalize().map_err(|source| BuildError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut objects = Vec::new();
+    let mut seen = HashMap::new();
+    collect(dir, &root, kustomize, &mut objects, &mut seen)?;
+    Ok(objects.into_iter().map(|(obj, _)| obj).collect())
+}
+
+fn check_dir(dir: &Path) -> Result<(), BuildError> {
     let meta = std::fs::metadata(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => BuildError::PathNotFound {
             path: dir.to_path_buf(),
@@ -421,19 +452,188 @@ pub fn read(dir: &Path, kustomize: &Kustomize) -> Result<Vec<Value>, BuildError>
             source,
         },
     })?;
-    if !meta.is_dir() {
-        return Err(BuildError::NotADirectory {
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(BuildError::NotADirectory {
             path: dir.to_path_buf(),
-        });
+        })
     }
-    let root = dir.canonicalize().map_err(|source| BuildError::Read {
+}
+
+/// Writes the spec's kustomize fields into `dir`'s kustomization file as Flux's generator does
+/// (creating one that lists the directory's manifests when there is none): `targetNamespace`
+/// and `namePrefix`/`nameSuffix` replace the file's, `patches` and `components` are appended,
+/// and `images` merge with the file's by name.
+pub fn write_flux_kustomization(dir: &Path, spec: &KustomizationSpec) -> Result<(), BuildError> {
+    let (file, mut kus) = match kustomization_file(dir) {
+        Some(file) => {
+            let bytes = std::fs::read(&file).map_err(|source| BuildError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let text = decode_text(&bytes).map_err(|message| BuildError::Read {
+                path: file.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, message),
+            })?;
+            let value: Option<Value> = serde_saphyr::from_str_with_options(&text, yaml_options())
+                .map_err(|e| yaml_error(&e, &file, 0))?;
+            (
+                file,
+                value.unwrap_or_else(|| Value::Object(Default::default())),
+            )
+        }
+        None => {
+            let mut resources = Vec::new();
+            generated_resources(dir, dir, &mut resources)?;
+            let kus = serde_json::json!({ "resources": resources });
+            (dir.join(KUSTOMIZATION_FILES[0]), kus)
+        }
+    };
+    let Some(map) = kus.as_object_mut() else {
+        return Err(BuildError::InvalidObject {
+            file,
+            document: 1,
+            line: 1,
+            problem: "a kustomization must be a mapping".into(),
+        });
+    };
+    map.entry("apiVersion")
+        .or_insert_with(|| "kustomize.config.k8s.io/v1beta1".into());
+    map.entry("kind").or_insert_with(|| "Kustomization".into());
+    let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    if let Some(ns) = non_empty(&spec.target_namespace) {
+        map.insert("namespace".into(), ns.into());
+    }
+    if let Some(prefix) = non_empty(&spec.name_prefix) {
+        map.insert("namePrefix".into(), prefix.into());
+    }
+    if let Some(suffix) = non_empty(&spec.name_suffix) {
+        map.insert("nameSuffix".into(), suffix.into());
+    }
+    let list = |map: &mut serde_json::Map<String, Value>, key: &str| -> Vec<Value> {
+        match map.remove(key) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        }
+    };
+    if !spec.patches.is_empty() {
+        let mut patches = list(map, "patches");
+        for p in &spec.patches {
+            let mut patch = serde_json::Map::new();
+            patch.insert("patch".into(), p.patch.clone().into());
+            if let Some(t) = &p.target {
+                let target: serde_json::Map<String, Value> = [
+                    ("group", &t.group),
+                    ("version", &t.version),
+                    ("kind", &t.kind),
+                    ("name", &t.name),
+                    ("namespace", &t.namespace),
+                    ("labelSelector", &t.label_selector),
+                    ("annotationSelector", &t.annotation_selector),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), Value::String(v))))
+                .collect();
+                patch.insert("target".into(), Value::Object(target));
+            }
+            patches.push(Value::Object(patch));
+        }
+        map.insert("patches".into(), patches.into());
+    }
+    if !spec.components.is_empty() {
+        let mut components = list(map, "components");
+        for c in &spec.components {
+            if Path::new(c).is_absolute() || c.contains("://") {
+                return Err(BuildError::Unsupported {
+                    field: "components",
+                    reason: "component paths must be local and relative",
+                });
+            }
+            if spec.ignore_missing_components && !dir.join(c).exists() {
+                continue;
+            }
+            components.push(c.clone().into());
+        }
+        map.insert("components".into(), components.into());
+    }
+    if !spec.images.is_empty() {
+        let mut images = list(map, "images");
+        for image in &spec.images {
+            let found = images
+                .iter_mut()
+                .find(|i| i.get("name").and_then(Value::as_str) == Some(image.name.as_str()));
+            match found.and_then(Value::as_object_mut) {
+                // Fields merge like an overlay; a new tag or digest replaces both.
+                Some(existing) => {
+                    if let Some(n) = non_empty(&image.new_name) {
+                        existing.insert("newName".into(), n.into());
+                    }
+                    if non_empty(&image.new_tag).is_some() || non_empty(&image.digest).is_some() {
+                        existing.remove("newTag");
+                        existing.remove("digest");
+                        if let Some(t) = non_empty(&image.new_tag) {
+                            existing.insert("newTag".into(), t.into());
+                        }
+                        if let Some(d) = non_empty(&image.digest) {
+                            existing.insert("digest".into(), d.into());
+                        }
+                    }
+                }
+                None => {
+                    let mut new = serde_json::Map::new();
+                    new.insert("name".into(), image.name.clone().into());
+                    for (key, value) in [
+                        ("newName", &image.new_name),
+                        ("newTag", &image.new_tag),
+                        ("digest", &image.digest),
+                    ] {
+                        if let Some(v) = non_empty(value) {
+                            new.insert(key.into(), v.into());
+                        }
+                    }
+                    images.push(Value::Object(new));
+                }
+            }
+        }
+        map.insert("images".into(), images.into());
+    }
+    let text = serde_saphyr::to_string(&kus).map_err(|e| BuildError::Read {
+        path: file.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::write(&file, text).map_err(|source| BuildError::Read { path: file, source })
+}
+
+/// What Flux's generated kustomization lists for a directory without one: every `*.yaml`/`*.yml`
+/// file below it, and each subdirectory with its own kustomization file (not descended into).
+fn generated_resources(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<(), BuildError> {
+    let read_err = |source| BuildError::Read {
         path: dir.to_path_buf(),
         source,
-    })?;
-    let mut objects = Vec::new();
-    let mut seen = HashMap::new();
-    collect(dir, &root, kustomize, &mut objects, &mut seen)?;
-    Ok(objects.into_iter().map(|(obj, _)| obj).collect())
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let relative = || format!("./{}", path.strip_prefix(base).unwrap_or(&path).display());
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if kustomization_file(&path).is_some() {
+                out.push(relative());
+            } else {
+                generated_resources(&path, base, out)?;
+            }
+        } else {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(relative());
+            }
+        }
+    }
+    Ok(())
 }
 
 type Seen = HashMap<String, String>;

@@ -609,3 +609,168 @@ fn common_metadata_is_set_after_substitution() {
         json!({"tier": "web", "team": "${team}"})
     );
 }
+
+const WEB: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.0
+";
+
+/// A base, an overlay with its own prefix and image, and a component, as Flux repos have them.
+fn overlay_tree(root: &Path) {
+    write(root, "base/web.yaml", WEB);
+    write(root, "base/kustomization.yaml", "resources:\n- web.yaml\n");
+    write(
+        root,
+        "app/kustomization.yaml",
+        "resources:\n- ../base\nnamePrefix: a-\nimages:\n- name: nginx\n  newName: mirror/nginx\n",
+    );
+    write(
+        root,
+        "components/annotate/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations:\n  component: applied\n",
+    );
+}
+
+fn flux_spec() -> KustomizationSpec {
+    let mut s = spec();
+    s.target_namespace = Some("prod".into());
+    s.name_prefix = Some("p-".into());
+    s.images = vec![Image {
+        name: "nginx".into(),
+        new_tag: Some("2".into()),
+        ..Default::default()
+    }];
+    // Without a target: matches the Deployment by its name in git, before any prefix.
+    s.patches = vec![Patch {
+        patch:
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 4\n"
+                .into(),
+        target: None,
+    }];
+    s
+}
+
+#[test]
+fn an_editable_kustomization_gets_the_spec_written_into_it_like_flux() {
+    let dir = tempfile::tempdir().unwrap();
+    overlay_tree(dir.path());
+    let mut s = flux_spec();
+    s.components = vec![
+        "../components/annotate".into(),
+        "../components/missing".into(),
+    ];
+    s.ignore_missing_components = true;
+    let kustomize = Kustomize {
+        edit_in_place: true,
+        ..real_kustomize()
+    };
+    let objects = build(
+        &dir.path().join("app"),
+        &s,
+        &BTreeMap::new(),
+        &kustomize,
+        true,
+    )
+    .unwrap();
+    let web = &objects[0];
+    // The spec's prefix replaces the file's, the image merges with the file's entry.
+    assert_eq!(web["metadata"]["name"], "p-web");
+    assert_eq!(web["metadata"]["namespace"], "prod");
+    assert_eq!(web["spec"]["replicas"], 4);
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"],
+        "mirror/nginx:2"
+    );
+    assert_eq!(web["metadata"]["annotations"]["component"], "applied");
+    let written = fs::read_to_string(dir.path().join("app/kustomization.yaml")).unwrap();
+    assert!(written.contains("namespace: prod"), "{written}");
+}
+
+#[test]
+fn a_read_only_kustomization_is_left_alone_and_transformed_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    overlay_tree(dir.path());
+    let before = fs::read_to_string(dir.path().join("app/kustomization.yaml")).unwrap();
+    let mut s = flux_spec();
+    s.patches.clear();
+    let objects = build(
+        &dir.path().join("app"),
+        &s,
+        &BTreeMap::new(),
+        &real_kustomize(),
+        true,
+    )
+    .unwrap();
+    // Documented difference: the prefixes stack and the image override sees the renamed image.
+    assert_eq!(objects[0]["metadata"]["name"], "p-a-web");
+    assert_eq!(
+        objects[0]["spec"]["template"]["spec"]["containers"][0]["image"],
+        "mirror/nginx:1.0"
+    );
+    let after = fs::read_to_string(dir.path().join("app/kustomization.yaml")).unwrap();
+    assert_eq!(before, after);
+
+    s.components = vec!["../components/annotate".into()];
+    let err = build(
+        &dir.path().join("app"),
+        &s,
+        &BTreeMap::new(),
+        &real_kustomize(),
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("spec.components is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_editable_plain_directory_with_components_gets_a_generated_kustomization() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "plain/web.yaml", WEB);
+    write(dir.path(), "plain/more/cm.yaml", &cm("settings"));
+    write(dir.path(), "plain/notes.txt", "not a manifest");
+    write(
+        dir.path(),
+        "components/annotate/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations:\n  component: applied\n",
+    );
+    let mut s = spec();
+    s.components = vec!["../components/annotate".into()];
+    let kustomize = Kustomize {
+        edit_in_place: true,
+        load_files_outside: true,
+        ..real_kustomize()
+    };
+    let objects = build(
+        &dir.path().join("plain"),
+        &s,
+        &BTreeMap::new(),
+        &kustomize,
+        true,
+    )
+    .unwrap();
+    let mut got = names(&objects);
+    got.sort();
+    assert_eq!(got, ["ConfigMap/settings", "Deployment/web"]);
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["metadata"]["annotations"]["component"] == "applied")
+    );
+    let generated = fs::read_to_string(dir.path().join("plain/kustomization.yaml")).unwrap();
+    assert!(
+        generated.contains("./more/cm.yaml") && generated.contains("./web.yaml"),
+        "{generated}"
+    );
+}
