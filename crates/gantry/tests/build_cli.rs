@@ -366,3 +366,74 @@ fn help_lists_build_as_available() {
     assert!(!planned.contains("  build "), "{text}");
     assert!(text.contains("build"), "{text}");
 }
+
+#[test]
+fn kustomizations_get_the_spec_like_flux_without_touching_the_checkout() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    fs::create_dir_all(root.join(".git")).unwrap();
+    write(
+        root,
+        "base/web.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n",
+    );
+    write(root, "base/kustomization.yaml", "resources: [web.yaml]\n");
+    write(
+        root,
+        "apps/prod/kustomization.yaml",
+        "resources: [../../base]\nnamePrefix: file-\n",
+    );
+    write(
+        root,
+        "ks.yaml",
+        concat!(
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\n",
+            "kind: Kustomization\n",
+            "metadata: {name: web, namespace: apps}\n",
+            "spec:\n",
+            "  interval: 1m\n",
+            "  prune: true\n",
+            "  sourceRef: {kind: GitRepository, name: repo}\n",
+            "  namePrefix: spec-\n",
+            "  patches:\n",
+            "  - patch: |\n",
+            "      apiVersion: v1\n",
+            "      kind: ConfigMap\n",
+            "      metadata: {name: web}\n",
+            "      data: {patched: 'true'}\n",
+        ),
+    );
+    let before = fs::read_to_string(root.join("apps/prod/kustomization.yaml")).unwrap();
+    let out = gantry(&[
+        "build",
+        "kustomization",
+        "web",
+        "--path",
+        root.join("apps/prod").to_str().unwrap(),
+        "--kustomization-file",
+        root.join("ks.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let docs = documents(&stdout(&out));
+    // Flux's generator replaces the file's prefix, and the patch names the object as in git.
+    assert_eq!(docs[0]["metadata"]["name"], "spec-web");
+    assert_eq!(docs[0]["data"]["patched"], "true");
+    let after = fs::read_to_string(root.join("apps/prod/kustomization.yaml")).unwrap();
+    assert_eq!(before, after, "the checkout is never written to");
+    assert!(!root.join("apps/prod/kustomization.yaml.original").exists());
+
+    // Errors name the user's files, not the scratch copy.
+    write(root, "base/kustomization.yaml", "resources: [gone.yaml]\n");
+    let out = gantry(&[
+        "build",
+        "kustomization",
+        "web",
+        "--path",
+        root.join("apps/prod").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let canonical = root.canonicalize().unwrap();
+    assert!(err.contains(&canonical.display().to_string()), "{err}");
+    assert!(!err.contains("/src/"), "{err}");
+}

@@ -2,7 +2,9 @@
 //! apply it (the same build, transforms, substitution and owner labels), like
 //! `flux build kustomization`.
 //!
-//! No cluster is contacted. `postBuild.substituteFrom` reads ConfigMaps and Secrets from the
+//! Directories with a kustomization file are built from a scratch copy of their checkout whose
+//! kustomization takes the spec's fields, as the controller and Flux do; the user's files are
+//! never written to. No cluster is contacted. `postBuild.substituteFrom` reads ConfigMaps and Secrets from the
 //! cluster, so it is skipped with a warning on standard error; its variables can be given with
 //! `--var KEY=VALUE` instead. Substitution is strict: a variable that is unset and has no default
 //! fails the build, naming it (and when `substituteFrom` was skipped, substitution runs even
@@ -121,16 +123,68 @@ pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
         vars.insert(key.to_string(), value.to_string());
     }
 
-    let kustomize = Kustomize {
+    let mut kustomize = Kustomize {
         binary: args.kustomize.clone(),
         // As in Flux (`../patches/x.yaml` works). Safe here: the user builds their own checkout
         // on their own machine, and the output only goes to their terminal.
         load_files_outside: true,
         ..Kustomize::default()
     };
-    let mut objects = build::build(&args.path, &spec, &vars, &kustomize, true)?;
+    // Like the controller, build kustomizations on a private copy whose kustomization file takes
+    // the spec's fields (Flux's way); the user's files are never written to.
+    let needs_copy = build::kustomization_file(&args.path).is_some() || !spec.components.is_empty();
+    let mut objects = if needs_copy && args.path.is_dir() {
+        let root = repository_root(&args.path)?;
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let copy = scratch.path().join("src");
+        copy_tree(&root, &copy)?;
+        let relative = args.path.canonicalize()?;
+        let dir = copy.join(relative.strip_prefix(&root).unwrap_or(Path::new("")));
+        kustomize.edit_in_place = true;
+        build::build(&dir, &spec, &vars, &kustomize, true).map_err(|err| {
+            // Name the user's files, not the copies.
+            let message = err
+                .to_string()
+                .replace(&copy.display().to_string(), &root.display().to_string());
+            anyhow::anyhow!(message)
+        })?
+    } else {
+        build::build(&args.path, &spec, &vars, &kustomize, true)?
+    };
     build::set_owner_labels(&mut objects, &args.name, &namespace);
     to_yaml_stream(&objects)
+}
+
+/// The checkout `path` belongs to (the nearest ancestor with `.git`), else `path` itself: what a
+/// kustomization may reference with `../`, like the artifact root in the cluster.
+fn repository_root(path: &Path) -> anyhow::Result<PathBuf> {
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(path
+        .ancestors()
+        .find(|dir| dir.join(".git").exists())
+        .unwrap_or(&path)
+        .to_path_buf())
+}
+
+/// Copies the files of `from` to `to` (`.git` left out; symlinked directories not followed).
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if entry.file_name() != ".git" {
+                copy_tree(&source, &target)?;
+            }
+        } else if source.is_file() {
+            std::fs::copy(&source, &target)
+                .with_context(|| format!("copying {}", source.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the Kustomization named `name` from a YAML file (which may hold other documents too).
