@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use gantry_api::meta::LocalObjectReference;
-use gantry_api::source::v1::{Artifact, GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_api::source::v1::{
+    Artifact, GitRepository, GitRepositoryInclude, GitRepositoryRef, GitRepositorySpec,
+};
 use gantry_runtime::metrics::Metrics;
 use gantry_source::artifact::ArtifactStore;
 use gantry_source::controller::{Context, error_policy, reconcile};
@@ -435,9 +437,9 @@ async fn failures_give_ready_false_with_flux_reasons_and_recover() {
         .await
         .unwrap();
         let msg = &condition(&obj, "Ready").unwrap().message;
-        assert!(
-            msg.contains(&format!("failed to get secret '{ns}/nope'")),
-            "{msg}"
+        assert_eq!(
+            msg,
+            &format!("failed to get secret '{ns}/nope': secrets \"nope\" not found")
         );
 
         // Retried with backoff: fixing the secret heals the object without touching it.
@@ -596,4 +598,83 @@ async fn a_server_that_never_answers_times_out_per_spec_timeout() {
         drop(silent);
     })
     .await;
+}
+
+#[tokio::test]
+async fn include_and_sparse_checkout_shape_the_artifact() {
+    with_namespace("gitrepo-include", |client, ns| async move {
+        install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let lib = TestRepo::new(root.path(), "lib");
+        lib.write("base/common.yaml", "common: true\n")
+            .write("other.txt", "not wanted\n");
+        lib.commit("lib");
+        lib.push("HEAD:refs/heads/main");
+        let app = TestRepo::new(root.path(), "app");
+        app.write("apps/a.yaml", "a: 1\n")
+            .write("docs/x.md", "docs\n");
+        app.commit("app");
+        app.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(root.path(), HttpAuth::None);
+        let running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+
+        // The including repository first: it waits until `lib` exists and has an artifact.
+        let mut app_spec = spec(&server.url("app.git"), None, "main");
+        app_spec.sparse_checkout = vec!["apps".into()];
+        app_spec.include = vec![GitRepositoryInclude {
+            repository: LocalObjectReference { name: "lib".into() },
+            from_path: Some("base".into()),
+            to_path: Some("vendor/lib".into()),
+        }];
+        api.create(&PostParams::default(), &GitRepository::new("app", app_spec))
+            .await
+            .unwrap();
+        let waiting = wait_for(&api, "app", WAIT, failed_with("NotFound"))
+            .await
+            .unwrap();
+        let unavailable = condition(&waiting, "IncludeUnavailable").unwrap();
+        assert_eq!(unavailable.status, "True");
+        assert_eq!(
+            unavailable.message,
+            "could not get resource for include 'lib': \
+             gitrepositories.source.toolkit.fluxcd.io \"lib\" not found"
+        );
+
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new("lib", spec(&server.url("lib.git"), None, "main")),
+        )
+        .await
+        .unwrap();
+        wait_for(&api, "lib", WAIT, is_ready).await;
+        // Retried with backoff, the including repository picks the artifact up.
+        let ready = wait_for(&api, "app", WAIT, is_ready).await.unwrap();
+        let status = ready.status.unwrap();
+        assert!(condition_absent(&status.conditions, "IncludeUnavailable"));
+        assert_eq!(status.observed_sparse_checkout, ["apps"]);
+        assert_eq!(status.observed_include.len(), 1);
+        assert_eq!(status.included_artifacts.len(), 1);
+        assert_eq!(
+            status.included_artifacts[0].revision,
+            format!("main@sha1:{}", lib.head())
+        );
+        let tree = running.ctx.store.open(&status.artifact.unwrap()).unwrap();
+        let p = tree.path();
+        assert!(p.join("apps/a.yaml").is_file());
+        assert!(!p.join("docs").exists(), "outside the sparse checkout");
+        assert_eq!(
+            std::fs::read_to_string(p.join("vendor/lib/common.yaml")).unwrap(),
+            "common: true\n"
+        );
+        assert!(
+            !p.join("vendor/lib/other.txt").exists(),
+            "only fromPath is included"
+        );
+    })
+    .await;
+}
+
+fn condition_absent(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().all(|c| c.type_ != type_)
 }

@@ -13,6 +13,7 @@
 //! `reconcile.fluxcd.io/requestedAt` arrives.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use futures::StreamExt;
 use gantry_api::meta::{READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON};
 use gantry_api::source::v1::{
     ARTIFACT_IN_STORAGE_CONDITION, ARTIFACT_OUTDATED_CONDITION, Artifact, FETCH_FAILED_CONDITION,
-    GitRepository, GitRepositoryStatus, STORAGE_OPERATION_FAILED_CONDITION, URL_INVALID_REASON,
+    GitRepository, GitRepositoryInclude, GitRepositoryStatus, INCLUDE_UNAVAILABLE_CONDITION,
+    STORAGE_OPERATION_FAILED_CONDITION, URL_INVALID_REASON,
 };
 use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions::{self, Status};
@@ -127,7 +129,7 @@ pub enum Error {
     #[error("GitRepository has no namespace")]
     NoNamespace,
     /// Reading the secret failed.
-    #[error("failed to get secret '{namespace}/{name}': {source}")]
+    #[error("failed to get secret '{namespace}/{name}': {}", api_message(.source))]
     Secret {
         namespace: String,
         name: String,
@@ -146,6 +148,12 @@ pub enum Error {
     /// The spec cannot work; retrying will not help until it changes.
     #[error("{0}")]
     InvalidSpec(String),
+    /// An `include` cannot be used (yet): `NotFound`, `NoArtifact` or `IllegalPath`.
+    #[error("{message}")]
+    Include {
+        reason: &'static str,
+        message: String,
+    },
     /// Writing status failed.
     #[error("failed to patch status: {0}")]
     Status(#[source] kube::Error),
@@ -162,6 +170,7 @@ impl Error {
             Error::Git(e) => e.reason(),
             Error::Ignore(_) | Error::Artifact(_) => STORAGE_OPERATION_FAILED_REASON,
             Error::InvalidSpec(_) => URL_INVALID_REASON,
+            Error::Include { reason, .. } => reason,
             _ => git::GIT_OPERATION_FAILED,
         }
     }
@@ -170,6 +179,7 @@ impl Error {
     fn condition(&self) -> &'static str {
         match self {
             Error::Ignore(_) | Error::Artifact(_) => STORAGE_OPERATION_FAILED_CONDITION,
+            Error::Include { .. } => INCLUDE_UNAVAILABLE_CONDITION,
             _ => FETCH_FAILED_CONDITION,
         }
     }
@@ -254,7 +264,13 @@ async fn reconcile_inner(
         Ok(outcome) => {
             let previous = obj.status.clone().unwrap_or_default();
             let artifact = outcome.artifact;
-            let status = success_status(obj, &previous, artifact.clone(), requested_at.clone());
+            let status = success_status(
+                obj,
+                &previous,
+                artifact.clone(),
+                outcome.included,
+                requested_at.clone(),
+            );
             patch_status(ctx, obj, &namespace, status).await?;
             record_resource(
                 ctx,
@@ -369,6 +385,8 @@ pub async fn run_controller(
 
 struct Stored {
     artifact: Artifact,
+    // Artifacts of `spec.include`, in spec order.
+    included: Vec<Artifact>,
     // Commit subject when a new commit was fetched.
     subject: Option<String>,
 }
@@ -397,13 +415,24 @@ async fn run(
         }
         None => Credentials::default(),
     };
+    let includes = resolve_includes(obj, ctx, namespace).await?;
+    let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
     let timeout = parse_go_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
     let status = obj.status.clone().unwrap_or_default();
-    // Only a present artifact built with the same ignore rules allows skipping the fetch.
-    let current = status
-        .artifact
-        .clone()
-        .filter(|a| ctx.store.exists(a) && status.observed_ignore == obj.spec.ignore);
+    let same_includes = status.observed_include == obj.spec.include
+        && status.included_artifacts.len() == included.len()
+        && status
+            .included_artifacts
+            .iter()
+            .zip(&included)
+            .all(|(a, b)| a.revision == b.revision && a.digest == b.digest);
+    // Only a present artifact built with the same rules allows skipping the fetch.
+    let current = status.artifact.clone().filter(|a| {
+        ctx.store.exists(a)
+            && status.observed_ignore == obj.spec.ignore
+            && status.observed_sparse_checkout == obj.spec.sparse_checkout
+            && same_includes
+    });
     let request = FetchRequest {
         url: obj.spec.url.clone(),
         reference: Reference::from_spec(obj.spec.r#ref.as_ref()),
@@ -413,6 +442,7 @@ async fn run(
     };
     let store = ctx.store.clone();
     let ignore = obj.spec.ignore.clone();
+    let sparse = obj.spec.sparse_checkout.clone();
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
     let url = obj.spec.url.clone();
     let work = tokio::task::spawn_blocking(move || -> Result<Option<Stored>, Error> {
@@ -423,7 +453,16 @@ async fn run(
         match git::fetch(&request, dir.path())? {
             FetchOutcome::Unchanged { .. } => Ok(None),
             FetchOutcome::Fetched(commit) => {
-                let rules = SourceIgnore::load(dir.path(), ignore.as_deref())?;
+                for (include, artifact) in &includes {
+                    copy_include(&store, include, artifact, dir.path())?;
+                }
+                // As in Flux, ignore files are read after the includes are in place, and a
+                // sparse checkout does not hide what was included.
+                let mut keep = sparse.clone();
+                if !keep.is_empty() {
+                    keep.extend(includes.iter().map(|(i, _)| i.to_path().to_owned()));
+                }
+                let rules = SourceIgnore::load(dir.path(), ignore.as_deref())?.only_in(&keep);
                 let artifact = store.store(
                     GIT_REPOSITORY_KIND,
                     &namespace,
@@ -434,6 +473,7 @@ async fn run(
                 )?;
                 Ok(Some(Stored {
                     artifact,
+                    included: includes.into_iter().map(|(_, a)| a).collect(),
                     subject: Some(commit.subject),
                 }))
             }
@@ -450,8 +490,126 @@ async fn run(
         None => Ok(Stored {
             // `current` is Some: Unchanged is only returned when a last revision was given.
             artifact: current.ok_or_else(|| Error::Worker("unchanged without artifact".into()))?,
+            included,
             subject: None,
         }),
+    }
+}
+
+// The artifacts of `spec.include`, each checked to exist and be stored.
+async fn resolve_includes(
+    obj: &GitRepository,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Vec<(GitRepositoryInclude, Artifact)>, Error> {
+    let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut out = Vec::new();
+    for include in &obj.spec.include {
+        let name = &include.repository.name;
+        for path in [include.from_path.as_deref(), Some(include.to_path())] {
+            if path.is_some_and(|p| confined(Path::new("/"), p).is_none()) {
+                return Err(Error::Include {
+                    reason: "IllegalPath",
+                    message: format!(
+                        "path calculation for include '{name}' failed: '{}' leaves the artifact",
+                        path.unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        let dep = api.get(name).await.map_err(|e| Error::Include {
+            reason: "NotFound",
+            message: format!(
+                "could not get resource for include '{name}': {}",
+                api_message(&e)
+            ),
+        })?;
+        let artifact = dep
+            .status
+            .and_then(|s| s.artifact)
+            .filter(|a| ctx.store.exists(a))
+            .ok_or_else(|| Error::Include {
+                reason: "NoArtifact",
+                message: format!("no artifact available for include '{name}'"),
+            })?;
+        out.push((include.clone(), artifact));
+    }
+    Ok(out)
+}
+
+// Copies `fromPath` of an included artifact to `toPath` of the checkout in `dir`.
+fn copy_include(
+    store: &ArtifactStore,
+    include: &GitRepositoryInclude,
+    artifact: &Artifact,
+    dir: &Path,
+) -> Result<(), Error> {
+    let unpacked = store.open(artifact)?;
+    let illegal = |p: &str| Error::Include {
+        reason: "IllegalPath",
+        message: format!(
+            "path calculation for include '{}' failed: '{p}' leaves the artifact",
+            include.repository.name
+        ),
+    };
+    let from_path = include.from_path.as_deref().unwrap_or("");
+    let from = confined(unpacked.path(), from_path).ok_or_else(|| illegal(from_path))?;
+    let to = confined(dir, include.to_path()).ok_or_else(|| illegal(include.to_path()))?;
+    let io = |source| {
+        Error::Artifact(ArtifactError::Storage {
+            path: to.clone(),
+            source,
+        })
+    };
+    if to.exists() {
+        std::fs::remove_dir_all(&to).map_err(io)?;
+    }
+    copy_tree(&from, &to).map_err(io)
+}
+
+// `root` joined with a relative path that must not leave it (`..` beyond the root, absolute).
+fn confined(root: &Path, rel: &str) -> Option<std::path::PathBuf> {
+    let mut out = root.to_path_buf();
+    let mut depth = 0usize;
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth == 0 {
+                    return None;
+                }
+                depth -= 1;
+                out.pop();
+            }
+            p => {
+                depth += 1;
+                out.push(p);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+// What the API server said, as `kubectl` prints it (`secrets "x" not found`).
+fn api_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -463,6 +621,7 @@ fn success_status(
     obj: &GitRepository,
     previous: &GitRepositoryStatus,
     artifact: Artifact,
+    included: Vec<Artifact>,
     requested_at: Option<String>,
 ) -> GitRepositoryStatus {
     let generation = obj.metadata.generation;
@@ -471,6 +630,7 @@ fn success_status(
     for gone in [
         FETCH_FAILED_CONDITION,
         STORAGE_OPERATION_FAILED_CONDITION,
+        INCLUDE_UNAVAILABLE_CONDITION,
         ARTIFACT_OUTDATED_CONDITION,
     ] {
         conditions::remove(&mut conds, gone);
@@ -490,6 +650,9 @@ fn success_status(
         conditions: conds,
         artifact: Some(artifact),
         observed_ignore: obj.spec.ignore.clone(),
+        observed_sparse_checkout: obj.spec.sparse_checkout.clone(),
+        observed_include: obj.spec.include.clone(),
+        included_artifacts: included,
         last_handled_reconcile_at: requested_at
             .or_else(|| previous.last_handled_reconcile_at.clone()),
         ..previous.clone()
@@ -724,7 +887,7 @@ mod tests {
                 .starts_with("failed to checkout and determine revision: authentication failed")
         );
 
-        let ok = success_status(&obj, &failed, artifact("main@sha1:abc"), None);
+        let ok = success_status(&obj, &failed, artifact("main@sha1:abc"), vec![], None);
         assert_eq!(
             types(&ok),
             [
@@ -741,9 +904,30 @@ mod tests {
     }
 
     #[test]
+    fn include_paths_stay_inside() {
+        let root = Path::new("/r");
+        assert_eq!(confined(root, "a/b"), Some("/r/a/b".into()));
+        assert_eq!(confined(root, "./a/../b/"), Some("/r/b".into()));
+        assert_eq!(confined(root, ""), Some("/r".into()));
+        assert_eq!(confined(root, "../x"), None);
+        assert_eq!(confined(root, "a/../../x"), None);
+        assert_eq!(
+            confined(root, "/etc"),
+            Some("/r/etc".into()),
+            "absolute is taken as relative"
+        );
+    }
+
+    #[test]
     fn a_failure_keeps_the_last_artifact_in_storage() {
         let obj = repo();
-        let ok = success_status(&obj, &Default::default(), artifact("main@sha1:abc"), None);
+        let ok = success_status(
+            &obj,
+            &Default::default(),
+            artifact("main@sha1:abc"),
+            vec![],
+            None,
+        );
         let err = Error::Git(GitError::Operation {
             url: "http://x".into(),
             cause: "connection refused".into(),

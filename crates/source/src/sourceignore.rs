@@ -73,6 +73,8 @@ pub struct Pattern {
 #[derive(Clone, Debug)]
 pub struct SourceIgnore {
     matcher: Gitignore,
+    // `spec.sparseCheckout`: when non-empty, only these directories (root-relative).
+    only: Vec<PathBuf>,
 }
 
 impl SourceIgnore {
@@ -103,7 +105,10 @@ impl SourceIgnore {
             pattern: "<all>".into(),
             source,
         })?;
-        Ok(SourceIgnore { matcher })
+        Ok(SourceIgnore {
+            matcher,
+            only: Vec::new(),
+        })
     }
 
     /// Rules for the checkout in `dir`: its `.sourceignore` files, then `spec_ignore`.
@@ -119,9 +124,36 @@ impl SourceIgnore {
     /// Whether `rel` (relative to the checkout root) is excluded; files below an excluded
     /// directory are excluded unless a later pattern re-includes them.
     pub fn is_ignored(&self, rel: &Path, is_dir: bool) -> bool {
+        if !self.only.is_empty() {
+            let inside = self.only.iter().any(|d| rel.starts_with(d));
+            // Directories on the way to a kept one stay, so the tree keeps its shape.
+            let on_the_way = is_dir && self.only.iter().any(|d| d.starts_with(rel));
+            if !inside && !on_the_way {
+                return true;
+            }
+        }
         self.matcher
             .matched_path_or_any_parents(rel, is_dir)
             .is_ignore()
+    }
+
+    /// Keeps only what lies in `dirs` (Flux's `spec.sparseCheckout`); empty keeps everything.
+    pub fn only_in(mut self, dirs: &[String]) -> Self {
+        self.only = dirs
+            .iter()
+            .map(|d| {
+                d.trim_start_matches("./")
+                    .trim_matches('/')
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .collect::<PathBuf>()
+            })
+            .collect();
+        // `.` or `/` means the whole tree.
+        if self.only.iter().any(|d| d.as_os_str().is_empty()) {
+            self.only.clear();
+        }
+        self
     }
 }
 
@@ -239,6 +271,29 @@ mod tests {
         assert!(ignored(&rules, "README.md"));
         assert!(!ignored(&rules, "deploy/app.yaml"));
         assert!(ignored(&rules, "deploy/secret/key.yaml"));
+    }
+
+    #[test]
+    fn sparse_checkout_keeps_only_the_listed_directories() {
+        let rules = SourceIgnore::from_patterns(&[])
+            .unwrap()
+            .only_in(&["./apps/prod/".into(), "infra".into()]);
+        assert!(!ignored(&rules, "apps/prod/app.yaml"));
+        assert!(!ignored(&rules, "infra/x/y.yaml"));
+        assert!(ignored(&rules, "apps/dev/app.yaml"));
+        assert!(ignored(&rules, "README.md"));
+        assert!(
+            !rules.is_ignored(Path::new("apps"), true),
+            "directory on the way"
+        );
+        assert!(
+            ignored(&rules, "apps/prod/logo.png"),
+            "ignore rules still apply"
+        );
+        let all = SourceIgnore::from_patterns(&[])
+            .unwrap()
+            .only_in(&["./".into()]);
+        assert!(!ignored(&all, "README.md"));
     }
 
     #[test]
