@@ -68,6 +68,8 @@ pub struct Context {
 // When an object is next due, and what it looked like when that was decided.
 #[derive(Clone, Debug)]
 struct Schedule {
+    // A recreated object (new uid) starts afresh.
+    uid: Option<String>,
     generation: Option<i64>,
     requested_at: Option<String>,
     due: Instant,
@@ -229,14 +231,15 @@ async fn reconcile_inner(
     let generation = obj.metadata.generation;
     let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
     // Our own status write (or any other status-only change) is not a reason to fetch again.
-    if let Some(s) = ctx.schedule_of(&key)
+    let previous = ctx.schedule_of(&key).filter(|s| s.uid == obj.metadata.uid);
+    if let Some(s) = &previous
         && s.generation == generation
         && s.requested_at == requested_at
         && s.due > Instant::now()
     {
         return Ok(Outcome::NotDue(Action::requeue(s.due - Instant::now())));
     }
-    let failures = ctx.schedule_of(&key).map_or(0, |s| s.failures);
+    let failures = previous.map_or(0, |s| s.failures);
 
     let interval = match parse_go_duration(&obj.spec.interval) {
         Ok(d) if !d.is_zero() => d,
@@ -306,6 +309,7 @@ async fn reconcile_inner(
             ctx.set_schedule(
                 key,
                 Schedule {
+                    uid: obj.metadata.uid.clone(),
                     generation,
                     requested_at,
                     due: Instant::now() + wait,
@@ -336,6 +340,7 @@ async fn reconcile_inner(
             ctx.set_schedule(
                 key,
                 Schedule {
+                    uid: obj.metadata.uid.clone(),
                     generation,
                     requested_at,
                     due: Instant::now() + after_failures(failures + 1),

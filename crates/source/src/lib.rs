@@ -1,12 +1,15 @@
 //! Gantry's sources: where manifests come from.
 //!
-//! - [`git`]: fetch a revision over smart HTTP(S) (basic auth, bearer token) or SSH (identity,
-//!   strict known_hosts), by branch, tag, semver range, full ref name or commit, skipping the
-//!   download when the remote has not moved; revisions in Flux's format.
+//! - [`git`]: fetch a revision over smart HTTP(S) (basic auth, bearer token, a private CA from
+//!   `ca.crt`) or SSH (identity with optional passphrase, strict known_hosts), by branch, tag,
+//!   semver range, full ref name or commit; an `ls-remote` first, so an unchanged remote costs no
+//!   download; revisions in Flux's format ([`gantry_core::revision`]).
 //! - [`artifact`]: normalised tarballs with a sha256 digest, stored per object with retention,
 //!   opened again by consumers in the same process ([`ArtifactStore::open`]).
-//! - [`sourceignore`]: Flux's `.sourceignore` / `spec.ignore` rules and default exclusions.
-//! - [`controller`]: the GitRepository controller (`Context`, `reconcile`, `error_policy`).
+//! - [`sourceignore`]: Flux's `.sourceignore` / `spec.ignore` rules and default exclusions,
+//!   `spec.sparseCheckout`.
+//! - [`controller`]: the GitRepository controller (`Context`, `reconcile`, `error_policy`,
+//!   `run_controller`), with `spec.include`, status, conditions and events as Flux writes them.
 
 pub mod artifact;
 pub mod controller;
@@ -15,4 +18,4 @@ pub mod git;
 pub mod sourceignore;
 
 pub use artifact::{ArtifactError, ArtifactStore};
-pub use controller::{Context, error_policy, reconcile};
+pub use controller::{Context, error_policy, reconcile, run_controller};
