@@ -798,6 +798,34 @@ mod tests {
         assert_eq!(git(&dest.path().join("c"), &["rev-parse", "HEAD"]), id);
         assert!(server.upload_pack_requests() >= 1);
 
+        // Push through the same server (receive-pack needs an authenticated REMOTE_USER), with
+        // a body large enough for git to send it chunked.
+        let clone = dest.path().join("c");
+        // Incompressible and above git's 1 MiB http.postBuffer, so the pack goes chunked.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let big: Vec<u8> = (0..1_500_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(clone.join("big.bin"), big).unwrap();
+        git(&clone, &["add", "-A"]);
+        git_command(&clone)
+            .args(["commit", "--quiet", "-m", "big"])
+            .status()
+            .unwrap();
+        git(
+            &clone,
+            &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+        );
+        assert_eq!(
+            git(&repo.bare, &["rev-parse", "refs/heads/main"]),
+            git(&clone, &["rev-parse", "HEAD"])
+        );
+
         let refused = git_command(dest.path())
             .args([
                 "ls-remote",
