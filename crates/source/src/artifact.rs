@@ -340,7 +340,8 @@ fn collect(root: &Path, rel: &Path, ignore: &SourceIgnore, out: &mut Vec<Entry>)
         let dirent = dirent?;
         let file_type = dirent.file_type()?;
         let rel_path = rel.join(dirent.file_name());
-        if rel.as_os_str().is_empty() && dirent.file_name() == ".git" {
+        // The repository's `.git` directory and the `.git` files of submodules.
+        if dirent.file_name() == ".git" {
             continue;
         }
         if !(file_type.is_dir() || file_type.is_file()) {

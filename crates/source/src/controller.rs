@@ -436,6 +436,7 @@ async fn run(
         ctx.store.exists(a)
             && status.observed_ignore == obj.spec.ignore
             && status.observed_sparse_checkout == obj.spec.sparse_checkout
+            && status.observed_recurse_submodules == obj.spec.recurse_submodules
             && same_includes
     });
     let request = FetchRequest {
@@ -444,6 +445,7 @@ async fn run(
         credentials,
         timeout,
         last_revision: current.as_ref().map(|a| a.revision.clone()),
+        recurse_submodules: obj.spec.recurse_submodules,
     };
     let store = ctx.store.clone();
     let ignore = obj.spec.ignore.clone();
@@ -656,6 +658,7 @@ fn success_status(
         artifact: Some(artifact),
         observed_ignore: obj.spec.ignore.clone(),
         observed_sparse_checkout: obj.spec.sparse_checkout.clone(),
+        observed_recurse_submodules: obj.spec.recurse_submodules,
         observed_include: obj.spec.include.clone(),
         included_artifacts: included,
         last_handled_reconcile_at: requested_at

@@ -35,6 +35,7 @@ fn request(url: &str, reference: Reference, credentials: Credentials) -> FetchRe
         credentials,
         timeout: Duration::from_secs(30),
         last_revision: None,
+        recurse_submodules: false,
     }
 }
 
@@ -592,4 +593,68 @@ fn ssh_with_a_passphrase_protected_identity() {
         ));
         assert_eq!(err.reason(), "AuthenticationFailed", "{key_type}: {err}");
     }
+}
+
+#[test]
+fn submodules_are_checked_out_with_the_same_credentials() {
+    let root = tempfile::tempdir().unwrap();
+    let server = GitHttpServer::start(root.path(), basic());
+    let sub = TestRepo::new(root.path(), "sub");
+    sub.write("lib.yaml", "from: submodule\n").commit("sub");
+    sub.push("HEAD:refs/heads/main");
+    let app = TestRepo::new(root.path(), "app");
+    app.write("app.yaml", "a: 1\n");
+    let bare = sub.bare.to_string_lossy().into_owned();
+    app.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "--quiet",
+        &bare,
+        "vendor/sub",
+    ]);
+    // What the fetcher sees: the submodule behind the same authenticated server.
+    app.git(&[
+        "config",
+        "-f",
+        ".gitmodules",
+        "submodule.vendor/sub.url",
+        &server.url("sub.git"),
+    ]);
+    app.commit("with submodule");
+    app.push("HEAD:refs/heads/main");
+
+    let mut req = request(
+        &server.url("app.git"),
+        Reference::Branch("main".into()),
+        basic_creds(),
+    );
+    let (_, without) = fetched(&req);
+    assert!(!without.path().join("vendor/sub/lib.yaml").exists());
+
+    req.recurse_submodules = true;
+    let (commit, dir) = fetched(&req);
+    assert_eq!(commit.revision, format!("main@sha1:{}", app.head()));
+    assert_eq!(read(dir.path(), "vendor/sub/lib.yaml"), "from: submodule\n");
+
+    let store_root = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(store_root.path(), "http://gantry.test");
+    let rules = SourceIgnore::load(dir.path(), None).unwrap();
+    let a = store
+        .store(
+            "gitrepository",
+            "ns",
+            "app",
+            dir.path(),
+            &rules,
+            &commit.revision,
+        )
+        .unwrap();
+    let opened = store.open(&a).unwrap();
+    assert!(opened.path().join("vendor/sub/lib.yaml").is_file());
+    assert!(
+        !opened.path().join("vendor/sub/.git").exists(),
+        "no submodule .git file"
+    );
 }

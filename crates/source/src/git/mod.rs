@@ -85,6 +85,8 @@ pub struct FetchRequest {
     pub timeout: Duration,
     /// Revision of the last artifact: when the remote still resolves to it, nothing is fetched.
     pub last_revision: Option<String>,
+    /// Also check out submodules (recursively), with the same credentials.
+    pub recurse_submodules: bool,
 }
 
 /// What a fetch produced.
@@ -221,7 +223,13 @@ impl<'a> Session<'a> {
         let (host, port) = (self.host.clone(), self.port);
         let known = creds.known_hosts.as_deref().map(parse_known_hosts);
         let ca_cert = creds.ca_cert.clone();
-        cb.certificate_check(move |cert, _| {
+        cb.certificate_check(move |cert, connecting_to| {
+            // Submodules may live on another host: check the key of the host actually connected.
+            let (host, port) = if connecting_to == host {
+                (host.clone(), port)
+            } else {
+                (connecting_to.to_owned(), 22)
+            };
             if let Some(x509) = cert.as_x509() {
                 // Without a CA of its own, libgit2's verification against the system roots holds.
                 let Some(ca) = &ca_cert else {
@@ -416,6 +424,9 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
         .map_err(|e| session.operation(format!("checkout of {oid}: {}", e.message())))?;
     repo.set_head_detached(oid)
         .map_err(|e| session.operation(e.message()))?;
+    if req.recurse_submodules {
+        update_submodules(&session, &repo)?;
+    }
     let id = oid.to_string();
     Ok(FetchOutcome::Fetched(Commit {
         revision: revision_for(&req.reference, &ref_name, &id),
@@ -427,6 +438,27 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
             .to_owned(),
         id,
     }))
+}
+
+// Clones and checks out every submodule at the recorded commit, then theirs.
+fn update_submodules(session: &Session<'_>, repo: &Repository) -> Result<(), GitError> {
+    let submodules = repo
+        .submodules()
+        .map_err(|e| session.operation(format!("reading submodules: {}", e.message())))?;
+    for mut sm in submodules {
+        let path = sm.path().display().to_string();
+        let mut opts = git2::SubmoduleUpdateOptions::new();
+        opts.fetch(session.fetch_options());
+        sm.update(true, Some(&mut opts)).map_err(|e| {
+            let err = session.error(e);
+            session.operation(format!("submodule '{path}': {err}"))
+        })?;
+        let sub = sm
+            .open()
+            .map_err(|e| session.operation(format!("submodule '{path}': {}", e.message())))?;
+        update_submodules(session, &sub)?;
+    }
+    Ok(())
 }
 
 fn commit_revision(commit: &str, branch: Option<&str>) -> String {
