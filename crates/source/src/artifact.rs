@@ -100,14 +100,18 @@ impl ArtifactStore {
 
     /// The file an artifact refers to.
     pub fn local_path(&self, artifact: &Artifact) -> Result<PathBuf, ArtifactError> {
-        let rel = Path::new(&artifact.path);
+        self.file_for(&artifact.path)
+            .ok_or_else(|| ArtifactError::InvalidPath(artifact.path.clone()))
+    }
+
+    /// Where a storage-relative path such as an artifact URL's path lives (for serving artifacts
+    /// over HTTP); `None` for paths that could leave the storage root. The file may not exist.
+    pub fn file_for(&self, rel: &str) -> Option<PathBuf> {
+        let rel = Path::new(rel.trim_start_matches('/'));
         let safe = rel
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !safe || artifact.path.is_empty() {
-            return Err(ArtifactError::InvalidPath(artifact.path.clone()));
-        }
-        Ok(self.root.join(rel))
+        (safe && !rel.as_os_str().is_empty()).then(|| self.root.join(rel))
     }
 
     /// Whether the artifact's file is present.
@@ -548,5 +552,10 @@ mod tests {
             store.open(&forged),
             Err(ArtifactError::InvalidPath(_))
         ));
+        assert_eq!(store.file_for("/../etc/passwd"), None);
+        assert_eq!(
+            store.file_for(&format!("/{}", stored[3].path)),
+            Some(root.path().join(&stored[3].path))
+        );
     }
 }
