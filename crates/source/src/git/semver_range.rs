@@ -210,9 +210,9 @@ impl Partial {
     fn ceiling(&self) -> Option<Version> {
         match (self.major, self.minor, self.patch) {
             (None, _, _) => None,
-            (Some(m), None, _) => Some(Version::new(m + 1, 0, 0)),
-            (Some(m), Some(n), None) => Some(Version::new(m, n + 1, 0)),
-            (Some(m), Some(n), Some(p)) => Some(Version::new(m, n, p + 1)),
+            (Some(m), None, _) => Some(Version::new(m.saturating_add(1), 0, 0)),
+            (Some(m), Some(n), None) => Some(Version::new(m, n.saturating_add(1), 0)),
+            (Some(m), Some(n), Some(p)) => Some(Version::new(m, n, p.saturating_add(1))),
         }
     }
 }
@@ -258,19 +258,23 @@ fn expand(token: &str, out: &mut Vec<Comparator>) -> Result<(), String> {
             out.push(Comparator::Ge(floor));
             match (p.major, p.minor) {
                 (None, _) => {}
-                (Some(m), None) => out.push(Comparator::Lt(Version::new(m + 1, 0, 0))),
-                (Some(m), Some(n)) => out.push(Comparator::Lt(Version::new(m, n + 1, 0))),
+                (Some(m), None) => {
+                    out.push(Comparator::Lt(Version::new(m.saturating_add(1), 0, 0)))
+                }
+                (Some(m), Some(n)) => {
+                    out.push(Comparator::Lt(Version::new(m, n.saturating_add(1), 0)))
+                }
             }
         }
         "^" => {
             out.push(Comparator::Ge(floor));
             let upper = match (p.major, p.minor, p.patch) {
                 (None, _, _) => None,
-                (Some(m), _, _) if m > 0 => Some(Version::new(m + 1, 0, 0)),
-                (Some(m), None, _) => Some(Version::new(m + 1, 0, 0)),
-                (Some(_), Some(n), _) if n > 0 => Some(Version::new(0, n + 1, 0)),
-                (Some(_), Some(n), None) => Some(Version::new(0, n + 1, 0)),
-                (Some(_), Some(_), Some(pt)) => Some(Version::new(0, 0, pt + 1)),
+                (Some(m), _, _) if m > 0 => Some(Version::new(m.saturating_add(1), 0, 0)),
+                (Some(m), None, _) => Some(Version::new(m.saturating_add(1), 0, 0)),
+                (Some(_), Some(n), _) if n > 0 => Some(Version::new(0, n.saturating_add(1), 0)),
+                (Some(_), Some(n), None) => Some(Version::new(0, n.saturating_add(1), 0)),
+                (Some(_), Some(_), Some(pt)) => Some(Version::new(0, 0, pt.saturating_add(1))),
             };
             out.extend(upper.map(Comparator::Lt));
         }
@@ -319,6 +323,8 @@ mod tests {
         check("1.x || >=3.0.0", &["1.5.0", "3.1.0"], &["2.0.0"]);
         check("v1.0.0", &["1.0.0"], &["1.0.1"]);
         check("!=1.0.0 >=0.9", &["0.9.0", "1.0.1"], &["1.0.0"]);
+        // No overflow at the edge of u64.
+        check("~18446744073709551615", &[], &["1.0.0"]);
     }
 
     #[test]
@@ -340,6 +346,29 @@ mod tests {
         assert!(parse_version("1.2.3-rc.1+b5").is_some());
         for bad in ["latest", "1.x", "1..2", "1.2.3.4", "release-1"] {
             assert_eq!(parse_version(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        // Where Masterminds and Cargo agree (comparison operators, caret and tilde on full
+        // versions, no pre-releases), the answers must be Cargo's.
+        #[test]
+        fn agrees_with_cargo_on_the_common_subset(
+            op in proptest::sample::select(vec![">=", ">", "<", "<=", "^", "~"]),
+            (a, b, c) in (0u64..4, 0u64..4, 0u64..4),
+            (x, y, z) in (0u64..5, 0u64..5, 0u64..5),
+        ) {
+            let range = format!("{op}{a}.{b}.{c}");
+            let ours = Range::parse(&range).unwrap();
+            let cargo = semver::VersionReq::parse(&range).unwrap();
+            let v = Version::new(x, y, z);
+            proptest::prop_assert_eq!(ours.matches(&v), cargo.matches(&v), "{} vs {}", range, v);
+        }
+
+        #[test]
+        fn parsing_never_panics(s in ".{0,40}") {
+            let _ = Range::parse(&s);
+            let _ = parse_version(&s);
         }
     }
 
