@@ -138,6 +138,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The `proxySecretRef` Secret is unusable.
+    #[error("{0}")]
+    Proxy(String),
     /// The git operation failed.
     #[error("failed to checkout and determine revision: {0}")]
     Git(#[from] GitError),
@@ -168,7 +171,7 @@ impl Error {
     /// The Flux condition reason for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Secret { .. } => git::AUTHENTICATION_FAILED,
+            Error::Secret { .. } | Error::Proxy(_) => git::AUTHENTICATION_FAILED,
             Error::Git(e) => e.reason(),
             Error::Ignore(_) | Error::Artifact(_) => STORAGE_OPERATION_FAILED_REASON,
             Error::InvalidSpec(_) => URL_INVALID_REASON,
@@ -403,22 +406,15 @@ async fn run(
     name: &str,
 ) -> Result<Stored, Error> {
     let credentials = match &obj.spec.secret_ref {
-        Some(r) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-            let secret = secrets.get(&r.name).await.map_err(|source| Error::Secret {
-                namespace: namespace.to_owned(),
-                name: r.name.clone(),
-                source,
-            })?;
-            let data: std::collections::BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            Credentials::from_secret_data(&data)
-        }
+        Some(r) => Credentials::from_secret_data(&secret_data(ctx, namespace, &r.name).await?),
         None => Credentials::default(),
+    };
+    let proxy = match &obj.spec.proxy_secret_ref {
+        Some(r) => {
+            let data = secret_data(ctx, namespace, &r.name).await?;
+            Some(git::auth::proxy_url(&data).map_err(Error::Proxy)?)
+        }
+        None => None,
     };
     let includes = resolve_includes(obj, ctx, namespace).await?;
     let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
@@ -446,6 +442,7 @@ async fn run(
         timeout,
         last_revision: current.as_ref().map(|a| a.revision.clone()),
         recurse_submodules: obj.spec.recurse_submodules,
+        proxy,
     };
     let store = ctx.store.clone();
     let ignore = obj.spec.ignore.clone();
@@ -501,6 +498,25 @@ async fn run(
             subject: None,
         }),
     }
+}
+
+async fn secret_data(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets.get(name).await.map_err(|source| Error::Secret {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }
 
 // The artifacts of `spec.include`, each checked to exist and be stored.

@@ -8,7 +8,9 @@ use gantry_source::artifact::ArtifactStore;
 use gantry_source::git::auth::hashed_known_hosts_line;
 use gantry_source::git::{Credentials, FetchOutcome, FetchRequest, GitError, Reference, fetch};
 use gantry_source::sourceignore::SourceIgnore;
-use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRepo, free_port};
+use gantry_testkit::git::{
+    GitHttpServer, HttpAuth, PROXIED_HOST, SshKeyPair, SshServer, TestRepo, free_port,
+};
 
 const USER: &str = "flux";
 const PASSWORD: &str = "s3cret";
@@ -36,6 +38,7 @@ fn request(url: &str, reference: Reference, credentials: Credentials) -> FetchRe
         timeout: Duration::from_secs(30),
         last_revision: None,
         recurse_submodules: false,
+        proxy: None,
     }
 }
 
@@ -656,5 +659,56 @@ fn submodules_are_checked_out_with_the_same_credentials() {
     assert!(
         !opened.path().join("vendor/sub/.git").exists(),
         "no submodule .git file"
+    );
+}
+
+#[test]
+fn https_through_a_proxy() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new(root.path(), "app");
+    repo.write("app.yaml", "via: proxy\n").commit("one");
+    repo.push("HEAD:refs/heads/main");
+    let server = GitHttpServer::start_tls(root.path(), basic());
+    let proxy_root = tempfile::tempdir().unwrap();
+    let proxy = GitHttpServer::start(
+        proxy_root.path(),
+        HttpAuth::Basic {
+            username: "proxy-user".into(),
+            password: "proxy p@ss".into(),
+        },
+    );
+    // A host that does not resolve: only the proxy can reach the repository.
+    let url = format!("https://{PROXIED_HOST}:{}/app.git", server.port());
+    let creds = Credentials {
+        ca_cert: server.ca_pem().map(str::to_owned),
+        ..basic_creds()
+    };
+    let mut req = request(&url, Reference::Branch("main".into()), creds);
+    let err = fetch_err(&req);
+    assert!(err.to_string().contains(PROXIED_HOST), "{err}");
+
+    req.proxy = Some(format!("http://127.0.0.1:{}", proxy.port()));
+    let err = fetch_err(&req);
+    assert!(
+        proxy.unauthorized_requests() >= 1,
+        "the proxy asked for credentials: {err}"
+    );
+
+    // As the controller builds it from a proxySecretRef Secret.
+    let secret: std::collections::BTreeMap<String, Vec<u8>> = [
+        ("address", format!("http://127.0.0.1:{}", proxy.port())),
+        ("username", "proxy-user".to_string()),
+        ("password", "proxy p@ss".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_bytes()))
+    .collect();
+    req.proxy = Some(gantry_source::git::auth::proxy_url(&secret).unwrap());
+    let (commit, dir) = fetched(&req);
+    assert_eq!(commit.revision, format!("main@sha1:{}", repo.head()));
+    assert_eq!(read(dir.path(), "app.yaml"), "via: proxy\n");
+    assert!(
+        proxy.proxied_requests() >= 2,
+        "ls-remote and fetch went through the proxy"
     );
 }

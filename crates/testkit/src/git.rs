@@ -26,6 +26,9 @@ use base64::engine::general_purpose::STANDARD;
 
 /// Where Debian puts git's CGI program.
 pub const GIT_HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
+/// A host name that does not resolve, in the HTTPS server's certificate: reachable only through
+/// a proxy (see [`GitHttpServer::proxied_requests`]).
+pub const PROXIED_HOST: &str = "git.gantry.invalid";
 /// Debian's OpenSSH server.
 pub const SSHD: &str = "/usr/sbin/sshd";
 
@@ -184,6 +187,7 @@ pub enum HttpAuth {
 
 #[derive(Default)]
 struct Counters {
+    proxied: AtomicUsize,
     info_refs: AtomicUsize,
     upload_pack: AtomicUsize,
     unauthorized: AtomicUsize,
@@ -240,6 +244,7 @@ impl GitHttpServer {
                     let tls = tls.clone();
                     std::thread::spawn(move || {
                         let served = match tls {
+                            None if is_connect(&stream) => tunnel(stream, &auth, &counters),
                             None => serve(stream, &root, &auth, &counters).map(drop),
                             Some(config) => rustls::ServerConnection::new(config)
                                 .map_err(io::Error::other)
@@ -298,6 +303,12 @@ impl GitHttpServer {
     /// Requests refused with 401.
     pub fn unauthorized_requests(&self) -> usize {
         self.counters.unauthorized.load(Ordering::SeqCst)
+    }
+
+    /// Proxy requests served: a plain server also acts as a proxy, for `CONNECT host:port`
+    /// (tunnelled to 127.0.0.1:port) and for absolute-form `GET http://host/path` (served itself).
+    pub fn proxied_requests(&self) -> usize {
+        self.counters.proxied.load(Ordering::SeqCst)
     }
 }
 
@@ -384,9 +395,14 @@ fn serve<S: Read + Write>(
     counters: &Counters,
 ) -> io::Result<S> {
     let mut reader = BufReader::new(stream);
-    let Some(req) = read_request(&mut reader)? else {
+    let Some(mut req) = read_request(&mut reader)? else {
         return Ok(reader.into_inner());
     };
+    // Absolute-form target: a proxy request; serve it as if addressed to this server.
+    if let Some(rest) = req.path.strip_prefix("http://") {
+        counters.proxied.fetch_add(1, Ordering::SeqCst);
+        req.path = rest.find('/').map_or("/".into(), |i| rest[i..].to_owned());
+    }
     let Some(user) = authorised(&req, auth) else {
         counters.unauthorized.fetch_add(1, Ordering::SeqCst);
         let challenge = match auth {
@@ -497,6 +513,56 @@ fn serve<S: Read + Write>(
     Ok(out)
 }
 
+// Whether a plain connection starts with a proxy `CONNECT`.
+fn is_connect(stream: &TcpStream) -> bool {
+    let mut head = [0u8; 8];
+    matches!(stream.peek(&mut head), Ok(8) if &head == b"CONNECT ")
+}
+
+// `CONNECT host:port`: an HTTPS proxy tunnel to 127.0.0.1:port, whatever the host (so tests
+// can name hosts that do not resolve and prove the proxy was used); with basic auth, the
+// credentials are required in `Proxy-Authorization`.
+fn tunnel(stream: TcpStream, auth: &HttpAuth, counters: &Counters) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let req = read_request(&mut reader)?.ok_or_else(|| io::Error::other("empty request"))?;
+    if let HttpAuth::Basic { username, password } = auth {
+        let expected = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{username}:{password}"))
+        );
+        if req.header("proxy-authorization") != Some(expected.as_str()) {
+            counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+            let mut out = stream;
+            out.write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                  Proxy-Authenticate: Basic realm=\"proxy\"\r\nContent-Length: 0\r\n\
+                  Connection: close\r\n\r\n",
+            )?;
+            return Ok(());
+        }
+    }
+    counters.proxied.fetch_add(1, Ordering::SeqCst);
+    let port: u16 = req
+        .path
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad CONNECT target {}", req.path)))?;
+    let upstream = TcpStream::connect(("127.0.0.1", port))?;
+    let mut client = stream;
+    client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    // The client sends nothing more before the 200, so the reader holds no buffered bytes.
+    let (mut client_read, mut upstream_write) = (client.try_clone()?, upstream.try_clone()?);
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut client_read, &mut upstream_write);
+        let _ = upstream_write.shutdown(std::net::Shutdown::Write);
+    });
+    let mut upstream_read = upstream;
+    let _ = io::copy(&mut upstream_read, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+    Ok(())
+}
+
 // A CA and a server certificate for 127.0.0.1/localhost signed by it.
 fn tls_config() -> (String, rustls::ServerConfig) {
     use rcgen::{
@@ -514,8 +580,12 @@ fn tls_config() -> (String, rustls::ServerConfig) {
     ];
     let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
     let issuer = Issuer::new(ca, ca_key);
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("server params");
+    let mut leaf = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        PROXIED_HOST.to_string(),
+    ])
+    .expect("server params");
     leaf.distinguished_name
         .push(DnType::CommonName, "127.0.0.1");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

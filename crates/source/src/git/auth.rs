@@ -66,6 +66,39 @@ impl Credentials {
     }
 }
 
+/// The proxy URL from a `proxySecretRef` Secret's data (`address`, optional `username` and
+/// `password`), with the credentials as URL user info, as libgit2 takes them.
+pub fn proxy_url<V: AsRef<[u8]>>(data: &BTreeMap<String, V>) -> Result<String, String> {
+    let get = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(v.as_ref()).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let address = get("address").ok_or("invalid proxy secret: 'address' field not found")?;
+    let (scheme, rest) = address.split_once("://").ok_or_else(|| {
+        format!("invalid proxy address '{address}': expected http(s)://host:port")
+    })?;
+    Ok(match get("username") {
+        Some(user) => {
+            let password = get("password").unwrap_or_default();
+            format!("{scheme}://{}:{}@{rest}", encode(&user), encode(&password))
+        }
+        None => address,
+    })
+}
+
+// Percent-encodes what cannot stand in URL user info.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// One usable known_hosts entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownHost {
@@ -313,6 +346,34 @@ mod tests {
             check_host_key(&parse_known_hosts(&text), "h", 22, KEY),
             HostKeyCheck::Mismatch
         );
+    }
+
+    #[test]
+    fn proxy_urls_carry_encoded_credentials() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            proxy_url(&data(&[("address", "http://proxy:3128")])),
+            Ok("http://proxy:3128".into())
+        );
+        assert_eq!(
+            proxy_url(&data(&[
+                ("address", "http://proxy:3128"),
+                ("username", "me"),
+                ("password", "p@ss:w/rd")
+            ])),
+            Ok("http://me:p%40ss%3Aw%2Frd@proxy:3128".into())
+        );
+        assert!(
+            proxy_url(&data(&[("username", "me")]))
+                .unwrap_err()
+                .contains("'address'")
+        );
+        assert!(proxy_url(&data(&[("address", "proxy:3128")])).is_err());
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct FetchRequest {
     pub last_revision: Option<String>,
     /// Also check out submodules (recursively), with the same credentials.
     pub recurse_submodules: bool,
+    /// HTTP(S) proxy URL, credentials in its user info (`http://user:pass@proxy:3128`).
+    pub proxy: Option<String>,
 }
 
 /// What a fetch produced.
@@ -277,9 +279,20 @@ impl<'a> Session<'a> {
         cb
     }
 
+    fn proxy_options(&self) -> Option<git2::ProxyOptions<'_>> {
+        self.req.proxy.as_deref().map(|url| {
+            let mut po = git2::ProxyOptions::new();
+            po.url(url);
+            po
+        })
+    }
+
     fn fetch_options(&self) -> FetchOptions<'_> {
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(self.callbacks());
+        if let Some(po) = self.proxy_options() {
+            fo.proxy_options(po);
+        }
         fo.download_tags(AutotagOption::None);
         fo.update_fetchhead(false);
         if let Some(token) = &self.req.credentials.bearer_token {
@@ -359,7 +372,11 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
     // ls-remote: the advertised refs, without downloading anything.
     let heads: Vec<(String, Oid)> = if req.credentials.bearer_token.is_none() {
         let conn = remote
-            .connect_auth(Direction::Fetch, Some(session.callbacks()), None)
+            .connect_auth(
+                Direction::Fetch,
+                Some(session.callbacks()),
+                session.proxy_options(),
+            )
             .map_err(|e| session.error(e))?;
         let heads = conn
             .list()
