@@ -595,6 +595,12 @@ async fn a_server_that_never_answers_times_out_per_spec_timeout() {
             started.elapsed() < Duration::from_secs(30),
             "bounded by spec.timeout"
         );
+        // The stuck fetch thread is not joined by more: retries report it instead.
+        wait_for(&api, "silent", WAIT, |r| {
+            r.and_then(|r| condition(r, "Ready"))
+                .is_some_and(|c| c.message.contains("previous fetch has not finished"))
+        })
+        .await;
         drop(silent);
     })
     .await;

@@ -63,6 +63,10 @@ pub struct Context {
     events: Option<Events>,
     metrics: Option<Metrics>,
     schedule: Mutex<HashMap<(String, String), Schedule>>,
+    // Objects whose fetch thread still runs. libgit2 cannot be given socket timeouts without
+    // `unsafe`, so a server that stops answering can hold a thread past `spec.timeout`; one such
+    // thread per object at most.
+    in_flight: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 // When an object is next due, and what it looked like when that was decided.
@@ -91,6 +95,7 @@ impl Context {
             events: None,
             metrics: None,
             schedule: Mutex::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -391,6 +396,20 @@ pub async fn run_controller(
         .await;
 }
 
+// Clears the object's in-flight mark when the fetch thread ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
 struct Stored {
     artifact: Artifact,
     // Artifacts of `spec.include`, in spec order.
@@ -449,7 +468,24 @@ async fn run(
     let sparse = obj.spec.sparse_checkout.clone();
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
     let url = obj.spec.url.clone();
+    let flight_key = (namespace.clone(), name.clone());
+    let newly = ctx
+        .in_flight
+        .lock()
+        .map(|mut set| set.insert(flight_key.clone()))
+        .unwrap_or(true);
+    if !newly {
+        return Err(Error::Git(GitError::Operation {
+            url,
+            cause: "the previous fetch has not finished yet (the server stopped answering)".into(),
+        }));
+    }
+    let landing = InFlight {
+        set: ctx.in_flight.clone(),
+        key: flight_key,
+    };
     let work = tokio::task::spawn_blocking(move || -> Result<Option<Stored>, Error> {
+        let _landing = landing;
         let dir = tempfile::Builder::new()
             .prefix("gantry-git-")
             .tempdir()
