@@ -118,6 +118,18 @@ impl Context {
         self
     }
 
+    /// Forgets a deleted GitRepository's schedule and removes its artifacts (call on delete
+    /// events; there is no finalizer).
+    pub fn forget(&self, namespace: &str, name: &str) -> Result<(), ArtifactError> {
+        if let Ok(mut map) = self.schedule.lock() {
+            map.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.remove_resource("GitRepository", namespace, name);
+        }
+        self.store.remove_all(GIT_REPOSITORY_KIND, namespace, name)
+    }
+
     fn schedule_of(&self, key: &(String, String)) -> Option<Schedule> {
         self.schedule.lock().ok()?.get(key).cloned()
     }
