@@ -6,7 +6,6 @@
 
 mod cluster;
 // Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
-#[allow(dead_code)]
 mod kustomize;
 mod sandbox;
 
@@ -146,8 +145,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
             let crds = sandbox::install_crds(&workspace_root(), &kubeconfig)?;
-            println!("Installed Gantry's API ({} CRDs): {}", crds.len(), crds.join(", "));
-            println!("Try:      kubectl --kubeconfig {} get crds", kubeconfig.display());
+            println!(
+                "Installed Gantry's API ({} CRDs): {}",
+                crds.len(),
+                crds.join(", ")
+            );
+            println!(
+                "Try:      kubectl --kubeconfig {} get crds",
+                kubeconfig.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&cli.global, &paths, &versions, &args),
@@ -188,7 +194,16 @@ fn test(
             (record.kubeconfig, !was_running && !args.keep_cluster)
         }
     };
-    eprintln!("Control plane ready after {:.0?}; running the test suite.", started.elapsed());
+    // Kustomization builds shell out to kustomize; a pinned one is built from the Go module proxy
+    // so a new machine needs no kubectl.
+    let kustomize_bin = match std::env::var_os("GANTRY_KUSTOMIZE") {
+        Some(path) => PathBuf::from(path),
+        None => kustomize::ensure(&paths.cache)?,
+    };
+    eprintln!(
+        "Control plane ready after {:.0?}; running the test suite.",
+        started.elapsed()
+    );
 
     // Ctrl-C reaches `cargo test` too (same process group); we only need to survive it to clean up.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -200,6 +215,7 @@ fn test(
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args.cargo_args)
         .env("GANTRY_KUBECONFIG", &kubeconfig)
+        .env("GANTRY_KUSTOMIZE", &kustomize_bin)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");

@@ -15,7 +15,15 @@ use kube::api::{Api, Patch, PatchParams};
 pub fn install_crds(workspace: &Path, kubeconfig: &Path) -> Result<Vec<String>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["run", "--quiet", "--package", "gantry", "--", "install", "--crds"])
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "gantry",
+            "--",
+            "install",
+            "--crds",
+        ])
         .current_dir(workspace)
         .stderr(Stdio::inherit())
         .output()
@@ -36,9 +44,13 @@ pub fn install_crds(workspace: &Path, kubeconfig: &Path) -> Result<Vec<String>> 
         let mut names = Vec::new();
         for crd in &crds {
             let name = crd.name_any();
-            api.patch(&name, &PatchParams::apply("gantry").force(), &Patch::Apply(crd))
-                .await
-                .with_context(|| format!("applying CRD {name}"))?;
+            api.patch(
+                &name,
+                &PatchParams::apply("gantry").force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
             names.push(name);
         }
         for name in &names {
@@ -52,10 +64,10 @@ async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> Re
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let crd = api.get(name).await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
         if established {
             return Ok(());
         }

@@ -27,7 +27,11 @@ fn text(out: &Output) -> String {
 fn assert_nothing_runs(state: &Path) {
     let out = xtask(state, &["cluster", "status"]);
     let said = text(&out);
-    assert_eq!(out.status.code(), Some(3), "status says not running: {said}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status says not running: {said}"
+    );
     assert!(
         said.contains("is not running.") && !said.contains("earlier run"),
         "no process of the failed run is left: {said}"
@@ -43,8 +47,14 @@ fn a_taken_apiserver_port_stops_up_naming_the_component() {
     let out = xtask(state.path(), &["cluster", "up", "--apiserver-port", &port]);
     let said = text(&out);
     assert!(!out.status.success(), "up fails: {said}");
-    assert!(said.contains("kube-apiserver exited"), "names the component: {said}");
-    assert!(said.contains("address already in use"), "shows its log tail: {said}");
+    assert!(
+        said.contains("kube-apiserver exited"),
+        "names the component: {said}"
+    );
+    assert!(
+        said.contains("address already in use"),
+        "shows its log tail: {said}"
+    );
     assert_nothing_runs(state.path());
 }
 
@@ -58,12 +68,20 @@ fn an_unusable_etcd_data_dir_stops_up_naming_etcd() {
 
     let out = xtask(
         state.path(),
-        &["cluster", "up", "--etcd-data-dir", data_dir.to_str().unwrap()],
+        &[
+            "cluster",
+            "up",
+            "--etcd-data-dir",
+            data_dir.to_str().unwrap(),
+        ],
     );
     let said = text(&out);
     assert!(!out.status.success(), "up fails: {said}");
     assert!(said.contains("etcd exited"), "names etcd: {said}");
-    assert!(said.contains("not a directory"), "shows etcd's own reason: {said}");
+    assert!(
+        said.contains("not a directory"),
+        "shows etcd's own reason: {said}"
+    );
     assert_nothing_runs(state.path());
 }
 
@@ -100,21 +118,35 @@ fn up_is_idempotent_down_is_quiet_and_a_crashed_run_does_not_block_the_next() {
     let first = xtask(state, &["cluster", "up"]);
     assert!(first.status.success(), "first up: {}", text(&first));
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("cluster.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(state.join("cluster.json")).unwrap())
+            .unwrap();
     let server = record["server"].as_str().unwrap().to_string();
 
     let second = xtask(state, &["cluster", "up"]);
     assert!(second.status.success(), "second up: {}", text(&second));
-    assert!(text(&second).contains("already running"), "{}", text(&second));
+    assert!(
+        text(&second).contains("already running"),
+        "{}",
+        text(&second)
+    );
     let again: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("cluster.json")).unwrap()).unwrap();
-    assert_eq!(again["server"], server.as_str(), "the same cluster, not a new one");
+        serde_json::from_str(&std::fs::read_to_string(state.join("cluster.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        again["server"],
+        server.as_str(),
+        "the same cluster, not a new one"
+    );
 
     // A run that crashed after starting its processes but before recording them: the next
     // `up` must find and stop them itself and start cleanly.
     std::fs::remove_file(state.join("cluster.json")).unwrap();
     let status = xtask(state, &["cluster", "status"]);
-    assert!(text(&status).contains("earlier run"), "strays are reported: {}", text(&status));
+    assert!(
+        text(&status).contains("earlier run"),
+        "strays are reported: {}",
+        text(&status)
+    );
     let old_pids: Vec<u64> = record["components"]
         .as_array()
         .unwrap()
@@ -123,7 +155,11 @@ fn up_is_idempotent_down_is_quiet_and_a_crashed_run_does_not_block_the_next() {
         .collect();
     let third = xtask(state, &["cluster", "up"]);
     assert!(third.status.success(), "up after a crash: {}", text(&third));
-    assert!(text(&third).contains("left over from an earlier run"), "{}", text(&third));
+    assert!(
+        text(&third).contains("left over from an earlier run"),
+        "{}",
+        text(&third)
+    );
     for pid in old_pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists()
@@ -136,7 +172,14 @@ fn up_is_idempotent_down_is_quiet_and_a_crashed_run_does_not_block_the_next() {
     let down = xtask(state, &["cluster", "down"]);
     assert!(down.status.success(), "down: {}", text(&down));
     let down_again = xtask(state, &["cluster", "down"]);
-    assert!(down_again.status.success(), "down with nothing running succeeds");
-    assert!(text(&down_again).is_empty(), "and says nothing: {}", text(&down_again));
+    assert!(
+        down_again.status.success(),
+        "down with nothing running succeeds"
+    );
+    assert!(
+        text(&down_again).is_empty(),
+        "and says nothing: {}",
+        text(&down_again)
+    );
     assert_nothing_runs(state);
 }

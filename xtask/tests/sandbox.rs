@@ -29,10 +29,10 @@ async fn sandbox_installs_gantrys_api_into_the_cluster() {
         let name = crd.metadata.name.unwrap();
         assert!(said.contains(&name), "{name} is reported: {said}");
         let live = crds.get(&name).await.expect("the CRD exists");
-        let established = live
-            .status
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        let established = live.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
         assert!(established, "{name} is Established");
     }
 }

@@ -29,9 +29,11 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
 
 fn is_available(d: &Deployment, replicas: i32) -> bool {
     let status = d.status.clone().unwrap_or_default();
-    let available = status.conditions.unwrap_or_default().iter().any(|c| {
-        c.type_ == "Available" && c.status == "True"
-    });
+    let available = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
     available
         && status.ready_replicas == Some(replicas)
         && status.updated_replicas == Some(replicas)
@@ -54,12 +56,17 @@ async fn a_deployment_with_three_replicas_becomes_available() {
 
         // Available must mean real Pods, scheduled onto the kwok node and Ready.
         let pods: Api<Pod> = Api::namespaced(client, &ns);
-        let pods = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
+        let pods = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
         assert_eq!(pods.items.len(), 3, "three Pods exist");
         for pod in &pods.items {
             let spec = pod.spec.as_ref().unwrap();
             assert!(
-                spec.node_name.as_deref().is_some_and(|n| n.starts_with("kwok-node-")),
+                spec.node_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("kwok-node-")),
                 "{} is bound to a kwok node: {:?}",
                 pod.name_any(),
                 spec.node_name
@@ -114,7 +121,10 @@ async fn a_crd_generated_from_the_rust_types_installs_and_objects_round_trip() {
             ..Default::default()
         };
         let created = repos
-            .create(&PostParams::default(), &GitRepository::new("app", spec.clone()))
+            .create(
+                &PostParams::default(),
+                &GitRepository::new("app", spec.clone()),
+            )
             .await
             .expect("create GitRepository");
         assert!(created.metadata.uid.is_some(), "the server assigned a uid");
@@ -154,7 +164,10 @@ async fn deleting_a_namespace_removes_its_objects() {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("settings".into());
     cm.data = Some([("mode".to_string(), "staging".to_string())].into());
-    config_maps.create(&PostParams::default(), &cm).await.unwrap();
+    config_maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     deployments
         .create(&PostParams::default(), &deployment("worker", 2))
@@ -171,8 +184,24 @@ async fn deleting_a_namespace_removes_its_objects() {
     wait_for(&namespaces, &ns, Duration::from_secs(90), |n| n.is_none()).await;
 
     for (kind, count) in [
-        ("ConfigMap", config_maps.list(&ListParams::default()).await.unwrap().items.len()),
-        ("Deployment", deployments.list(&ListParams::default()).await.unwrap().items.len()),
+        (
+            "ConfigMap",
+            config_maps
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+        ),
+        (
+            "Deployment",
+            deployments
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+        ),
         (
             "Pod",
             Api::<Pod>::namespaced(client.clone(), &ns)

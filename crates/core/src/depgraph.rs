@@ -63,7 +63,10 @@ mod tests {
         g
     }
 
-    fn cycle(edges: &[(&'static str, &'static str)], start: &'static str) -> Option<Vec<&'static str>> {
+    fn cycle(
+        edges: &[(&'static str, &'static str)],
+        start: &'static str,
+    ) -> Option<Vec<&'static str>> {
         let g = graph(edges);
         find_cycle(&start, |n| g.get(n).cloned().unwrap_or_default())
     }
@@ -71,16 +74,25 @@ mod tests {
     #[test]
     fn chains_and_diamonds_have_no_cycle() {
         assert_eq!(cycle(&[("a", "b"), ("b", "c")], "a"), None);
-        assert_eq!(cycle(&[("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")], "a"), None);
+        assert_eq!(
+            cycle(&[("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")], "a"),
+            None
+        );
         assert_eq!(cycle(&[], "a"), None);
     }
 
     #[test]
     fn cycles_are_reported_in_order() {
         assert_eq!(cycle(&[("a", "a")], "a"), Some(vec!["a", "a"]));
-        assert_eq!(cycle(&[("a", "b"), ("b", "a")], "a"), Some(vec!["a", "b", "a"]));
         assert_eq!(
-            cycle(&[("apps", "infra"), ("infra", "crds"), ("crds", "infra")], "apps"),
+            cycle(&[("a", "b"), ("b", "a")], "a"),
+            Some(vec!["a", "b", "a"])
+        );
+        assert_eq!(
+            cycle(
+                &[("apps", "infra"), ("infra", "crds"), ("crds", "infra")],
+                "apps"
+            ),
             Some(vec!["infra", "crds", "infra"])
         );
     }
@@ -89,7 +101,11 @@ mod tests {
     fn a_long_chain_does_not_overflow() {
         let names: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
         let found = find_cycle(&0usize, |n| {
-            if *n + 1 < names.len() { vec![*n + 1] } else { vec![] }
+            if *n + 1 < names.len() {
+                vec![*n + 1]
+            } else {
+                vec![]
+            }
         });
         assert_eq!(found, None);
     }

@@ -1,6 +1,7 @@
 //! The `gantry` binary: command-line parsing and wiring. The logic lives in the library crates.
 
 mod commands;
+mod controllers;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controllers (sources and kustomizations) against a cluster.
+    Run(commands::run::RunArgs),
     /// Print the manifests that install Gantry into a cluster.
     Install(commands::install::InstallArgs),
     /// Versions, notes and tags from Conventional Commits (replaces semantic-release).
@@ -32,6 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(&args),
         Command::Install(args) => commands::install::run(&args),
         Command::Release(args) => commands::release::run(&args),
         Command::Ci(args) => commands::ci::run(&args),

@@ -106,9 +106,13 @@ pub async fn check(
     targets: &[InventoryEntry],
 ) -> Result<Vec<(ObjectId, Health)>, HealthError> {
     let results: Vec<Result<(ObjectId, Health), HealthError>> =
-        stream::iter(targets.iter().map(|entry| async move {
-            let health = health_of(client, resolver, entry).await?;
-            Ok((entry.id.clone(), health))
+        stream::iter((0..targets.len()).map(|i| {
+            // By index, for the same reason as in `apply::evaluate_all` (rust-lang/rust#102211).
+            let entry = &targets[i];
+            async move {
+                let health = health_of(client, resolver, entry).await?;
+                Ok((entry.id.clone(), health))
+            }
         }))
         .buffered(CONCURRENCY)
         .collect()

@@ -5,7 +5,9 @@
 //! - `apply`: server-side apply in stages, dry-run first, drift detection, owner labels, Flux's
 //!   per-object annotations, inventory and prune.
 //! - `health`: kstatus health waits with Flux's messages.
+//! - [`controller`]: the Kustomization controller tying them together.
 
 pub mod apply;
 pub mod build;
+pub mod controller;
 pub mod health;

@@ -35,7 +35,8 @@ pub struct FluxEvent {
 /// Publishes Events for one controller (`source-controller`, `kustomize-controller`, ...).
 #[derive(Clone)]
 pub struct Events {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     controller: String,
     subscribers: broadcast::Sender<FluxEvent>,
 }
@@ -51,7 +52,8 @@ impl Events {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
             controller: controller.to_string(),
             subscribers,
         }
@@ -77,7 +79,10 @@ impl Events {
             action: reason.to_string(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &object).await {
+        // A fresh recorder per event: kube's recorder folds events with the same reason into one
+        // series and keeps the first message, which would hide a second `NewArtifact` revision.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(err) = recorder.publish(&event, &object).await {
             tracing::warn!(%err, reason, "recording a Kubernetes event failed");
         }
         // No subscriber is fine (nobody alerts yet); a lagging one loses old events, not us.

@@ -59,9 +59,9 @@ pub async fn connect(kubeconfig: &Path) -> Client {
         let raw = Kubeconfig::read_from(kubeconfig)?;
         kube::Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default()).await
     };
-    let config = config.await.unwrap_or_else(|err| {
-        panic!("the kubeconfig {} is unusable: {err}", kubeconfig.display())
-    });
+    let config = config
+        .await
+        .unwrap_or_else(|err| panic!("the kubeconfig {} is unusable: {err}", kubeconfig.display()));
     let server = config.cluster_url.clone();
     let client = Client::try_from(config)
         .unwrap_or_else(|err| panic!("no client for {server} ({}): {err}", kubeconfig.display()));
@@ -129,6 +129,32 @@ where
     }
 }
 
+/// Installs (server-side applies) every CRD Gantry serves and waits until each is Established.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in gantry_api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply("gantry-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("applying CRD {name}: {err}"));
+        wait_for(&crds, &name, Duration::from_secs(30), |crd| {
+            crd.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        })
+        .await;
+    }
+}
+
 /// Polls `name` through `api` until `done` holds, or panics after `timeout` showing the last
 /// state seen (`None`: the object did not exist).
 pub async fn wait_for<K>(
@@ -150,7 +176,9 @@ where
             return current;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("{name} did not reach the expected state within {timeout:?}; last seen: {current:#?}");
+            panic!(
+                "{name} did not reach the expected state within {timeout:?}; last seen: {current:#?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

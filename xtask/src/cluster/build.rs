@@ -36,7 +36,9 @@ pub fn ensure(cache: &Path, versions: &Versions) -> Result<Binaries> {
     let kwok_dir = cache.join(format!("kwok-{}", versions.kwok));
 
     if !k8s_dir.join("bin/kube-apiserver").exists() {
-        build_once(&k8s_dir, |work| go.build_kubernetes(work, &versions.kubernetes))?;
+        build_once(&k8s_dir, |work| {
+            go.build_kubernetes(work, &versions.kubernetes)
+        })?;
     }
     if !etcd_dir.join("bin/etcd").exists() {
         build_once(&etcd_dir, |work| go.build_etcd(work, &versions.etcd))?;
@@ -208,8 +210,8 @@ impl Go {
         let gomod_path = info["GoMod"]
             .as_str()
             .context("go mod download printed no GoMod path")?;
-        let upstream = fs::read_to_string(gomod_path)
-            .with_context(|| format!("reading {gomod_path}"))?;
+        let upstream =
+            fs::read_to_string(gomod_path).with_context(|| format!("reading {gomod_path}"))?;
         let directives = upstream_directives(&upstream);
         self.download(&src, "k8s.io/api", &staging_version)?;
 
@@ -390,7 +392,10 @@ mod tests {
         let d = upstream_directives(gomod);
         assert_eq!(d.go.as_deref(), Some("1.26.0"));
         assert_eq!(d.godebug, vec!["default=go1.26"]);
-        assert_eq!(d.staging, vec!["k8s.io/api", "k8s.io/client-go", "k8s.io/kms"]);
+        assert_eq!(
+            d.staging,
+            vec!["k8s.io/api", "k8s.io/client-go", "k8s.io/kms"]
+        );
     }
 
     #[test]

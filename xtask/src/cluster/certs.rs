@@ -38,7 +38,11 @@ impl Pki {
 /// Client identities: (file name, common name, organisation).
 pub const CLIENTS: &[(&str, &str, Option<&str>)] = &[
     ("admin", "gantry-admin", Some("system:masters")),
-    ("kube-controller-manager", "system:kube-controller-manager", None),
+    (
+        "kube-controller-manager",
+        "system:kube-controller-manager",
+        None,
+    ),
     ("kube-scheduler", "system:kube-scheduler", None),
 ];
 
@@ -89,7 +93,9 @@ pub fn generate(dir: &Path) -> Result<Pki> {
         let mut params = CertificateParams::new(Vec::new())?;
         params.distinguished_name.push(DnType::CommonName, *cn);
         if let Some(org) = org {
-            params.distinguished_name.push(DnType::OrganizationName, *org);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *org);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate()?;

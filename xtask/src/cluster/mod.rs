@@ -33,7 +33,8 @@ pub struct Versions {
 
 impl Versions {
     pub fn from_env() -> Self {
-        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
         Self {
             kubernetes: var("GANTRY_K8S_VERSION", "v1.36.3"),
             // The etcd version that k8s.io/kubernetes v1.36.3's go.mod requires.
@@ -211,8 +212,13 @@ fn start(
         "--profiling=false".to_string(),
     ];
     eprintln!("Starting kube-apiserver on 127.0.0.1:{apiserver_port}");
-    let mut apiserver =
-        process::spawn(state, "kube-apiserver", &bin.kube_apiserver, &apiserver_args, &logs)?;
+    let mut apiserver = process::spawn(
+        state,
+        "kube-apiserver",
+        &bin.kube_apiserver,
+        &apiserver_args,
+        &logs,
+    )?;
     ports.push((
         "kube-apiserver",
         apiserver.pid(),
@@ -252,7 +258,12 @@ fn start(
         &kcm_args,
         &logs,
     )?;
-    ports.push(("kube-controller-manager", kcm.pid(), kcm_port, kcm.log.clone()));
+    ports.push((
+        "kube-controller-manager",
+        kcm.pid(),
+        kcm_port,
+        kcm.log.clone(),
+    ));
 
     let scheduler_kubeconfig = write_kubeconfig(paths, &pki, &server, "kube-scheduler")?;
     let scheduler_config = state.join("kube-scheduler.yaml");
@@ -274,8 +285,13 @@ fn start(
         format!("--cert-dir={}", s(&state.join("kube-scheduler"))),
     ];
     eprintln!("Starting kube-scheduler");
-    let mut scheduler =
-        process::spawn(state, "kube-scheduler", &bin.kube_scheduler, &scheduler_args, &logs)?;
+    let mut scheduler = process::spawn(
+        state,
+        "kube-scheduler",
+        &bin.kube_scheduler,
+        &scheduler_args,
+        &logs,
+    )?;
     ports.push((
         "kube-scheduler",
         scheduler.pid(),
@@ -295,9 +311,7 @@ fn start(
     let mut kwok = process::spawn(state, "kwok", &bin.kwok, &kwok_args, &logs)?;
     ports.push(("kwok", kwok.pid(), kwok_port, kwok.log.clone()));
 
-    process::wait_until(&mut kcm, Duration::from_secs(60), || {
-        port_open(kcm_port)
-    })?;
+    process::wait_until(&mut kcm, Duration::from_secs(60), || port_open(kcm_port))?;
     process::wait_until(&mut scheduler, Duration::from_secs(60), || {
         port_open(scheduler_port)
     })?;
@@ -379,11 +393,22 @@ pub fn status(paths: &Paths) -> bool {
         "Local control plane: Kubernetes {}, etcd {}, kwok {}",
         record.versions.kubernetes, record.versions.etcd, record.versions.kwok
     );
-    println!("  API server  {} ({})", record.server, if serving { "ready" } else { "NOT ready" });
+    println!(
+        "  API server  {} ({})",
+        record.server,
+        if serving { "ready" } else { "NOT ready" }
+    );
     println!("  kubeconfig  {}", record.kubeconfig.display());
     for c in &record.components {
-        let state = if process::is_running(c.pid) { "running" } else { "STOPPED" };
-        println!("  {:<24} pid {:<8} port {:<6} {state}", c.name, c.pid, c.port);
+        let state = if process::is_running(c.pid) {
+            "running"
+        } else {
+            "STOPPED"
+        };
+        println!(
+            "  {:<24} pid {:<8} port {:<6} {state}",
+            c.name, c.pid, c.port
+        );
     }
     serving && record.all_running()
 }
@@ -501,7 +526,10 @@ fn print_summary(record: &Record, paths: &Paths, took: Duration) {
     println!("  API server  {}", record.server);
     println!("  kubeconfig  {}", record.kubeconfig.display());
     println!("  logs        {}", paths.logs().display());
-    println!("Use it:   export KUBECONFIG={}", record.kubeconfig.display());
+    println!(
+        "Use it:   export KUBECONFIG={}",
+        record.kubeconfig.display()
+    );
     println!("Stop it:  cargo xtask cluster down");
 }
 
@@ -518,7 +546,8 @@ fn port_open(port: u16) -> bool {
 
 /// A plain-HTTP GET for etcd's health endpoint, without an HTTP client dependency.
 fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut body = String::new();

@@ -119,14 +119,18 @@ pub fn find(state: &Path) -> Vec<(u32, String)> {
         .filter(|pid| *pid != me)
         .filter_map(|pid| {
             let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let tagged = environ
-                .split(|b| *b == 0)
-                .any(|var| var == tag.as_bytes());
+            let tagged = environ.split(|b| *b == 0).any(|var| var == tag.as_bytes());
             if !tagged || !is_running(pid) {
                 return None;
             }
             let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_string()))
+            Some((
+                pid,
+                String::from_utf8_lossy(&raw)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string(),
+            ))
         })
         .collect()
 }

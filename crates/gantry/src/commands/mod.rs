@@ -6,12 +6,13 @@ pub mod ci;
 pub mod init;
 pub mod install;
 pub mod release;
+pub mod run;
 
 /// Shown under `gantry --help`: the command groups that are planned but not built yet,
 /// so nobody mistakes them for working commands.
 pub const PLANNED: &str = "\
 Planned, not yet available:
-  run        run the controllers (sources, kustomizations, images, notifications)
+  controllers for image automation and notifications in `gantry run`
   diff       show what a Kustomization would change in the cluster
   image      test tag policies and setter markers offline, list a registry's tags
   get, tree  what Gantry manages and how healthy it is

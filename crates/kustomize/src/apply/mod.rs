@@ -562,16 +562,21 @@ impl Applier {
         new_namespaces: &HashSet<String>,
         may_defer: bool,
     ) -> Result<Vec<Plan>, ApplyError> {
-        stream::iter(desired.iter().map(|d| async move {
-            if d.resolved.is_none() {
-                if skipped_in_git(&d.object) {
-                    return Ok(Plan::Skip);
+        stream::iter((0..desired.len()).map(|i| {
+            // By index: a closure over `&Desired` trips rustc's higher-ranked Send inference
+            // (rust-lang/rust#102211) and makes the future unusable in a spawned controller.
+            let d = &desired[i];
+            async move {
+                if d.resolved.is_none() {
+                    if skipped_in_git(&d.object) {
+                        return Ok(Plan::Skip);
+                    }
+                    // A kind defined by a CRD of this revision (resolve() rejected all others).
+                    return Ok(Plan::Defer);
                 }
-                // A kind defined by a CRD of this revision (resolve() rejected all others).
-                return Ok(Plan::Defer);
+                let namespace_comes_later = may_defer && new_namespaces.contains(&d.id.namespace);
+                self.evaluate(d, opts, namespace_comes_later).await
             }
-            let namespace_comes_later = may_defer && new_namespaces.contains(&d.id.namespace);
-            self.evaluate(d, opts, namespace_comes_later).await
         }))
         .buffered(CONCURRENCY)
         .try_collect()

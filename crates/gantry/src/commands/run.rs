@@ -1,0 +1,308 @@
+//! `gantry run`: every controller in one process, sharing one client, plus the health and
+//! metrics endpoints and leader election.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{ArgAction, Args, ValueEnum};
+use gantry_runtime::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::controllers;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where Prometheus scrapes `/metrics`.
+    #[arg(long, env = "GANTRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Where the kubelet probes `/healthz` and `/readyz`.
+    #[arg(long, env = "GANTRY_HEALTH_ADDR", default_value = "0.0.0.0:9440")]
+    pub health_addr: SocketAddr,
+    /// Where source artifacts are stored.
+    #[arg(long, env = "GANTRY_STORAGE_PATH", default_value = "/data")]
+    pub storage_path: PathBuf,
+    /// Base URL advertised in `status.artifact.url`.
+    #[arg(
+        long,
+        env = "GANTRY_ARTIFACT_BASE_URL",
+        default_value = "http://gantry.gantry-system.svc.cluster.local."
+    )]
+    pub artifact_base_url: String,
+    /// Watch only this namespace instead of all of them.
+    #[arg(long, env = "GANTRY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Elect a leader through a Lease, so that of several replicas only one writes.
+    #[arg(long, env = "GANTRY_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gantry-system")]
+    pub leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "gantry-leader-election")]
+    pub leader_election_id: String,
+    /// How many objects of one kind are reconciled at once.
+    #[arg(long, env = "GANTRY_CONCURRENT", default_value_t = 8)]
+    pub concurrent: u16,
+    /// Log format.
+    #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Shared with the HTTP handlers.
+#[derive(Clone)]
+struct Health {
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve(args: &RunArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("the Kubernetes API server is not reachable")?;
+    tracing::info!(server = %version.git_version, "connected to Kubernetes");
+
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let health_listener = TcpListener::bind(args.health_addr)
+        .await
+        .with_context(|| format!("binding the health endpoint to {}", args.health_addr))?;
+    let metrics_listener = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {}", args.metrics_addr))?;
+    tracing::info!(
+        health = %health_listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        "serving health and metrics"
+    );
+    let health_app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health.clone());
+    let metrics_app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(health.clone());
+    let stop = shutdown.clone();
+    let health_server = tokio::spawn(
+        axum::serve(health_listener, health_app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    let stop = shutdown.clone();
+    let metrics_server = tokio::spawn(
+        axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    // A standby replica is healthy and ready too: it must not be restarted or kept out of a
+    // rollout just because another replica leads.
+    health.ready.store(true, Ordering::SeqCst);
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+
+    let lease = if args.leader_elect {
+        Some(acquire_leadership(&client, args, &shutdown).await?)
+    } else {
+        None
+    };
+    let result = if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        let settings = controllers::Settings {
+            storage_path: args.storage_path.clone(),
+            artifact_base_url: args.artifact_base_url.clone(),
+            watch_namespace: args.watch_namespace.clone(),
+            concurrency: args.concurrent,
+        };
+        let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
+        tokio::select! {
+            result = controllers::run(client.clone(), metrics, settings, shutdown.clone()) => result,
+            _ = async {
+                match leadership_lost {
+                    Some(lost) => lost.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Another replica may be writing already: stop at once; the pod restarts as a standby.
+                shutdown.cancel();
+                Err(anyhow::anyhow!("lost the leader-election lease"))
+            }
+        }
+    };
+    shutdown.cancel();
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = health_server.await;
+        let _ = metrics_server.await;
+    })
+    .await;
+    result
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Holding the Lease: `lost` fires when another replica took it over.
+struct Leadership {
+    lost: CancellationToken,
+    manager: tokio::task::JoinHandle<()>,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Leadership {
+    async fn release(self) {
+        let _ = self.release.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.manager).await;
+    }
+}
+
+/// Waits until this replica holds the Lease (or shutdown is requested).
+async fn acquire_leadership(
+    client: &kube::Client,
+    args: &RunArgs,
+    shutdown: &CancellationToken,
+) -> Result<Leadership> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gantry".into()),
+            std::process::id()
+        )
+    });
+    // 15 s lease, renewed 5 s before it expires: a crashed leader is replaced within ~15 s.
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.leader_election_id)
+            .with_namespace(&args.leader_election_namespace)
+            .with_identity(&identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager("gantry")
+            .build()
+            .await
+            .context("setting up leader election")?;
+    tracing::info!(lease = %args.leader_election_id, %identity, "waiting to become the leader");
+
+    let lost = CancellationToken::new();
+    let (became_leader_tx, became_leader) = tokio::sync::oneshot::channel();
+    let (release, mut release_rx) = tokio::sync::oneshot::channel::<()>();
+    let lost_signal = lost.clone();
+    let task = tokio::spawn(async move {
+        let mut became_leader_tx = Some(became_leader_tx);
+        loop {
+            tokio::select! {
+                changed = manager.changed() => match changed {
+                    Ok(true) => {
+                        if let Some(tx) = became_leader_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(false) => {
+                        if became_leader_tx.is_none() {
+                            lost_signal.cancel();
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "leader election");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = &mut release_rx => {
+                    if let Err(err) = manager.release().await {
+                        tracing::warn!(%err, "releasing the leader-election lease");
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    tokio::select! {
+        _ = became_leader => tracing::info!("became the leader"),
+        _ = shutdown.cancelled() => {}
+    }
+    Ok(Leadership {
+        lost,
+        manager: task,
+        release,
+    })
+}

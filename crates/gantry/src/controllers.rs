@@ -1,0 +1,80 @@
+//! The controllers `gantry run` starts, wired to one client, one artifact store, one metrics
+//! registry and one event stream.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use gantry_runtime::events::Events;
+use gantry_runtime::metrics::Metrics;
+use gantry_source::artifact::ArtifactStore;
+use tokio_util::sync::CancellationToken;
+
+/// What `gantry run`'s flags decide for the controllers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub storage_path: PathBuf,
+    /// Advertised base URL of artifacts (`status.artifact.url`).
+    pub artifact_base_url: String,
+    pub watch_namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+/// Runs every controller until `shutdown` is cancelled.
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let artifacts_dir = settings.storage_path.join("artifacts");
+    std::fs::create_dir_all(&artifacts_dir)
+        .with_context(|| format!("creating the artifact storage {}", artifacts_dir.display()))?;
+    let store = ArtifactStore::new(artifacts_dir, settings.artifact_base_url.clone());
+    // One event stream: Kubernetes Events now, the alert dispatcher's input later.
+    let (events_tx, _) = tokio::sync::broadcast::channel(1024);
+    let config = kube::Config::infer()
+        .await
+        .context("reading the client configuration (for serviceAccountName impersonation)")?;
+
+    let source = gantry_source::controller::Context::new(client.clone(), store.clone())
+        .with_events(Events::new(
+            client.clone(),
+            "source-controller",
+            events_tx.clone(),
+        ))
+        .with_metrics(metrics.clone());
+    let (kustomize, requests) = gantry_kustomize::controller::Context::new(client.clone(), store);
+    let mut kustomize = kustomize
+        .with_events(Events::new(
+            client.clone(),
+            "kustomize-controller",
+            events_tx,
+        ))
+        .with_metrics(metrics)
+        .with_config(config);
+    kustomize.kustomize = gantry_kustomize::controller::kustomize_from_env();
+
+    let namespace = settings.watch_namespace.as_deref();
+    let stop = shutdown.clone();
+    let stop2 = shutdown.clone();
+    tracing::info!(
+        namespace = namespace.unwrap_or("(all)"),
+        "starting controllers"
+    );
+    tokio::join!(
+        gantry_source::controller::run_controller(
+            std::sync::Arc::new(source),
+            namespace,
+            settings.concurrency,
+            async move { stop.cancelled().await },
+        ),
+        gantry_kustomize::controller::run_controller(
+            kustomize,
+            requests,
+            namespace,
+            settings.concurrency,
+            async move { stop2.cancelled().await },
+        ),
+    );
+    Ok(())
+}
