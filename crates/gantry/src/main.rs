@@ -30,6 +30,8 @@ enum Command {
     Init(commands::init::InitArgs),
     /// Render manifests offline, exactly as they would be applied.
     Build(commands::build::BuildArgs),
+    /// Show what applying manifests would change in the cluster (exit 1 when anything would).
+    Diff(commands::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Ci(args) => commands::ci::run(&args),
         Command::Init(args) => commands::init::run(&args),
         Command::Build(args) => commands::build::run(&args),
+        Command::Diff(args) => commands::diff::run(&args),
     };
     match result {
         Ok(code) => code,

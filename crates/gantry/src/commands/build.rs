@@ -39,6 +39,18 @@ pub enum BuildWhat {
 
 #[derive(Debug, Args)]
 pub struct KustomizationArgs {
+    #[command(flatten)]
+    pub input: BuildInput,
+
+    /// Accepted for compatibility with `flux build kustomization`: this command never contacts a
+    /// cluster anyway.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What to build: shared by `gantry build kustomization` and `gantry diff kustomization`.
+#[derive(Debug, Args)]
+pub struct BuildInput {
     /// Name of the Kustomization (goes into the `kustomize.toolkit.fluxcd.io/name` label).
     pub name: String,
 
@@ -51,14 +63,9 @@ pub struct KustomizationArgs {
     pub namespace: Option<String>,
 
     /// A Flux Kustomization (YAML) whose spec to use: targetNamespace, patches, images,
-    /// postBuild and so on. Without it the spec is empty.
+    /// postBuild and so on. Without it the spec is empty (`gantry diff`: the cluster's, if any).
     #[arg(long)]
     pub kustomization_file: Option<PathBuf>,
-
-    /// Accepted for compatibility with `flux build kustomization`: this command never contacts a
-    /// cluster anyway.
-    #[arg(long)]
-    pub dry_run: bool,
 
     /// A substitution variable, as `substituteFrom` would supply it (repeatable). The file's
     /// `postBuild.substitute` wins over these, as in Flux.
@@ -82,18 +89,43 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
 
 /// The YAML stream `gantry build kustomization` prints.
 pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
-    let (mut spec, file_namespace) = match &args.kustomization_file {
-        Some(file) => read_kustomization(file, &args.name)?,
-        None => (KustomizationSpec::default(), None),
+    let args = &args.input;
+    let (spec, namespace) = file_spec(args)?;
+    let objects = build_objects(args, spec.unwrap_or_default(), &namespace, None)?;
+    to_yaml_stream(&objects)
+}
+
+/// The spec of `--kustomization-file` (if given) and the Kustomization's namespace:
+/// `--namespace`, else the file's, else [`DEFAULT_NAMESPACE`].
+pub fn file_spec(args: &BuildInput) -> anyhow::Result<(Option<KustomizationSpec>, String)> {
+    let (spec, file_namespace) = match &args.kustomization_file {
+        Some(file) => {
+            let (spec, namespace) = read_kustomization(file, &args.name)?;
+            (Some(spec), namespace)
+        }
+        None => (None, None),
     };
     let namespace = args
         .namespace
         .clone()
         .or(file_namespace)
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    Ok((spec, namespace))
+}
 
+/// The objects `spec` builds from `--path`, with the owner labels. `substitute_from` holds the
+/// variables of `postBuild.substituteFrom` when a cluster was read for them; `None` skips those
+/// sources with a warning. `--var` values go over them.
+pub fn build_objects(
+    args: &BuildInput,
+    mut spec: KustomizationSpec,
+    namespace: &str,
+    substitute_from: Option<BTreeMap<String, String>>,
+) -> anyhow::Result<Vec<Value>> {
+    let from_cluster = substitute_from.is_some();
     if let Some(post_build) = &mut spec.post_build
         && !post_build.substitute_from.is_empty()
+        && !from_cluster
     {
         // In the cluster these sources would define variables, so substitution would run: run it
         // here too, so that a variable nobody supplied is reported instead of left as `${var}`.
@@ -115,7 +147,7 @@ pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
             skipped.join(", ")
         );
     }
-    let mut vars = BTreeMap::new();
+    let mut vars = substitute_from.unwrap_or_default();
     for var in &args.vars {
         let Some((key, value)) = var.split_once('=') else {
             bail!("--var {var:?}: expected KEY=VALUE");
@@ -151,8 +183,8 @@ pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
     } else {
         build::build(&args.path, &spec, &vars, &kustomize, true)?
     };
-    build::set_owner_labels(&mut objects, &args.name, &namespace);
-    to_yaml_stream(&objects)
+    build::set_owner_labels(&mut objects, &args.name, namespace);
+    Ok(objects)
 }
 
 /// The checkout `path` belongs to (the nearest ancestor with `.git`), else `path` itself: what a

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod ci;
+pub mod diff;
 pub mod init;
 pub mod install;
 pub mod release;
@@ -13,7 +14,6 @@ pub mod run;
 pub const PLANNED: &str = "\
 Planned, not yet available:
   controllers for image automation and notifications in `gantry run`
-  diff       show what a Kustomization would change in the cluster
   image      test tag policies and setter markers offline, list a registry's tags
   get, tree  what Gantry manages and how healthy it is
   sandbox    a complete local pipeline: cluster, registry, git server, Gantry";

@@ -15,6 +15,9 @@
 //! 5. Writes go stage by stage; after the first stage the engine waits until the CRDs are
 //!    established and the Namespaces exist.
 //!
+//! [`Applier::diff`] runs steps 1-4 and writes nothing (`gantry diff`); [`Applier::prune_dry_run`]
+//! says what a prune would delete.
+//!
 //! Flux's per-object annotations are honoured, values compared case-insensitively:
 //! `kustomize.toolkit.fluxcd.io/reconcile: disabled` and `ssa: Ignore` skip the object,
 //! `ssa: IfNotPresent` creates it but never updates it, `ssa: Merge` leaves other managers'
@@ -201,6 +204,22 @@ impl ChangeSet {
     }
 }
 
+/// What [`Applier::diff`] found for one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectDiff {
+    pub id: ObjectId,
+    /// API version (`v1`, `v1beta1`) the object would be applied with.
+    pub version: String,
+    /// `Created`, `Configured`, `Unchanged` or `Skipped`.
+    pub action: Action,
+    /// The live object (configured objects only).
+    pub live: Option<Value>,
+    /// What the object would look like: the dry-run result, else (kind or namespace not there
+    /// yet, or recreated for an immutable field) the desired object. `None` when unchanged or
+    /// skipped.
+    pub dry_run: Option<Value>,
+}
+
 /// Why an apply, prune or delete failed. Every variant names the object (Flux's
 /// `Kind/namespace/name`) and, where the API server said why, quotes it.
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +307,9 @@ enum Plan {
         create: bool,
         cleanup: Option<Value>,
         recreate: bool,
+        /// The live object and the dry-run result, for [`Applier::diff`].
+        live: Option<Value>,
+        dry_run: Option<Value>,
     },
     /// Its kind or namespace comes with this revision: evaluate after the first stage.
     Defer,
@@ -337,28 +359,7 @@ impl Applier {
         objects: Vec<Value>,
         opts: &ApplyOptions,
     ) -> Result<ChangeSet, ApplyError> {
-        let mut desired = objects
-            .into_iter()
-            .map(|object| prepare(object, &opts.owner))
-            .collect::<Result<Vec<_>, _>>()?;
-        desired.sort_by(|a, b| apply_order(&a.id, &b.id));
-        reject_duplicates(&desired)?;
-
-        // What this revision brings that others may depend on.
-        let new_kinds: HashSet<(String, String)> = desired
-            .iter()
-            .filter_map(|d| crd_group_kind(&d.object))
-            .collect();
-        let new_namespaces: HashSet<String> = desired
-            .iter()
-            .filter(|d| d.id.group.is_empty() && d.id.kind == "Namespace")
-            .map(|d| d.id.name.clone())
-            .collect();
-
-        // Resolve kinds; unknown ones must be defined by a CRD of this revision.
-        for d in &mut desired {
-            self.resolve(d, &new_kinds).await?;
-        }
+        let (mut desired, new_namespaces) = self.prepare_revision(objects, &opts.owner).await?;
 
         // Dry-run everything that can be dry-run now, before writing anything.
         let mut plans: Vec<Option<Plan>> = self
@@ -444,6 +445,55 @@ impl Applier {
         })
     }
 
+    /// What [`Applier::apply`] would do to each object, in apply order, writing nothing: the
+    /// same preparation, annotations and server-side dry-run, with the live object and the
+    /// dry-run result of every object that would be configured. Objects that cannot be dry-run
+    /// yet (their kind or namespace comes with this revision) are reported as created with the
+    /// desired object. A managedFields cleanup alone is no change here: the content is equal.
+    pub async fn diff(
+        &self,
+        objects: Vec<Value>,
+        opts: &ApplyOptions,
+    ) -> Result<Vec<ObjectDiff>, ApplyError> {
+        let (desired, new_namespaces) = self.prepare_revision(objects, &opts.owner).await?;
+        let plans = self
+            .evaluate_all(&desired, opts, &new_namespaces, true)
+            .await?;
+        Ok(desired.into_iter().zip(plans).map(object_diff).collect())
+    }
+
+    /// Prepares, orders and resolves a revision's objects; returns them with the Namespaces
+    /// the revision creates.
+    async fn prepare_revision(
+        &self,
+        objects: Vec<Value>,
+        owner: &Owner,
+    ) -> Result<(Vec<Desired>, HashSet<String>), ApplyError> {
+        let mut desired = objects
+            .into_iter()
+            .map(|object| prepare(object, owner))
+            .collect::<Result<Vec<_>, _>>()?;
+        desired.sort_by(|a, b| apply_order(&a.id, &b.id));
+        reject_duplicates(&desired)?;
+
+        // What this revision brings that others may depend on.
+        let new_kinds: HashSet<(String, String)> = desired
+            .iter()
+            .filter_map(|d| crd_group_kind(&d.object))
+            .collect();
+        let new_namespaces: HashSet<String> = desired
+            .iter()
+            .filter(|d| d.id.group.is_empty() && d.id.kind == "Namespace")
+            .map(|d| d.id.name.clone())
+            .collect();
+
+        // Resolve kinds; unknown ones must be defined by a CRD of this revision.
+        for d in &mut desired {
+            self.resolve(d, &new_kinds).await?;
+        }
+        Ok((desired, new_namespaces))
+    }
+
     /// Deletes the objects of `previous` missing from `current` that still carry both owner
     /// labels of `owner`, except those annotated `prune: disabled`; in reverse apply order
     /// (custom resources before their CRDs, Namespaces last). Objects already gone are not
@@ -454,9 +504,29 @@ impl Applier {
         current: &Inventory,
         owner: &Owner,
     ) -> Result<ChangeSet, ApplyError> {
+        self.prune_or_plan(previous, current, owner, false).await
+    }
+
+    /// What [`Applier::prune`] would delete or keep, deleting nothing.
+    pub async fn prune_dry_run(
+        &self,
+        previous: &Inventory,
+        current: &Inventory,
+        owner: &Owner,
+    ) -> Result<ChangeSet, ApplyError> {
+        self.prune_or_plan(previous, current, owner, true).await
+    }
+
+    async fn prune_or_plan(
+        &self,
+        previous: &Inventory,
+        current: &Inventory,
+        owner: &Owner,
+        dry_run: bool,
+    ) -> Result<ChangeSet, ApplyError> {
         let mut changes = Vec::new();
         for entry in previous.stale(current) {
-            if let Some(action) = self.delete_owned(&entry, owner).await? {
+            if let Some(action) = self.delete_owned(&entry, owner, dry_run).await? {
                 changes.push(ChangeSetEntry {
                     id: entry.id,
                     version: entry.version,
@@ -621,6 +691,8 @@ impl Applier {
                             create: false,
                             cleanup: None,
                             recreate: true,
+                            live,
+                            dry_run: None,
                         });
                     }
                     return Err(ApplyError::Immutable {
@@ -647,6 +719,8 @@ impl Applier {
                 create: true,
                 cleanup: None,
                 recreate: false,
+                live: None,
+                dry_run: Some(dry_run),
             });
         };
         let cleanup = if merge {
@@ -661,6 +735,8 @@ impl Applier {
             create: false,
             cleanup,
             recreate: false,
+            live: Some(live),
+            dry_run: Some(dry_run),
         })
     }
 
@@ -685,6 +761,7 @@ impl Applier {
                 create,
                 cleanup,
                 recreate,
+                ..
             } => (create, cleanup, recreate),
         };
         let api = self.api(d);
@@ -753,11 +830,13 @@ impl Applier {
         }
     }
 
-    /// Deletes one stale object if it is still ours; `None` when it no longer exists.
+    /// Deletes one stale object if it is still ours (with `dry_run`, only says it would);
+    /// `None` when it no longer exists.
     async fn delete_owned(
         &self,
         entry: &InventoryEntry,
         owner: &Owner,
+        dry_run: bool,
     ) -> Result<Option<Action>, ApplyError> {
         let Some((api, live)) = self.get_entry_with_api(entry).await? else {
             return Ok(None);
@@ -770,7 +849,7 @@ impl Applier {
             debug!(object = %entry.id.display(), "not pruned: prune disabled");
             return Ok(Some(Action::Skipped));
         }
-        if live.pointer("/metadata/deletionTimestamp").is_some() {
+        if dry_run || live.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok(Some(Action::Deleted));
         }
         match api
@@ -818,6 +897,34 @@ impl Applier {
     fn api(&self, d: &Desired) -> Api<DynamicObject> {
         let resolved = d.resolved.as_ref().expect("resolved before use");
         api_for(&self.client, resolved, &d.id.namespace)
+    }
+}
+
+fn object_diff((d, plan): (Desired, Plan)) -> ObjectDiff {
+    let (action, live, dry_run) = match plan {
+        Plan::Skip => (Action::Skipped, None, None),
+        Plan::Unchanged => (Action::Unchanged, None, None),
+        Plan::Defer => (Action::Created, None, Some(d.object)),
+        Plan::Write {
+            create: true,
+            dry_run,
+            ..
+        } => (Action::Created, None, Some(dry_run.unwrap_or(d.object))),
+        Plan::Write {
+            live: Some(live),
+            dry_run: Some(dry_run),
+            ..
+        } if !meta::has_drifted(&live, &dry_run) => (Action::Unchanged, None, None),
+        Plan::Write { live, dry_run, .. } => {
+            (Action::Configured, live, Some(dry_run.unwrap_or(d.object)))
+        }
+    };
+    ObjectDiff {
+        id: d.id,
+        version: d.version,
+        action,
+        live,
+        dry_run,
     }
 }
 
@@ -993,6 +1100,57 @@ mod tests {
         assert!(
             err.to_string().contains("metadata.name are required"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn plans_become_diffs() {
+        let owner = Owner::new("apps", "flux-system");
+        let desired = || {
+            prepare(
+                json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": { "name": "a", "namespace": "ns" }, "data": { "k": "v" } }),
+                &owner,
+            )
+            .unwrap()
+        };
+        let live = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "a", "namespace": "ns", "resourceVersion": "1" },
+            "data": { "k": "old" } });
+        let mut dry = live.clone();
+        dry["data"]["k"] = json!("v");
+        dry["metadata"]["resourceVersion"] = json!("2");
+        let write = |live: Option<Value>, dry_run: Option<Value>| Plan::Write {
+            create: live.is_none(),
+            cleanup: None,
+            recreate: false,
+            live,
+            dry_run,
+        };
+
+        let configured = object_diff((desired(), write(Some(live.clone()), Some(dry.clone()))));
+        assert_eq!(configured.action, Action::Configured);
+        assert_eq!(configured.live.as_ref(), Some(&live));
+        assert_eq!(configured.dry_run.as_ref(), Some(&dry));
+
+        // Only a managedFields cleanup pending: same content, no change to show.
+        let cleanup_only = object_diff((desired(), write(Some(live.clone()), Some(live.clone()))));
+        assert_eq!(cleanup_only.action, Action::Unchanged);
+
+        let created = object_diff((desired(), write(None, Some(dry.clone()))));
+        assert_eq!(
+            (created.action, created.dry_run),
+            (Action::Created, Some(dry))
+        );
+
+        let deferred = object_diff((desired(), Plan::Defer));
+        assert_eq!(deferred.action, Action::Created);
+        assert_eq!(deferred.dry_run.unwrap()["data"]["k"], "v");
+
+        assert_eq!(object_diff((desired(), Plan::Skip)).action, Action::Skipped);
+        assert_eq!(
+            object_diff((desired(), Plan::Unchanged)).action,
+            Action::Unchanged
         );
     }
 
