@@ -263,6 +263,59 @@ async fn inventory_entries_missing_from_the_build_are_deleted() {
 }
 
 #[tokio::test]
+async fn the_cluster_kustomization_supplies_spec_and_substitute_from() {
+    with_namespace("diff-subst", |client, ns| async move {
+        install_crds(&client).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), config_map(&ns, "settings")).unwrap();
+        apply_dir(&client, dir.path(), &ns).await;
+        let templated = config_map(&ns, "settings").replace("k: v", "k: ${value}");
+        std::fs::write(dir.path().join("config.yaml"), templated).unwrap();
+
+        let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        configs
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({ "metadata": { "name": "vars" }, "data": { "value": "from-cluster" } }),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+        let ks: Kustomization = serde_json::from_value(json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": { "name": NAME, "namespace": ns },
+            "spec": { "interval": "10m", "path": "./", "prune": false, "suspend": true,
+                      "sourceRef": { "kind": "GitRepository", "name": "repo" },
+                      "postBuild": { "substituteFrom": [{ "kind": "ConfigMap", "name": "vars" }] } }
+        }))
+        .unwrap();
+        kustomizations
+            .create(&PostParams::default(), &ks)
+            .await
+            .unwrap();
+
+        let run = gantry_diff(dir.path(), &ns).await;
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout
+                .starts_with(&format!("► ConfigMap/{ns}/settings drifted\n")),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains("\n+  k: from-cluster\n"),
+            "{}",
+            run.stdout
+        );
+        assert!(!run.stderr.contains("skipped"), "{}", run.stderr);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn invalid_yaml_exits_2_naming_file_and_line() {
     with_namespace("diff-bad", |_client, ns| async move {
         let dir = tempfile::tempdir().unwrap();
