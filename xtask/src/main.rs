@@ -4,6 +4,7 @@
 //! - `sandbox`: that control plane with Gantry's API installed by the `gantry` binary.
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 
+mod bench;
 mod cluster;
 // Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
 mod kustomize;
@@ -50,6 +51,9 @@ enum Task {
     Sandbox,
     /// Run the whole test suite against a control plane, starting one if needed.
     Test(TestArgs),
+    /// Benchmarks that print figures (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchTask),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +80,19 @@ struct UpArgs {
     /// How many kwok nodes to create.
     #[arg(long, default_value_t = 1)]
     nodes: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTask {
+    /// N Kustomizations from one git repository: time until all are Ready, peak RSS.
+    Gitops {
+        /// Comma-separated counts of Kustomizations.
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+        count: Vec<usize>,
+        /// `gantry run --concurrent`.
+        #[arg(long, default_value_t = 16)]
+        concurrent: u16,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +154,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Task::Sandbox => {
-            let kubeconfig = match &cli.global.kubeconfig {
+            let existing = cli.global.kubeconfig.clone();
+            let kubeconfig = match &existing {
                 Some(kubeconfig) => {
                     use_existing(kubeconfig)?;
                     kubeconfig.clone()
@@ -150,13 +168,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 crds.len(),
                 crds.join(", ")
             );
+            if existing.is_some() {
+                println!(
+                    "Run the controllers against it: KUBECONFIG={} cargo run -p gantry -- run --leader-elect=false --storage-path /tmp/gantry",
+                    kubeconfig.display()
+                );
+            } else {
+                let gantry = cluster::start_gantry(
+                    &paths,
+                    &sandbox::gantry_binary(&workspace_root()),
+                    &kubeconfig,
+                )?;
+                println!(
+                    "gantry run   pid {} (log {})",
+                    gantry.pid,
+                    gantry.log.display()
+                );
+                println!("  metrics    {}", gantry.metrics);
+                println!("  ready      {}", gantry.health);
+            }
+            println!("Use it:   export KUBECONFIG={}", kubeconfig.display());
             println!(
-                "Try:      kubectl --kubeconfig {} get crds",
-                kubeconfig.display()
+                "          kubectl apply -f <your GitRepository and Kustomization>; kubectl get gitrepositories,kustomizations -A"
             );
+            println!("Stop it:  cargo xtask cluster down");
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&cli.global, &paths, &versions, &args),
+        Task::Bench(BenchTask::Gitops { count, concurrent }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench::gitops(&workspace_root(), &kubeconfig, &count, concurrent)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask sandbox`: the local control plane with Gantry's API installed by the `gantry`
-//! binary itself (`gantry install --crds`), ready for `kubectl` and the `flux` CLI.
+//! binary itself (`gantry install --crds`) and `gantry run` reconciling in the background, ready
+//! for `kubectl` and the `flux` CLI.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -76,4 +77,12 @@ async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> Re
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `gantry` binary `cargo run` built for [`install_crds`].
+pub fn gantry_binary(workspace: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("debug/gantry")
 }

@@ -153,7 +153,7 @@ impl Go {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if !line.starts_with("go: ") {
                 packages += 1;
-                if packages % 200 == 0 {
+                if packages.is_multiple_of(200) {
                     eprintln!("[build] {what}: {packages} packages compiled...");
                 }
             }

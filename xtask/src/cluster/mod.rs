@@ -554,3 +554,49 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     stream.read_to_string(&mut body).ok()?;
     Some(body)
 }
+
+/// Where a background `gantry run` started by [`start_gantry`] serves.
+pub struct GantryProcess {
+    pub pid: u32,
+    pub metrics: String,
+    pub health: String,
+    pub log: PathBuf,
+}
+
+/// Starts `gantry run` in the background against the local cluster, tagged like the cluster's
+/// own processes so `cluster down` stops it too. A previous one is stopped first.
+pub fn start_gantry(paths: &Paths, binary: &Path, kubeconfig: &Path) -> Result<GantryProcess> {
+    for (pid, cmdline) in process::find(&paths.state) {
+        if cmdline.contains(" run ") && cmdline.contains("gantry") {
+            process::stop_pid(pid, Duration::from_secs(10));
+        }
+    }
+    let (metrics_port, health_port) = (free_port()?, free_port()?);
+    let storage = paths.state.join("gantry-storage");
+    fs::create_dir_all(&storage)?;
+    let args = vec![
+        "run".to_string(),
+        "--leader-elect=false".to_string(),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        format!("--health-addr=127.0.0.1:{health_port}"),
+        format!("--storage-path={}", storage.display()),
+    ];
+    let mut gantry = process::spawn_with_env(
+        &paths.state,
+        "gantry",
+        binary,
+        &args,
+        &paths.logs(),
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    )?;
+    let health = format!("127.0.0.1:{health_port}");
+    process::wait_until(&mut gantry, Duration::from_secs(30), || {
+        http_get(&health, "/readyz").is_some_and(|b| b.ends_with("ok"))
+    })?;
+    Ok(GantryProcess {
+        pid: gantry.pid(),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        health: format!("http://{health}/readyz"),
+        log: gantry.log.clone(),
+    })
+}

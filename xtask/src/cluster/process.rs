@@ -50,12 +50,25 @@ pub fn spawn(
     args: &[String],
     logs: &Path,
 ) -> Result<Running> {
+    spawn_with_env(state, name, binary, args, logs, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(
+    state: &Path,
+    name: &'static str,
+    binary: &Path,
+    args: &[String],
+    logs: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Running> {
     fs::create_dir_all(logs)?;
     let log = logs.join(format!("{name}.log"));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(binary)
         .args(args)
         .env(MARKER, state)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -152,6 +165,18 @@ pub fn stop_all(state: &Path, grace: Duration) -> usize {
         }
     }
     found.len()
+}
+
+/// Stops one process: SIGTERM, then SIGKILL after `grace`.
+pub fn stop_pid(pid: u32, grace: Duration) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && is_running(pid) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    if is_running(pid) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
 }
 
 /// Alive and not a zombie.

@@ -1,0 +1,331 @@
+//! `cargo xtask bench gitops`: Flux's benchmark shape on the local control plane.
+//!
+//! N Kustomizations, each applying a Deployment (replicas 0), a ServiceAccount, a Service and an
+//! Ingress from one git repository, created at once; measured: the time until every one is
+//! Ready, and the peak RSS of the `gantry run` process doing it. As the lower bound, one
+//! `kubectl apply --server-side` of the same 4N objects.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
+use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+
+const APP: &str = r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: app
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+spec:
+  replicas: 0
+  selector:
+    matchLabels: {app: app}
+  template:
+    metadata:
+      labels: {app: app}
+    spec:
+      serviceAccountName: app
+      containers:
+      - name: app
+        image: registry.invalid/app:1.0.0
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: app
+spec:
+  selector: {app: app}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: app
+spec:
+  rules:
+  - host: app.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: app
+            port:
+              number: 80
+"#;
+
+pub struct Figures {
+    pub all_ready: Duration,
+    pub peak_rss_mib: f64,
+    pub kubectl: Option<Duration>,
+}
+
+/// Runs the benchmark for each count against the cluster in `kubeconfig`.
+pub fn gitops(
+    workspace: &Path,
+    kubeconfig: &Path,
+    counts: &[usize],
+    concurrency: u16,
+) -> Result<Vec<Figures>> {
+    let gantry = build_release(workspace)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let root = tempfile::tempdir()?;
+    let repo = TestRepo::new(root.path(), "bench");
+    repo.write("app/app.yaml", APP);
+    repo.commit("benchmark application");
+    repo.push("HEAD:refs/heads/main");
+    let server = GitHttpServer::start(root.path(), HttpAuth::None);
+
+    let mut all = Vec::new();
+    for &count in counts {
+        let figures = runtime.block_on(run_one(
+            &gantry,
+            kubeconfig,
+            &server.url("bench.git"),
+            count,
+            concurrency,
+        ))?;
+        println!(
+            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB{}",
+            figures.all_ready.as_secs_f64(),
+            figures.peak_rss_mib,
+            figures
+                .kubectl
+                .map(|d| format!(
+                    "; kubectl apply --server-side of the same {} objects: {:.1}s",
+                    count * 4,
+                    d.as_secs_f64()
+                ))
+                .unwrap_or_default()
+        );
+        all.push(figures);
+    }
+    Ok(all)
+}
+
+fn build_release(workspace: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building gantry (release)...");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--package", "gantry"])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("building gantry failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target.join("release/gantry"))
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run_one(
+    gantry: &Path,
+    kubeconfig: &Path,
+    url: &str,
+    count: usize,
+    concurrency: u16,
+) -> Result<Figures> {
+    let client = crate::cluster::client(kubeconfig).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = format!("bench-{count}-{}", std::process::id());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let result = measure(gantry, kubeconfig, &client, &ns, url, count, concurrency).await;
+    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    let mut figures = result?;
+    figures.kubectl = kubectl_lower_bound(kubeconfig, &client, count).await.ok();
+    Ok(figures)
+}
+
+async fn measure(
+    gantry: &Path,
+    kubeconfig: &Path,
+    client: &kube::Client,
+    ns: &str,
+    url: &str,
+    count: usize,
+    concurrency: u16,
+) -> Result<Figures> {
+    let storage = tempfile::tempdir()?;
+    let child = Command::new(gantry)
+        .args(["run", "--leader-elect=false", "--watch-namespace", ns])
+        .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
+        .arg(format!("--concurrent={concurrency}"))
+        .arg("--storage-path")
+        .arg(storage.path())
+        .env("KUBECONFIG", kubeconfig)
+        .env("GANTRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting gantry run")?;
+    let process = Process(child);
+    let pid = process.0.id();
+
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
+    let spec = GitRepositorySpec {
+        url: url.into(),
+        interval: "10m".into(),
+        r#ref: Some(GitRepositoryRef {
+            branch: Some("main".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    repos
+        .create(&PostParams::default(), &GitRepository::new("bench", spec))
+        .await?;
+    let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
+    let creates = (0..count).map(|i| {
+        let api = kustomizations.clone();
+        let spec = KustomizationSpec {
+            interval: "1h".into(),
+            path: Some("./app".into()),
+            prune: true,
+            wait: true,
+            timeout: Some("5m".into()),
+            target_namespace: Some(ns.to_string()),
+            name_prefix: Some(format!("k{i}-")),
+            source_ref: CrossNamespaceSourceReference {
+                name: "bench".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move {
+            api.create(
+                &PostParams::default(),
+                &Kustomization::new(&format!("k{i}"), spec),
+            )
+            .await
+        }
+    });
+    for result in futures::future::join_all(creates).await {
+        result?;
+    }
+    let mut peak = 0.0f64;
+    loop {
+        peak = peak.max(peak_rss_mib(pid));
+        let list = kustomizations.list(&ListParams::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|k| {
+                k.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == count {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("only {ready} of {count} Kustomizations became Ready within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let all_ready = started.elapsed();
+    peak = peak.max(peak_rss_mib(pid));
+    drop(process);
+    Ok(Figures {
+        all_ready,
+        peak_rss_mib: peak,
+        kubectl: None,
+    })
+}
+
+/// VmHWM: the process's peak resident set size so far.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// One `kubectl apply --server-side` of the same objects into a fresh namespace.
+async fn kubectl_lower_bound(
+    kubeconfig: &Path,
+    client: &kube::Client,
+    count: usize,
+) -> Result<Duration> {
+    let ns = format!("bench-kubectl-{count}-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let mut all = String::new();
+    for i in 0..count {
+        for doc in APP.split("---\n") {
+            let doc = doc
+                .replace("name: app\n", &format!("name: k{i}-app\n"))
+                .replace(
+                    "serviceAccountName: app",
+                    &format!("serviceAccountName: k{i}-app"),
+                );
+            all.push_str("---\n");
+            all.push_str(&doc);
+        }
+    }
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), all)?;
+    let started = Instant::now();
+    let status = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=bench",
+            "-n",
+            &ns,
+            "-f",
+        ])
+        .arg(file.path())
+        .stdout(Stdio::null())
+        .status()
+        .context("running kubectl (the lower bound needs it on PATH)")?;
+    let took = started.elapsed();
+    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    if !status.success() {
+        bail!("kubectl apply failed");
+    }
+    Ok(took)
+}
