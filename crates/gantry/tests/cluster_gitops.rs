@@ -12,6 +12,7 @@ use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec}
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -30,15 +31,22 @@ struct Gantry {
 
 impl Gantry {
     fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &["--leader-elect=false"], "gantry-test")
+    }
+
+    /// A replica taking part in leader election through a Lease in `namespace`.
+    fn replica(namespace: &str, identity: &str) -> Self {
+        let lease_ns = format!("--leader-election-namespace={namespace}");
+        Self::start_with(namespace, &["--leader-elect=true", &lease_ns], identity)
+    }
+
+    fn start_with(namespace: &str, extra: &[&str], identity: &str) -> Self {
         let storage = tempfile::tempdir().unwrap();
         let (metrics_port, health_port) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args([
-                "run",
-                "--leader-elect=false",
-                "--watch-namespace",
-                namespace,
-            ])
+            .args(["run", "--watch-namespace", namespace])
+            .args(extra)
+            .env("POD_NAME", identity)
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg(format!("--health-addr=127.0.0.1:{health_port}"))
             .arg("--storage-path")
@@ -514,6 +522,66 @@ async fn dependents_start_the_moment_their_dependency_is_ready_and_cycles_are_re
                 && message.contains(&format!("{ns}/b -> {ns}/a -> {ns}/b")),
             "{message}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
+    with_namespace("gitops-lease", |client, ns| async move {
+        install_crds(&client).await;
+        let source = Source::new(&[("deploy/config.yaml", CONFIG)]);
+        let mut first = Gantry::replica(&ns, "replica-a");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let holder = |lease: Option<&Lease>| {
+            lease
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.clone())
+                .unwrap_or_default()
+        };
+        wait_for(&leases, "gantry-leader-election", WAIT, |l| {
+            holder(l) == "replica-a"
+        })
+        .await;
+        let second = Gantry::replica(&ns, "replica-b");
+        // The standby is healthy and ready too, so a rollout is not blocked by it.
+        assert!(second.get(second.health_port, "/readyz").ends_with("ok"));
+
+        create_source(&client, &ns, &source.server.url("app.git"), "10m").await;
+        create_kustomization(&client, &ns, "app", kustomization_spec("./deploy", &ns)).await;
+        let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+        let revision = source.revision();
+        wait_for(&kustomizations, "app", WAIT, applied(&revision)).await;
+        let lease = leases.get("gantry-leader-election").await.unwrap();
+        assert_eq!(
+            holder(Some(&lease)),
+            "replica-a",
+            "the first replica still leads"
+        );
+
+        // The leader dies without releasing the lease; the standby takes over once it expires.
+        first.child.kill().unwrap();
+        first.child.wait().unwrap();
+        let died = Instant::now();
+        wait_for(
+            &leases,
+            "gantry-leader-election",
+            Duration::from_secs(40),
+            |l| holder(l) == "replica-b",
+        )
+        .await;
+        eprintln!(
+            "leadership handed over {:?} after the leader died",
+            died.elapsed()
+        );
+        // And the new leader reconciles: a request made after the handover is handled.
+        request_reconcile(&kustomizations, "app", "after-handover").await;
+        wait_for(&kustomizations, "app", WAIT, |ks| {
+            ks.and_then(|k| k.status.as_ref())
+                .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some("after-handover"))
+        })
+        .await;
+        drop(second);
     })
     .await;
 }
