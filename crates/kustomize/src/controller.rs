@@ -173,6 +173,17 @@ pub async fn reconcile(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Acti
 }
 
 pub fn error_policy(ks: Arc<Kustomization>, err: &Error, ctx: Arc<Context>) -> Action {
+    // Adding or removing the finalizer is a guarded JSON patch; it fails when the object in the
+    // cache is older than the server's (a second trigger raced the first). Just run again.
+    if let Error::Finalizer(_, inner) = err
+        && let kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(status))
+        | kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status)) =
+            inner.as_ref()
+        && matches!(status.code, 409 | 422)
+    {
+        tracing::debug!(kustomization = %ks.name_any(), "finalizer patch raced a newer version; retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
     let key = (ks.namespace().unwrap_or_default(), ks.name_any());
     let failures = {
         let mut all = ctx.failures.lock().expect("failures lock");

@@ -74,7 +74,7 @@ pub fn generate(dir: &Path) -> Result<Pki> {
     let mut serving = CertificateParams::new(vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
-        "10.0.0.1".to_string(),
+        "10.96.0.1".to_string(),
         "kubernetes".to_string(),
         "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),

@@ -202,7 +202,7 @@ fn start(
         format!("--service-account-issuer={server}"),
         format!("--service-account-key-file={}", s(&pki.sa_pub)),
         format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
-        "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+        "--service-cluster-ip-range=10.96.0.0/12".to_string(),
         "--authorization-mode=Node,RBAC".to_string(),
         "--allow-privileged=true".to_string(),
         // A test and benchmark cluster: no request throttling in the way.
@@ -246,7 +246,7 @@ fn start(
         format!("--cluster-signing-cert-file={}", s(&pki.ca_cert)),
         format!("--cluster-signing-key-file={}", s(&pki.ca_key)),
         "--use-service-account-credentials=true".to_string(),
-        "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+        "--service-cluster-ip-range=10.96.0.0/12".to_string(),
         "--kube-api-qps=1000".to_string(),
         "--kube-api-burst=2000".to_string(),
     ];
