@@ -152,6 +152,7 @@ async fn run_one(
     concurrency: u16,
 ) -> Result<Figures> {
     let client = crate::cluster::client(kubeconfig).await?;
+    gantry_testkit::install_crds(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = format!("bench-{count}-{}", std::process::id());
     let mut namespace = Namespace::default();

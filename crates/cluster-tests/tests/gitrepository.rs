@@ -18,37 +18,13 @@ use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRe
 use gantry_testkit::{wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in gantry_api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("gantry-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("applying CRD {name}: {err}"));
-        wait_for(&crds, &name, Duration::from_secs(30), |crd| {
-            crd.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
-    }
-}
 
 // The controller, watching one namespace, for as long as this value lives.
 struct Running {
@@ -186,7 +162,7 @@ async fn request_reconcile(api: &Api<GitRepository>, name: &str, token: &str) {
 #[tokio::test]
 async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
     with_namespace("gitrepo-http", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let root = tempfile::tempdir().unwrap();
         let repo = TestRepo::new(root.path(), "app");
         repo.write("deploy/app.yaml", "kind: ConfigMap\n")
@@ -359,7 +335,7 @@ async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
 #[tokio::test]
 async fn failures_give_ready_false_with_flux_reasons_and_recover() {
     with_namespace("gitrepo-fail", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let root = tempfile::tempdir().unwrap();
         let repo = TestRepo::new(root.path(), "app");
         repo.write("app.yaml", "a: 1\n").commit("first");
@@ -491,7 +467,7 @@ async fn failures_give_ready_false_with_flux_reasons_and_recover() {
 #[tokio::test]
 async fn ssh_with_known_hosts_and_a_wrong_host_key() {
     with_namespace("gitrepo-ssh", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let root = tempfile::tempdir().unwrap();
         let repo = TestRepo::new(root.path(), "app");
         repo.write("app.yaml", "over: ssh\n").commit("first");
@@ -549,7 +525,7 @@ async fn ssh_with_known_hosts_and_a_wrong_host_key() {
 #[tokio::test]
 async fn a_suspended_gitrepository_is_left_alone() {
     with_namespace("gitrepo-suspend", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let _running = start_controller(&client, &ns);
         let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
         let mut s = spec("http://127.0.0.1:1/app.git", None, "main");
@@ -571,7 +547,7 @@ async fn a_suspended_gitrepository_is_left_alone() {
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_per_spec_timeout() {
     with_namespace("gitrepo-timeout", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         // Accepts connections (the kernel does, from the backlog) but never answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
@@ -609,7 +585,7 @@ async fn a_server_that_never_answers_times_out_per_spec_timeout() {
 #[tokio::test]
 async fn include_and_sparse_checkout_shape_the_artifact() {
     with_namespace("gitrepo-include", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let root = tempfile::tempdir().unwrap();
         let lib = TestRepo::new(root.path(), "lib");
         lib.write("base/common.yaml", "common: true\n")

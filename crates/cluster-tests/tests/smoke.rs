@@ -6,9 +6,8 @@ use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec}
 use gantry_testkit::{create_namespace, delete_namespace, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 fn deployment(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(serde_json::json!({
@@ -82,33 +81,10 @@ async fn a_deployment_with_three_replicas_becomes_available() {
     .await;
 }
 
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in gantry_api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("gantry-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("applying CRD {name}: {err}"));
-        wait_for(&crds, &name, Duration::from_secs(30), |crd| {
-            crd.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn a_crd_generated_from_the_rust_types_installs_and_objects_round_trip() {
     with_namespace("crd", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
 
         let repos: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
         let spec = GitRepositorySpec {

@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use gantry_api::kustomize::v1::{Kustomization, KustomizationSpec};
 use gantry_kustomize::apply::{Applier, ApplyOptions, FIELD_MANAGER, Owner};
 use gantry_kustomize::build::{self, Kustomize};
-use gantry_testkit::{kubeconfig_path, wait_for, with_namespace};
+use gantry_testkit::{kubeconfig_path, with_namespace};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -205,7 +203,7 @@ async fn a_changed_secret_is_shown_masked() {
 #[tokio::test]
 async fn inventory_entries_missing_from_the_build_are_deleted() {
     with_namespace("diff-prune", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let dir = tempfile::tempdir().unwrap();
         write_app(dir.path(), &ns, 1, "s3cr3t-old");
         // `old` is ours and leaves the build; `foreign` has no owner labels, so prune keeps it.
@@ -265,7 +263,7 @@ async fn inventory_entries_missing_from_the_build_are_deleted() {
 #[tokio::test]
 async fn the_cluster_kustomization_supplies_spec_and_substitute_from() {
     with_namespace("diff-subst", |client, ns| async move {
-        install_crds(&client).await;
+        gantry_testkit::install_crds(&client).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.yaml"), config_map(&ns, "settings")).unwrap();
         apply_dir(&client, dir.path(), &ns).await;
@@ -337,27 +335,4 @@ async fn invalid_yaml_exits_2_naming_file_and_line() {
         );
     })
     .await;
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in gantry_api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("gantry-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("applying CRD {name}: {err}"));
-        wait_for(&crds, &name, Duration::from_secs(30), |crd| {
-            crd.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
-    }
 }
