@@ -64,6 +64,8 @@ enum ClusterTask {
     Down,
     /// Say what runs.
     Status,
+    /// Kill kube-apiserver and start it again (for fault tests).
+    RestartApiserver,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +142,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cluster::down(&paths)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Cluster(ClusterTask::RestartApiserver) => {
+            cluster::restart_apiserver(&paths)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Cluster(ClusterTask::Status) => {

@@ -272,7 +272,7 @@ impl Go {
         build.extend(commands);
         eprintln!(
             "[build] kubernetes {version}: compiling ~2500 packages; the first build takes \
-             15-25 minutes on 2 cores and is cached afterwards"
+             about 5-7 minutes on 2 cores and is cached afterwards"
         );
         self.run(&src, &format!("kubernetes {version}"), &build)
     }

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -79,6 +79,9 @@ pub struct Record {
     pub kubeconfig: PathBuf,
     pub versions: Versions,
     pub components: Vec<ComponentRecord>,
+    /// How kube-apiserver was started, so [`restart_apiserver`] can start it again the same way.
+    #[serde(default)]
+    pub apiserver_command: Option<(PathBuf, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,6 +345,7 @@ fn start(
         server,
         kubeconfig: admin,
         versions: versions.clone(),
+        apiserver_command: Some((bin.kube_apiserver.clone(), apiserver_args)),
         components: ports
             .into_iter()
             .map(|(name, pid, port, log)| ComponentRecord {
@@ -352,6 +356,43 @@ fn start(
             })
             .collect(),
     })
+}
+
+/// Kills kube-apiserver (SIGKILL, as a crash would) and starts it again with the same flags,
+/// waiting until it is ready. For fault tests: everything talking to it must recover.
+pub fn restart_apiserver(paths: &Paths) -> Result<()> {
+    let mut record = Record::load(paths).context("the local control plane is not running")?;
+    let (binary, args) = record.apiserver_command.clone().context(
+        "this cluster was started by an older xtask; run `cargo xtask cluster down` and `up`",
+    )?;
+    let component = record
+        .components
+        .iter_mut()
+        .find(|c| c.name == "kube-apiserver")
+        .context("no kube-apiserver in the cluster record")?;
+    process::kill_now(component.pid);
+    // The port is free again only once the old process is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process::is_running(component.pid) || port_open(component.port) {
+        if Instant::now() > deadline {
+            bail!("kube-apiserver (pid {}) did not go away", component.pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut apiserver = process::spawn(
+        &paths.state,
+        "kube-apiserver",
+        &binary,
+        &args,
+        &paths.logs(),
+    )?;
+    process::wait_until(&mut apiserver, Duration::from_secs(90), || {
+        api_ready(&record.kubeconfig)
+    })?;
+    component.pid = apiserver.pid();
+    fs::write(paths.record(), serde_json::to_string_pretty(&record)?)?;
+    eprintln!("kube-apiserver restarted (pid {}).", apiserver.pid());
+    Ok(())
 }
 
 /// Stops everything `up` started in this state directory and removes the state. Quiet and

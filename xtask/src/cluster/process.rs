@@ -167,6 +167,11 @@ pub fn stop_all(state: &Path, grace: Duration) -> usize {
     found.len()
 }
 
+/// Kills one process at once (SIGKILL), as a crash would end it.
+pub fn kill_now(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
 /// Stops one process: SIGTERM, then SIGKILL after `grace`.
 pub fn stop_pid(pid: u32, grace: Duration) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);

@@ -78,10 +78,14 @@ async fn diff(args: &BuildInput) -> anyhow::Result<(String, bool)> {
         .context("connecting to the cluster (KUBECONFIG or in-cluster config)")?;
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &namespace);
     // Without the CRD the GET is a 404 too: then there is simply no Kustomization yet.
-    let live = kustomizations
-        .get_opt(&args.name)
-        .await
-        .with_context(|| format!("reading Kustomization {namespace}/{}", args.name))?;
+    // (kube's `get_opt` only maps a 404 carrying a Status to `None`; the API server answers a
+    // plain-text 404 for a resource type it does not serve.)
+    let live = match kustomizations.get_opt(&args.name).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        other => {
+            other.with_context(|| format!("reading Kustomization {namespace}/{}", args.name))?
+        }
+    };
     let spec = file
         .or_else(|| live.as_ref().map(|ks| ks.spec.clone()))
         .unwrap_or_default();
