@@ -52,7 +52,7 @@ impl Gantry {
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
-            .env("GANTRY_LOG", "info")
+            .env("GANTRY_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("starting gantry run");
@@ -294,6 +294,25 @@ async fn a_revision_is_applied_pruned_drift_corrected_and_reported_as_flux_does(
         })
         .await;
         assert_eq!(config_maps.get("settings").await.unwrap().data.unwrap()["mode"], "green", "drift corrected");
+
+        // Suspended: nothing is reconciled, not even an explicit request; resuming catches up.
+        let suspend = |on: bool| serde_json::json!({"spec": {"suspend": on}});
+        kustomizations.patch("app", &PatchParams::default(), &Patch::Merge(&suspend(true))).await.unwrap();
+        config_maps.patch("settings", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+        request_reconcile(&kustomizations, "app", "while-suspended").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ks = kustomizations.get("app").await.unwrap();
+        assert_eq!(
+            ks.status.unwrap().last_handled_reconcile_at.as_deref(),
+            Some("drift-1"),
+            "a suspended Kustomization is left alone"
+        );
+        assert_eq!(config_maps.get("settings").await.unwrap().data.unwrap()["mode"], "hand-edited");
+        kustomizations.patch("app", &PatchParams::default(), &Patch::Merge(&suspend(false))).await.unwrap();
+        wait_for(&config_maps, "settings", WAIT, |cm| {
+            cm.and_then(|c| c.data.as_ref()).is_some_and(|d| d["mode"] == "green")
+        })
+        .await;
 
         // Metrics and health endpoints of the process.
         let metrics = gantry.get(gantry.metrics_port, "/metrics");
