@@ -39,6 +39,9 @@ impl Drop for Cluster<'_> {
         let _ = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["cluster", "down", "--state-dir"])
             .arg(self.0)
+            // Under `cargo xtask test` this points at the shared cluster, and `down` would then
+            // (rightly) leave everything alone.
+            .env_remove("GANTRY_KUBECONFIG")
             .output();
     }
 }
