@@ -226,22 +226,8 @@ fn to_yaml(object: &Value) -> anyhow::Result<String> {
 /// The object without what the server owns or changes on every write, and without the
 /// client-side apply annotation (which would also hold a Secret's values in clear).
 fn clean(object: &Value) -> Value {
-    let mut object = object.clone();
-    let Some(map) = object.as_object_mut() else {
-        return object;
-    };
-    map.remove("status");
-    if let Some(metadata) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-        for key in [
-            "managedFields",
-            "resourceVersion",
-            "generation",
-            "uid",
-            "creationTimestamp",
-            "selfLink",
-        ] {
-            metadata.remove(key);
-        }
+    let mut object = gantry_kustomize::apply::comparable(object);
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         let empty = match metadata
             .get_mut("annotations")
             .and_then(Value::as_object_mut)

@@ -93,7 +93,7 @@ pub fn sanitize_desired(object: &mut Value) {
 
 /// The object without what the API server changes on every write or owns itself, so that a
 /// dry-run result and the live object compare equal exactly when applying would change nothing.
-fn comparable(object: &Value) -> Value {
+pub fn comparable(object: &Value) -> Value {
     let mut object = object.clone();
     if let Some(map) = object.as_object_mut() {
         map.remove("status");

@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 pub use discovery::{Resolved, Resolver};
 pub use meta::{
     FORCE_ANNOTATION, LAST_APPLIED_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL,
-    PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION,
+    PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, comparable,
 };
 
 /// Field manager Flux uses; keeping it lets Gantry and Flux hand objects over to each other.
