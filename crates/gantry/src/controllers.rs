@@ -44,7 +44,7 @@ pub async fn run(
         ))
         .with_metrics(metrics.clone());
     let (kustomize, requests) = gantry_kustomize::controller::Context::new(client.clone(), store);
-    let mut kustomize = kustomize
+    let kustomize = kustomize
         .with_events(Events::new(
             client.clone(),
             "kustomize-controller",
@@ -52,7 +52,6 @@ pub async fn run(
         ))
         .with_metrics(metrics)
         .with_config(config);
-    kustomize.kustomize = gantry_kustomize::controller::kustomize_from_env();
 
     let namespace = settings.watch_namespace.as_deref();
     let stop = shutdown.clone();

@@ -9,7 +9,6 @@
 //! dependency becoming Ready (in-process, at once) and by `interval` (drift correction).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use gantry_api::meta::{
     DEPENDENCY_NOT_READY_REASON, FINALIZER, HEALTHY_CONDITION, KUSTOMIZE_FIELD_MANAGER,
     READY_CONDITION, RECONCILE_REQUEST_ANNOTATION,
 };
-use gantry_api::source::v1::GitRepository;
+use gantry_api::source::v1::{Artifact, GitRepository};
 use gantry_core::inventory::{Inventory, InventoryEntry, ObjectId};
 use gantry_runtime::backoff;
 use gantry_runtime::conditions::{self, Status};
@@ -305,46 +304,11 @@ async fn run(
 ) -> Result<String, Failure> {
     let namespace = ks.namespace().unwrap_or_default();
     let name = ks.name_any();
-    check_dependencies(ks, ctx).await?;
-
-    let source = &ks.spec.source_ref;
-    let source_namespace = source
-        .namespace
-        .clone()
-        .unwrap_or_else(|| namespace.clone());
-    if source.kind != SourceKind::GitRepository {
-        return Err(Failure::new(
-            ARTIFACT_FAILED_REASON,
-            format!(
-                "source kind {:?} is not supported by Gantry yet (only GitRepository)",
-                source.kind
-            ),
-        )
-        .terminal());
-    }
-    let source_id = format!("GitRepository/{source_namespace}/{}", source.name);
-    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_namespace);
-    let repo = match repos.get_opt(&source.name).await {
-        Ok(Some(repo)) => repo,
-        Ok(None) => {
-            return Err(Failure::new(
-                ARTIFACT_FAILED_REASON,
-                format!("Source '{source_id}' not found"),
-            ));
-        }
-        Err(err) => {
-            return Err(Failure::new(
-                ARTIFACT_FAILED_REASON,
-                format!("reading {source_id}: {err}"),
-            ));
-        }
-    };
-    let Some(artifact) = repo.status.as_ref().and_then(|s| s.artifact.clone()) else {
-        return Err(Failure::new(
-            ARTIFACT_FAILED_REASON,
-            format!("Source '{source_id}' is not ready, artifact not found"),
-        ));
-    };
+    // Read once: the dependency check needs the source's revision too.
+    let source = source_artifact(ks, ctx).await;
+    let source_revision = source.as_ref().ok().map(|(a, _)| a.revision.as_str());
+    check_dependencies(ks, ctx, source_revision).await?;
+    let (artifact, source_id) = source?;
     let revision = artifact.revision.clone();
     status.last_attempted_revision = Some(revision.clone());
 
@@ -454,9 +418,61 @@ async fn run(
     Ok(revision)
 }
 
+/// The artifact of the Kustomization's source, and the source's id for messages.
+async fn source_artifact(ks: &Kustomization, ctx: &Context) -> Result<(Artifact, String), Failure> {
+    let source = &ks.spec.source_ref;
+    if source.kind != SourceKind::GitRepository {
+        return Err(Failure::new(
+            ARTIFACT_FAILED_REASON,
+            format!(
+                "source kind {:?} is not supported by Gantry yet (only GitRepository)",
+                source.kind
+            ),
+        )
+        .terminal());
+    }
+    let source_namespace = source_namespace(ks);
+    let source_id = format!("GitRepository/{source_namespace}/{}", source.name);
+    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_namespace);
+    let repo = match repos.get_opt(&source.name).await {
+        Ok(Some(repo)) => repo,
+        Ok(None) => {
+            return Err(Failure::new(
+                ARTIFACT_FAILED_REASON,
+                format!("Source '{source_id}' not found"),
+            ));
+        }
+        Err(err) => {
+            return Err(Failure::new(
+                ARTIFACT_FAILED_REASON,
+                format!("reading {source_id}: {err}"),
+            ));
+        }
+    };
+    match repo.status.and_then(|s| s.artifact) {
+        Some(artifact) => Ok((artifact, source_id)),
+        None => Err(Failure::new(
+            ARTIFACT_FAILED_REASON,
+            format!("Source '{source_id}' is not ready, artifact not found"),
+        )),
+    }
+}
+
+fn source_namespace(ks: &Kustomization) -> String {
+    ks.spec
+        .source_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| ks.namespace().unwrap_or_default())
+}
+
 /// Every dependency must be Ready at its current generation; one with the same source must also
 /// have applied the same revision. A cycle can never become ready: it is a terminal failure.
-async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Failure> {
+async fn check_dependencies(
+    ks: &Kustomization,
+    ctx: &Context,
+    source_revision: Option<&str>,
+) -> Result<(), Failure> {
     if ks.spec.depends_on.is_empty() {
         return Ok(());
     }
@@ -508,38 +524,14 @@ async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Fai
         if !ready {
             return Err(not_ready("is not ready"));
         }
-        let same_source = other.spec.source_ref.name == ks.spec.source_ref.name
-            && other.spec.source_ref.kind == ks.spec.source_ref.kind
-            && other
-                .spec
-                .source_ref
-                .namespace
-                .as_deref()
-                .unwrap_or(&dep_ns)
-                == ks
-                    .spec
-                    .source_ref
-                    .namespace
-                    .as_deref()
-                    .unwrap_or(&namespace);
-        if same_source && ks.spec.source_ref.kind == SourceKind::GitRepository {
-            let repos: Api<GitRepository> = Api::namespaced(
-                ctx.client.clone(),
-                ks.spec
-                    .source_ref
-                    .namespace
-                    .as_deref()
-                    .unwrap_or(&namespace),
-            );
-            let current = repos
-                .get_opt(&ks.spec.source_ref.name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| r.status?.artifact.map(|a| a.revision));
-            if current.is_some() && status.last_applied_revision != current {
-                return Err(not_ready("is not up to date with the source revision"));
-            }
+        let same_source = other.spec.source_ref.kind == ks.spec.source_ref.kind
+            && other.spec.source_ref.name == ks.spec.source_ref.name
+            && source_namespace(&other) == source_namespace(ks);
+        if same_source
+            && source_revision.is_some()
+            && status.last_applied_revision.as_deref() != source_revision
+        {
+            return Err(not_ready("is not up to date with the source revision"));
         }
     }
     Ok(())
@@ -756,8 +748,8 @@ fn trigger_dependents(ctx: &Context, namespace: &str, name: &str) {
 fn seed(ks: &Kustomization) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // Per object, and different on every run so objects created together drift apart.
     ks.metadata.uid.hash(&mut hasher);
-    Instant::now().elapsed().as_nanos().hash(&mut hasher);
     std::time::SystemTime::now().hash(&mut hasher);
     hasher.finish()
 }
@@ -842,13 +834,4 @@ fn artifact_changed(repo: &GitRepository) -> Option<u64> {
     artifact.map(|a| &a.digest).hash(&mut hasher);
     artifact.map(|a| &a.revision).hash(&mut hasher);
     Some(hasher.finish())
-}
-
-/// Where `gantry run` keeps Kustomize's binary choice: `GANTRY_KUSTOMIZE` or auto-detection.
-pub fn kustomize_from_env() -> Kustomize {
-    Kustomize {
-        binary: std::env::var_os("GANTRY_KUSTOMIZE").map(PathBuf::from),
-        edit_in_place: true,
-        ..Kustomize::default()
-    }
 }
