@@ -2,8 +2,6 @@
 //! Kustomization must finish the job, with nothing lost. Uses a cluster of its own (the shared
 //! one must not be restarted under other tests) with `gantry run` started by `xtask sandbox`.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
@@ -12,44 +10,15 @@ use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, PostParams};
 
+mod common;
+use common::{Cluster, xtask_ok};
+
 const OBJECTS: usize = 150;
-
-fn xtask(state: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("GANTRY_KUBECONFIG")
-        .output()
-        .expect("running xtask");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "xtask {args:?}: {said}");
-    said
-}
-
-/// Stops the private cluster even when the test fails.
-struct Cluster<'a>(&'a Path);
-
-impl Drop for Cluster<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["cluster", "down", "--state-dir"])
-            .arg(self.0)
-            // Under `cargo xtask test` this points at the shared cluster, and `down` would then
-            // (rightly) leave everything alone.
-            .env_remove("GANTRY_KUBECONFIG")
-            .output();
-    }
-}
 
 #[tokio::test]
 async fn an_api_server_restart_mid_apply_is_recovered_on_the_next_run() {
     let state = tempfile::tempdir().unwrap();
-    xtask(state.path(), &["sandbox"]);
+    xtask_ok(state.path(), &["sandbox"]);
     let _cluster = Cluster(state.path());
     let client = gantry_testkit::connect(&state.path().join("admin.kubeconfig")).await;
 
@@ -129,7 +98,7 @@ async fn an_api_server_restart_mid_apply_is_recovered_on_the_next_run() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    xtask(state.path(), &["cluster", "restart-apiserver"]);
+    xtask_ok(state.path(), &["cluster", "restart-apiserver"]);
 
     let client = gantry_testkit::connect(&state.path().join("admin.kubeconfig")).await;
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);

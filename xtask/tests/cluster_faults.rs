@@ -3,25 +3,10 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn xtask(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("GANTRY_KUBECONFIG")
-        .output()
-        .expect("running xtask")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{text, xtask};
 
 /// `status` is the user's way to see what runs; after a failed `up` it must say nothing does.
 fn assert_nothing_runs(state: &Path) {

@@ -3,26 +3,12 @@
 //! `cluster down`.
 
 use std::path::Path;
-use std::process::Command;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 
-fn xtask(state: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("GANTRY_KUBECONFIG")
-        .output()
-        .expect("running xtask");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
-}
+mod common;
+use common::xtask_ok;
 
 fn value_after<'a>(text: &'a str, label: &str) -> &'a str {
     text.lines()
@@ -34,8 +20,7 @@ fn value_after<'a>(text: &'a str, label: &str) -> &'a str {
 #[tokio::test]
 async fn sandbox_installs_gantrys_api_and_runs_gantry_until_down() {
     let state = tempfile::tempdir().unwrap();
-    let (ok, said) = xtask(state.path(), &["sandbox"]);
-    assert!(ok, "sandbox succeeds: {said}");
+    let said = xtask_ok(state.path(), &["sandbox"]);
     assert!(said.contains("Installed Gantry's API"), "{said}");
 
     let client = gantry_testkit::connect(&state.path().join("admin.kubeconfig")).await;
@@ -65,8 +50,7 @@ async fn sandbox_installs_gantrys_api_and_runs_gantry_until_down() {
         "gantry serves metrics: {body}"
     );
 
-    let (ok, said) = xtask(state.path(), &["cluster", "down"]);
-    assert!(ok, "down: {said}");
+    xtask_ok(state.path(), &["cluster", "down"]);
     let gone = !Path::new(&format!("/proc/{pid}")).exists()
         || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"));
     assert!(gone, "cluster down stops the background gantry too");
