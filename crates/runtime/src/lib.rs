@@ -3,11 +3,14 @@
 //! - [`conditions`]: `Ready`/`Reconciling`/`Stalled` exactly as Flux writes them (kstatus).
 //! - [`events`]: Kubernetes Events, fed to in-process subscribers (alerting) as well.
 //! - [`metrics`]: Flux's `gotk_*` series and process metrics in the Prometheus text format.
+//! - [`http`]: the outbound HTTP client (registries, alert providers) with system roots plus a
+//!   per-object CA, a proxy and a timeout.
 //! - [`backoff`]: Flux's retry timing: exponential on errors, jittered intervals on success.
 //! - [`trigger`]: in-process reconcile requests between controllers (no waiting for intervals).
 
 pub mod backoff;
 pub mod conditions;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod trigger;
