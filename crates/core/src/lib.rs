@@ -5,6 +5,7 @@
 //! code the controllers run.
 
 pub mod depgraph;
+pub mod gotemplate;
 pub mod inventory;
 pub mod kstatus;
 pub mod release;
