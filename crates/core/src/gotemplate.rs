@@ -425,9 +425,9 @@ struct Parser {
     pieces: std::vec::IntoIter<Piece>,
 }
 
-enum End {
+enum Closer {
     Eof,
-    EndAction,
+    End,
     Else(Option<Vec<Tok>>, usize),
 }
 
@@ -441,19 +441,19 @@ impl Parser {
     fn parse_all(mut self) -> Result<Vec<Node>, TemplateError> {
         let (nodes, end) = self.parse_list()?;
         match end {
-            End::Eof => Ok(nodes),
-            End::EndAction => Err(TemplateError::Parse {
+            Closer::Eof => Ok(nodes),
+            Closer::End => Err(TemplateError::Parse {
                 line: 0,
                 message: "unexpected {{end}}".into(),
             }),
-            End::Else(_, line) => Err(TemplateError::Parse {
+            Closer::Else(_, line) => Err(TemplateError::Parse {
                 line,
                 message: "unexpected {{else}}".into(),
             }),
         }
     }
 
-    fn parse_list(&mut self) -> Result<(Vec<Node>, End), TemplateError> {
+    fn parse_list(&mut self) -> Result<(Vec<Node>, Closer), TemplateError> {
         let mut nodes = Vec::new();
         while let Some(piece) = self.pieces.next() {
             let (body, line) = match piece {
@@ -479,29 +479,29 @@ impl Parser {
                 _ => "",
             };
             match keyword {
-                "end" => return Ok((nodes, End::EndAction)),
+                "end" => return Ok((nodes, Closer::End)),
                 "else" => {
                     let rest = if toks.len() > 1 {
                         Some(toks[1..].to_vec())
                     } else {
                         None
                     };
-                    return Ok((nodes, End::Else(rest, line)));
+                    return Ok((nodes, Closer::Else(rest, line)));
                 }
                 "if" => nodes.push(self.parse_if(toks[1..].to_vec(), line)?),
                 "range" | "with" => {
                     let pipe = parse_pipeline(&toks[1..], line)?;
                     let (body, end) = self.parse_list()?;
                     let otherwise = match end {
-                        End::EndAction => Vec::new(),
-                        End::Else(None, _) => self.expect_end(line)?,
-                        End::Else(Some(_), l) => {
+                        Closer::End => Vec::new(),
+                        Closer::Else(None, _) => self.expect_end(line)?,
+                        Closer::Else(Some(_), l) => {
                             return Err(TemplateError::Parse {
                                 line: l,
                                 message: format!("else if inside {keyword}"),
                             });
                         }
-                        End::Eof => {
+                        Closer::Eof => {
                             return Err(TemplateError::Parse {
                                 line,
                                 message: format!("unclosed {{{{{keyword}}}}}"),
@@ -527,12 +527,12 @@ impl Parser {
                 _ => nodes.push(Node::Print(parse_pipeline(&toks, line)?, line)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, Closer::Eof))
     }
 
     fn expect_end(&mut self, line: usize) -> Result<Vec<Node>, TemplateError> {
         match self.parse_list()? {
-            (nodes, End::EndAction) => Ok(nodes),
+            (nodes, Closer::End) => Ok(nodes),
             _ => Err(TemplateError::Parse {
                 line,
                 message: "expected {{end}}".into(),
@@ -548,12 +548,12 @@ impl Parser {
             let (body, end) = self.parse_list()?;
             branches.push((pipe, body));
             match end {
-                End::EndAction => return Ok(Node::If(branches, Vec::new(), line)),
-                End::Else(None, _) => {
+                Closer::End => return Ok(Node::If(branches, Vec::new(), line)),
+                Closer::Else(None, _) => {
                     let otherwise = self.expect_end(line)?;
                     return Ok(Node::If(branches, otherwise, line));
                 }
-                End::Else(Some(rest), l) => match rest.first() {
+                Closer::Else(Some(rest), l) => match rest.first() {
                     Some(Tok::Ident(k)) if k == "if" => cond = rest[1..].to_vec(),
                     _ => {
                         return Err(TemplateError::Parse {
@@ -562,7 +562,7 @@ impl Parser {
                         });
                     }
                 },
-                End::Eof => {
+                Closer::Eof => {
                     return Err(TemplateError::Parse {
                         line,
                         message: "unclosed {{if}}".into(),
