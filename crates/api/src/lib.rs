@@ -6,6 +6,8 @@
 //!
 //! - [`source::v1`]: `GitRepository` (`source.toolkit.fluxcd.io/v1`).
 //! - [`kustomize::v1`]: `Kustomization` (`kustomize.toolkit.fluxcd.io/v1`).
+//! - [`notification::v1`]: `Receiver`; [`notification::v1beta3`]: `Alert`, `Provider`
+//!   (`notification.toolkit.fluxcd.io`).
 //! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
 //!   every Flux kind shares.
 //!
@@ -21,6 +23,7 @@ use kube::CustomResourceExt;
 
 pub mod kustomize;
 pub mod meta;
+pub mod notification;
 mod schema;
 pub mod source;
 
@@ -29,5 +32,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         source::v1::GitRepository::crd(),
         kustomize::v1::Kustomization::crd(),
+        notification::v1::Receiver::crd(),
+        notification::v1beta3::Alert::crd(),
+        notification::v1beta3::Provider::crd(),
     ]
 }

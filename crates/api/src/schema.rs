@@ -42,6 +42,32 @@ pub(crate) fn root<Spec: JsonSchema, Status: JsonSchema>(
     Schema::try_from(root).expect("a JSON object is a schema")
 }
 
+/// The top-level schema of a Flux kind without a status (Flux's v1beta3 `Alert` and `Provider`).
+pub(crate) fn root_without_status<Spec: JsonSchema>(
+    generator: &mut SchemaGenerator,
+    description: &str,
+) -> Schema {
+    let spec = generator.subschema_for::<Spec>().to_value();
+    let mut root = json!({
+        "description": description,
+        "type": "object",
+        "properties": {
+            "apiVersion": {
+                "description": "Versioned schema of this object (group/version).",
+                "type": "string",
+            },
+            "kind": {
+                "description": "REST resource kind of this object, in CamelCase.",
+                "type": "string",
+            },
+            "metadata": { "type": "object" },
+            "spec": spec,
+        },
+    });
+    strip_nulls(&mut root);
+    Schema::try_from(root).expect("a JSON object is a schema")
+}
+
 /// Removes what `Option<T>` adds (`null` in `type`/`enum`, `anyOf [T, null]`, `nullable`).
 fn strip_nulls(value: &mut Value) {
     let Some(object) = value.as_object_mut() else {

@@ -29,6 +29,7 @@ const FACTS: &[&str] = &[
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string",
     "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
     "x-kubernetes-map-type",
 ];
 
@@ -199,6 +200,42 @@ fn kustomization_matches_flux() {
 }
 
 #[test]
+fn image_repository_matches_flux() {
+    let crd = gantry_api::image::v1::ImageRepository::crd();
+    assert_matches_flux(&crd, &fixture("imagerepository.v1.yaml"));
+}
+
+#[test]
+fn image_policy_matches_flux() {
+    let crd = gantry_api::image::v1::ImagePolicy::crd();
+    assert_matches_flux(&crd, &fixture("imagepolicy.v1.yaml"));
+}
+
+#[test]
+fn image_update_automation_matches_flux() {
+    let crd = gantry_api::image::v1::ImageUpdateAutomation::crd();
+    assert_matches_flux(&crd, &fixture("imageupdateautomation.v1.yaml"));
+}
+
+#[test]
+fn receiver_matches_flux() {
+    let crd = gantry_api::notification::v1::Receiver::crd();
+    assert_matches_flux(&crd, &fixture("receiver.v1.yaml"));
+}
+
+#[test]
+fn alert_matches_flux() {
+    let crd = gantry_api::notification::v1beta3::Alert::crd();
+    assert_matches_flux(&crd, &fixture("alert.v1beta3.yaml"));
+}
+
+#[test]
+fn provider_matches_flux() {
+    let crd = gantry_api::notification::v1beta3::Provider::crd();
+    assert_matches_flux(&crd, &fixture("provider.v1beta3.yaml"));
+}
+
+#[test]
 fn crds_lists_every_kind_once() {
     let names: Vec<_> = gantry_api::crds()
         .into_iter()
@@ -208,7 +245,10 @@ fn crds_lists_every_kind_once() {
         names,
         [
             "gitrepositories.source.toolkit.fluxcd.io",
-            "kustomizations.kustomize.toolkit.fluxcd.io"
+            "kustomizations.kustomize.toolkit.fluxcd.io",
+            "receivers.notification.toolkit.fluxcd.io",
+            "alerts.notification.toolkit.fluxcd.io",
+            "providers.notification.toolkit.fluxcd.io",
         ]
     );
 }
