@@ -32,6 +32,10 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Show what applying manifests would change in the cluster (exit 1 when anything would).
     Diff(commands::diff::DiffArgs),
+    /// List every Flux object with Ready, revision, last change and message (`get all`).
+    Get(commands::get::GetArgs),
+    /// Show the objects a Kustomization applied and their health.
+    Tree(commands::get::TreeArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Init(args) => commands::init::run(&args),
         Command::Build(args) => commands::build::run(&args),
         Command::Diff(args) => commands::diff::run(&args),
+        Command::Get(args) => commands::get::run_get(&args),
+        Command::Tree(args) => commands::get::run_tree(&args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod ci;
 pub mod diff;
+pub mod get;
 pub mod init;
 pub mod install;
 pub mod release;
@@ -15,5 +16,4 @@ pub const PLANNED: &str = "\
 Planned, not yet available:
   controllers for image automation and notifications in `gantry run`
   image      test tag policies and setter markers offline, list a registry's tags
-  get, tree  what Gantry manages and how healthy it is
   sandbox    a complete local pipeline: cluster, registry, git server, Gantry";
