@@ -6,6 +6,8 @@
 //!
 //! - [`source::v1`]: `GitRepository` (`source.toolkit.fluxcd.io/v1`).
 //! - [`kustomize::v1`]: `Kustomization` (`kustomize.toolkit.fluxcd.io/v1`).
+//! - [`image::v1`]: `ImageRepository`, `ImagePolicy`, `ImageUpdateAutomation`
+//!   (`image.toolkit.fluxcd.io/v1`).
 //! - [`notification::v1`]: `Receiver`; [`notification::v1beta3`]: `Alert`, `Provider`
 //!   (`notification.toolkit.fluxcd.io`).
 //! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
@@ -21,6 +23,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub mod image;
 pub mod kustomize;
 pub mod meta;
 pub mod notification;
@@ -32,6 +35,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         source::v1::GitRepository::crd(),
         kustomize::v1::Kustomization::crd(),
+        image::v1::ImageRepository::crd(),
+        image::v1::ImagePolicy::crd(),
+        image::v1::ImageUpdateAutomation::crd(),
         notification::v1::Receiver::crd(),
         notification::v1beta3::Alert::crd(),
         notification::v1beta3::Provider::crd(),

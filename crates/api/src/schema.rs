@@ -178,3 +178,44 @@ pub(crate) fn conditions(_: &mut SchemaGenerator) -> Schema {
 pub(crate) fn name(kind: &'static str) -> Cow<'static, str> {
     Cow::Borrowed(kind)
 }
+
+/// Go's `int`: an integer without a format (schemars would say `int64`).
+pub(crate) fn integer(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "type": "integer" })
+}
+
+/// `metav1.LabelSelector` as controller-gen renders it (atomic map and lists).
+pub(crate) fn label_selector(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "description": "Label query: matchLabels and matchExpressions, ANDed.",
+        "type": "object",
+        "x-kubernetes-map-type": "atomic",
+        "properties": {
+            "matchExpressions": {
+                "description": "Requirements on label values.",
+                "type": "array",
+                "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "description": "A key, an operator (In, NotIn, Exists, DoesNotExist) and values.",
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": { "description": "Label key.", "type": "string" },
+                        "operator": { "description": "In, NotIn, Exists or DoesNotExist.", "type": "string" },
+                        "values": {
+                            "description": "Values for In and NotIn; empty for Exists and DoesNotExist.",
+                            "type": "array",
+                            "x-kubernetes-list-type": "atomic",
+                            "items": { "type": "string" },
+                        },
+                    },
+                },
+            },
+            "matchLabels": {
+                "description": "Labels that must be present with these values.",
+                "type": "object",
+                "additionalProperties": { "type": "string" },
+            },
+        },
+    })
+}

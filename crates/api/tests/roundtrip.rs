@@ -4,6 +4,7 @@
 //! The one allowed difference is Flux's own: a field whose value equals its CRD default may be
 //! omitted (Go's `omitempty` does the same), because the API server puts it back on write.
 
+use gantry_api::image::v1::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::source::v1::GitRepository;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
@@ -76,6 +77,21 @@ fn git_repositories_round_trip() {
 #[test]
 fn kustomizations_round_trip() {
     assert_round_trips::<Kustomization>("kustomizations.yaml");
+}
+
+#[test]
+fn image_repositories_round_trip() {
+    assert_round_trips::<ImageRepository>("imagerepositories.yaml");
+}
+
+#[test]
+fn image_policies_round_trip() {
+    assert_round_trips::<ImagePolicy>("imagepolicies.yaml");
+}
+
+#[test]
+fn image_update_automations_round_trip() {
+    assert_round_trips::<ImageUpdateAutomation>("imageupdateautomations.yaml");
 }
 
 #[test]

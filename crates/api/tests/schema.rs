@@ -246,6 +246,9 @@ fn crds_lists_every_kind_once() {
         [
             "gitrepositories.source.toolkit.fluxcd.io",
             "kustomizations.kustomize.toolkit.fluxcd.io",
+            "imagerepositories.image.toolkit.fluxcd.io",
+            "imagepolicies.image.toolkit.fluxcd.io",
+            "imageupdateautomations.image.toolkit.fluxcd.io",
             "receivers.notification.toolkit.fluxcd.io",
             "alerts.notification.toolkit.fluxcd.io",
             "providers.notification.toolkit.fluxcd.io",

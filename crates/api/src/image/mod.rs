@@ -1,0 +1,3 @@
+//! `image.toolkit.fluxcd.io`: image automation (registry scans, tag policies, commits back to git).
+
+pub mod v1;
