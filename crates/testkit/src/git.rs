@@ -162,6 +162,26 @@ impl TestRepo {
         self
     }
 
+    /// Installs an executable server-side hook (`pre-receive`, `update`, ...) in the bare
+    /// repository, e.g. `"#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n"` to refuse pushes.
+    pub fn hook(&self, name: &str, script: &str) -> &Self {
+        let path = self.bare.join("hooks").join(name);
+        std::fs::create_dir_all(path.parent().expect("hooks directory")).expect("hooks directory");
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("make the hook executable");
+        }
+        self
+    }
+
+    /// The commit a branch of the bare repository (what clients see) points to.
+    pub fn remote_head(&self, branch: &str) -> String {
+        git(&self.bare, &["rev-parse", &format!("refs/heads/{branch}")])
+    }
+
     /// Force-pushes `refspec` (e.g. `HEAD:refs/heads/main`) and all tags to the bare repository.
     pub fn push(&self, refspec: &str) -> &Self {
         let bare = self.bare.to_string_lossy().into_owned();

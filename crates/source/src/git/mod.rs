@@ -7,6 +7,7 @@
 //! Everything here blocks: call it from `spawn_blocking`.
 
 pub mod auth;
+pub mod push;
 pub mod semver_range;
 pub mod tls;
 
@@ -369,43 +370,7 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
         .remote_anonymous(&req.url)
         .map_err(|e| session.operation(e.message()))?;
 
-    // ls-remote: the advertised refs, without downloading anything.
-    let heads: Vec<(String, Oid)> = if req.credentials.bearer_token.is_none() {
-        let conn = remote
-            .connect_auth(
-                Direction::Fetch,
-                Some(session.callbacks()),
-                session.proxy_options(),
-            )
-            .map_err(|e| session.error(e))?;
-        let heads = conn
-            .list()
-            .map_err(|e| session.error(e))?
-            .iter()
-            .map(|h| (h.name().to_owned(), h.oid()))
-            .collect();
-        drop(conn);
-        heads
-    } else {
-        // `git2` has no custom headers on a bare connect, only on a download. A download of a
-        // refspec that matches nothing wants no object, so no pack is requested; the
-        // advertisement stays readable until the disconnect.
-        let mut fo = session.fetch_options();
-        remote
-            .download(
-                &["+refs/gantry/ls-remote:refs/gantry/ls-remote"],
-                Some(&mut fo),
-            )
-            .map_err(|e| session.error(e))?;
-        let heads = remote
-            .list()
-            .map_err(|e| session.error(e))?
-            .iter()
-            .map(|h| (h.name().to_owned(), h.oid()))
-            .collect();
-        remote.disconnect().map_err(|e| session.error(e))?;
-        heads
-    };
+    let heads = list_remote(&session, &mut remote)?;
     let resolved = resolve_listed(&session, &heads)?;
     if let Some(last) = &req.last_revision {
         let rev = revision_for(
@@ -455,6 +420,48 @@ pub fn fetch(req: &FetchRequest, workdir: &Path) -> Result<FetchOutcome, GitErro
             .to_owned(),
         id,
     }))
+}
+
+// ls-remote: the refs the remote advertises, without downloading anything.
+fn list_remote(
+    session: &Session<'_>,
+    remote: &mut git2::Remote<'_>,
+) -> Result<Vec<(String, Oid)>, GitError> {
+    if session.req.credentials.bearer_token.is_none() {
+        let conn = remote
+            .connect_auth(
+                Direction::Fetch,
+                Some(session.callbacks()),
+                session.proxy_options(),
+            )
+            .map_err(|e| session.error(e))?;
+        let heads = conn
+            .list()
+            .map_err(|e| session.error(e))?
+            .iter()
+            .map(|h| (h.name().to_owned(), h.oid()))
+            .collect();
+        drop(conn);
+        return Ok(heads);
+    }
+    // `git2` has no custom headers on a bare connect, only on a download. A download of a
+    // refspec that matches nothing wants no object, so no pack is requested; the
+    // advertisement stays readable until the disconnect.
+    let mut fo = session.fetch_options();
+    remote
+        .download(
+            &["+refs/gantry/ls-remote:refs/gantry/ls-remote"],
+            Some(&mut fo),
+        )
+        .map_err(|e| session.error(e))?;
+    let heads = remote
+        .list()
+        .map_err(|e| session.error(e))?
+        .iter()
+        .map(|h| (h.name().to_owned(), h.oid()))
+        .collect();
+    remote.disconnect().map_err(|e| session.error(e))?;
+    Ok(heads)
 }
 
 // Clones and checks out every submodule at the recorded commit, then theirs.
