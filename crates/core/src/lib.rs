@@ -4,6 +4,7 @@
 //! the offline CLI commands (`gantry image policy`, `gantry release next`, ...) share exactly the
 //! code the controllers run.
 
+pub mod alert;
 pub mod depgraph;
 pub mod gotemplate;
 pub mod inventory;
@@ -12,3 +13,4 @@ pub mod release;
 pub mod revision;
 pub mod substitute;
 pub mod transform;
+pub mod webhook;
