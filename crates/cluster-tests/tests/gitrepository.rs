@@ -660,3 +660,63 @@ async fn include_and_sparse_checkout_shape_the_artifact() {
 fn condition_absent(conditions: &[Condition], type_: &str) -> bool {
     conditions.iter().all(|c| c.type_ != type_)
 }
+
+#[tokio::test]
+async fn a_trigger_request_fetches_at_once_without_waiting_for_the_interval() {
+    with_namespace("gitrepo-trigger", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("deploy/app.yaml", "kind: ConfigMap\n")
+            .commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(root.path(), HttpAuth::None);
+        let storage = tempfile::tempdir().unwrap();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            ArtifactStore::new(storage.path(), "http://gantry.test/"),
+        ));
+        let trigger = ctx.trigger();
+        let watched = ns.clone();
+        let task = tokio::spawn(async move {
+            gantry_source::run_controller(ctx, Some(&watched), 2, std::future::pending()).await
+        });
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        // An interval long enough that only the trigger can explain a second fetch.
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new("app", spec(&server.url("app.git"), None, "main")),
+        )
+        .await
+        .unwrap();
+        let revision = |r: Option<&GitRepository>| {
+            r.and_then(|r| r.status.as_ref()?.artifact.as_ref())
+                .map(|a| a.revision.clone())
+        };
+        let first = format!("main@sha1:{}", repo.head());
+        wait_for(&api, "app", WAIT, |r| revision(r).as_ref() == Some(&first)).await;
+
+        let second_id = repo
+            .write("deploy/app.yaml", "kind: Secret\n")
+            .commit("second");
+        repo.push("HEAD:refs/heads/main");
+        let second = format!("main@sha1:{second_id}");
+        // Without a request nothing happens (the interval is 10 minutes).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(revision(api.get("app").await.ok().as_ref()), Some(first));
+
+        let asked = std::time::Instant::now();
+        trigger.request("app", &ns);
+        wait_for(&api, "app", Duration::from_secs(10), |r| {
+            revision(r).as_ref() == Some(&second)
+        })
+        .await;
+        let took = asked.elapsed();
+        eprintln!("trigger to new artifact in status: {took:?}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        // A request for an object that does not exist is harmless.
+        trigger.request("missing", &ns);
+        task.abort();
+    })
+    .await;
+}

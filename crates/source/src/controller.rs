@@ -9,8 +9,9 @@
 //! Success requeues after `interval` ±5%; failures back off exponentially (750 ms .. 15 min).
 //!
 //! The controller's own status writes come back as watch events; a small schedule per object
-//! turns those into no-ops until the object is due, its generation changes or a new
-//! `reconcile.fluxcd.io/requestedAt` arrives.
+//! turns those into no-ops until the object is due, its generation changes, a new
+//! `reconcile.fluxcd.io/requestedAt` arrives or something in the process asks through
+//! [`Context::trigger`] (image automation after a push, a webhook).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,10 +29,12 @@ use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions::{self, Status};
 use gantry_runtime::events::{Events, Severity};
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
+use gantry_runtime::trigger::Trigger;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
@@ -67,6 +70,11 @@ pub struct Context {
     // `unsafe`, so a server that stops answering can hold a thread past `spec.timeout`; one such
     // thread per object at most.
     in_flight: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    trigger: Trigger<GitRepository>,
+    // The trigger's receiving end, until `run_controller` takes it.
+    requests: Mutex<Option<futures::stream::BoxStream<'static, ObjectRef<GitRepository>>>>,
+    // Objects asked for through the trigger and not reconciled since: they skip the schedule.
+    requested: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 // When an object is next due, and what it looked like when that was decided.
@@ -87,6 +95,7 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (trigger, requests) = Trigger::new();
         Context {
             reporter,
             client,
@@ -96,7 +105,22 @@ impl Context {
             metrics: None,
             schedule: Mutex::default(),
             in_flight: Arc::default(),
+            trigger,
+            requests: Mutex::new(Some(requests.boxed())),
+            requested: Arc::default(),
         }
+    }
+
+    /// Asks the controller (once [`run_controller`] runs) to fetch a GitRepository now, whatever
+    /// its interval: `trigger.request(name, namespace)`. Cheap to clone; hand it to whatever
+    /// knows the remote changed (image automation after a push, a push webhook).
+    pub fn trigger(&self) -> Trigger<GitRepository> {
+        self.trigger.clone()
+    }
+
+    // Whether the object was asked for through the trigger; clears the request.
+    fn take_requested(&self, key: &(String, String)) -> bool {
+        self.requested.lock().is_ok_and(|mut set| set.remove(key))
     }
 
     /// Publishes events through the process's shared [`Events`] (so in-process subscribers such
@@ -123,6 +147,9 @@ impl Context {
     pub fn forget(&self, namespace: &str, name: &str) -> Result<(), ArtifactError> {
         if let Ok(mut map) = self.schedule.lock() {
             map.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+        if let Ok(mut set) = self.requested.lock() {
+            set.remove(&(namespace.to_owned(), name.to_owned()));
         }
         if let Some(metrics) = &self.metrics {
             metrics.remove_resource("GitRepository", namespace, name);
@@ -252,7 +279,9 @@ async fn reconcile_inner(
     let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
     // Our own status write (or any other status-only change) is not a reason to fetch again.
     let previous = ctx.schedule_of(&key).filter(|s| s.uid == obj.metadata.uid);
+    let triggered = ctx.take_requested(&key);
     if let Some(s) = &previous
+        && !triggered
         && s.generation == generation
         && s.requested_at == requested_at
         && s.due > Instant::now()
@@ -385,7 +414,8 @@ pub fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> 
 }
 
 /// Runs the GitRepository controller (in `namespace`, or all namespaces) with up to
-/// `concurrency` reconciliations at once, until `shutdown` completes.
+/// `concurrency` reconciliations at once, until `shutdown` completes. Requests sent through
+/// [`Context::trigger`] are reconciled at once, skipping the interval.
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
@@ -396,8 +426,23 @@ pub async fn run_controller(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let requests = ctx
+        .requests
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take())
+        .unwrap_or_else(|| futures::stream::empty().boxed());
+    // Marked before the controller queues the request, so the reconcile it leads to fetches.
+    let requested = ctx.requested.clone();
+    let requests = requests.inspect(move |r| {
+        let key = (r.namespace.clone().unwrap_or_default(), r.name.clone());
+        if let Ok(mut set) = requested.lock() {
+            set.insert(key);
+        }
+    });
     Controller::new(api, watcher::Config::default())
         .with_config(ControllerConfig::default().concurrency(concurrency))
+        .reconcile_on(requests)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
