@@ -697,6 +697,14 @@ fn record_metrics(
 ) {
     let Some(metrics) = &ctx.metrics else { return };
     let ready = conditions::get(&status.conditions, READY_CONDITION);
+    let stalled = conditions::get(&status.conditions, gantry_api::meta::STALLED_CONDITION)
+        .is_some_and(|c| c.status == "True");
+    metrics.set_stalled(
+        "Kustomization",
+        &ks.namespace().unwrap_or_default(),
+        &ks.name_any(),
+        stalled,
+    );
     metrics.set_resource(&ResourceInfo {
         group: Kustomization::group(&()).into_owned(),
         kind: Kustomization::kind(&()).into_owned(),

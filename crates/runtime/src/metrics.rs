@@ -5,7 +5,8 @@
 //!   exported_namespace,name,ready,reason,suspended,revision}`: 1 per object (the series Flux's
 //!   kube-state-metrics configuration produces).
 //! - `gotk_reconcile_condition{kind,name,namespace,type,status}`: the older readiness gauge
-//!   that many existing dashboards still query.
+//!   that many existing dashboards still query (`type="Ready"`), plus `type="Stalled"`,
+//!   `status="True"` while an object is stalled (kstatus: absent otherwise), for alerts.
 //! - `process_*`: resident memory, CPU seconds, open fds, threads, start time (Linux `/proc`).
 
 use std::collections::HashMap;
@@ -76,6 +77,8 @@ pub struct Metrics {
     info: Family<InfoLabels, Gauge>,
     /// The label set currently exported per object, so a change replaces rather than adds.
     current: Arc<Mutex<HashMap<ObjectKey, (InfoLabels, ConditionLabels)>>>,
+    /// Objects exported as `Stalled=True`.
+    stalled: Arc<Mutex<std::collections::HashSet<ObjectKey>>>,
 }
 
 impl Default for Metrics {
@@ -115,6 +118,7 @@ impl Metrics {
             condition,
             info,
             current: Arc::default(),
+            stalled: Arc::default(),
         }
     }
 
@@ -160,8 +164,29 @@ impl Metrics {
         current.insert(key, (info_labels, condition_labels));
     }
 
+    /// Exports `gotk_reconcile_condition{type="Stalled",status="True"}` for the object while
+    /// `stalled`, and nothing otherwise (kstatus writes `Stalled` only while it is True).
+    pub fn set_stalled(&self, kind: &str, namespace: &str, name: &str, stalled: bool) {
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        let labels = ConditionLabels {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            r#type: "Stalled".to_string(),
+            status: "True".to_string(),
+        };
+        let mut set = self.stalled.lock().expect("metrics lock");
+        if stalled {
+            self.condition.get_or_create(&labels).set(1);
+            set.insert(key);
+        } else if set.remove(&key) {
+            self.condition.remove(&labels);
+        }
+    }
+
     /// Forgets a deleted object.
     pub fn remove_resource(&self, kind: &str, namespace: &str, name: &str) {
+        self.set_stalled(kind, namespace, name, false);
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         if let Some((info, condition)) = self.current.lock().expect("metrics lock").remove(&key) {
             self.info.remove(&info);
@@ -306,10 +331,25 @@ mod tests {
         );
         assert!(text.contains("gotk_reconcile_condition{kind=\"Kustomization\",name=\"apps\",namespace=\"flux-system\",type=\"Ready\",status=\"True\"} 1"), "{text}");
 
-        metrics.remove_resource("Kustomization", "flux-system", "apps");
+        metrics.set_stalled("Kustomization", "flux-system", "apps", true);
+        let stalled = "gotk_reconcile_condition{kind=\"Kustomization\",name=\"apps\",namespace=\"flux-system\",type=\"Stalled\",status=\"True\"} 1";
+        assert!(metrics.encode().contains(stalled), "{}", metrics.encode());
+        metrics.set_stalled("Kustomization", "flux-system", "apps", false);
         assert!(
-            !metrics.encode().contains("name=\"apps\",ready"),
+            !metrics.encode().contains("Stalled"),
+            "gone once it recovers"
+        );
+        metrics.set_stalled("Kustomization", "flux-system", "apps", true);
+
+        metrics.remove_resource("Kustomization", "flux-system", "apps");
+        let text = metrics.encode();
+        assert!(
+            !text.contains("name=\"apps\",ready"),
             "deleted objects disappear"
+        );
+        assert!(
+            !text.contains("gotk_reconcile_condition{kind=\"Kustomization\",name=\"apps\""),
+            "{text}"
         );
     }
 

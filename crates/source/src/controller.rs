@@ -312,6 +312,10 @@ async fn reconcile_inner(
             .map(Outcome::Done);
     }
 
+    // The spec passed the checks that stall it.
+    if let Some(metrics) = &ctx.metrics {
+        metrics.set_stalled("GitRepository", &namespace, &name, false);
+    }
     match run(obj, ctx, &namespace, &name).await {
         Ok(outcome) => {
             let previous = obj.status.clone().unwrap_or_default();
@@ -827,6 +831,9 @@ async fn stalled(
         ..previous.clone()
     };
     patch_status(ctx, obj, namespace, status).await?;
+    if let Some(metrics) = &ctx.metrics {
+        metrics.set_stalled("GitRepository", namespace, &obj.name_any(), true);
+    }
     let was = conditions::get(&previous.conditions, READY_CONDITION);
     if was.is_none_or(|c| c.message != message) {
         publish(ctx, obj, Severity::Error, reason, message, None).await;
