@@ -1,0 +1,3 @@
+//! The image controllers, one module per kind.
+
+pub mod repository;
