@@ -17,6 +17,8 @@ pub struct Settings {
     pub artifact_base_url: String,
     pub watch_namespace: Option<String>,
     pub concurrency: u16,
+    /// Where the webhook receiver server listens.
+    pub receiver_addr: std::net::SocketAddr,
 }
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -32,6 +34,8 @@ pub async fn run(
     let store = ArtifactStore::new(artifacts_dir, settings.artifact_base_url.clone());
     // One event stream: Kubernetes Events now, the alert dispatcher's input later.
     let (events_tx, _) = tokio::sync::broadcast::channel(1024);
+    // Subscribed before any controller publishes, so the first events reach the alerts too.
+    let alert_events = events_tx.subscribe();
     let config = kube::Config::infer()
         .await
         .context("reading the client configuration (for serviceAccountName impersonation)")?;
@@ -56,11 +60,16 @@ pub async fn run(
     let namespace = settings.watch_namespace.as_deref();
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
+    let notification = gantry_notification::Settings {
+        receiver_addr: settings.receiver_addr,
+        namespace: settings.watch_namespace.clone(),
+        limits: Default::default(),
+    };
     tracing::info!(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    tokio::join!(
+    let (_, _, notifications) = tokio::join!(
         gantry_source::controller::run_controller(
             std::sync::Arc::new(source),
             namespace,
@@ -74,6 +83,13 @@ pub async fn run(
             settings.concurrency,
             async move { stop2.cancelled().await },
         ),
+        gantry_notification::run(client.clone(), alert_events, notification, shutdown.clone()),
     );
+    notifications.with_context(|| {
+        format!(
+            "serving webhook receivers on {} (--receiver-addr)",
+            settings.receiver_addr
+        )
+    })?;
     Ok(())
 }

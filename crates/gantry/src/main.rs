@@ -32,6 +32,8 @@ enum Command {
     Build(commands::build::BuildArgs),
     /// Show what applying manifests would change in the cluster (exit 1 when anything would).
     Diff(commands::diff::DiffArgs),
+    /// Print the URL a Receiver is served on, to paste into GitHub, GitLab or Docker Hub.
+    WebhookUrl(commands::webhook_url::WebhookUrlArgs),
     /// List every Flux object with Ready, revision, last change and message (`get all`).
     Get(commands::get::GetArgs),
     /// Show the objects a Kustomization applied and their health.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Init(args) => commands::init::run(&args),
         Command::Build(args) => commands::build::run(&args),
         Command::Diff(args) => commands::diff::run(&args),
+        Command::WebhookUrl(args) => commands::webhook_url::run(&args),
         Command::Get(args) => commands::get::run_get(&args),
         Command::Tree(args) => commands::get::run_tree(&args),
     };

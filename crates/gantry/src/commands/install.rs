@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccount, Volume,
-    VolumeMount,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -35,6 +35,8 @@ const NAME: &str = "gantry";
 pub const HEALTH_PORT: i32 = 9440;
 /// Port of `/metrics`; `gantry run` must listen here by default.
 pub const METRICS_PORT: i32 = 8080;
+/// Port of the webhook receivers (Flux's notification-controller uses the same).
+pub const RECEIVER_PORT: i32 = 9292;
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -99,6 +101,7 @@ fn manifests(namespace: &str, image: &str) -> anyhow::Result<Vec<serde_json::Val
         to_value(&leader_election_role(namespace))?,
         to_value(&leader_election_binding(namespace))?,
         to_value(&deployment(namespace, image))?,
+        to_value(&webhook_service(namespace))?,
     ])
 }
 
@@ -184,6 +187,18 @@ fn controller_role() -> ClusterRole {
                 &["kustomize.toolkit.fluxcd.io"],
                 &["kustomizations/finalizers"],
                 &["update"],
+            ),
+            // Receivers: status written; Alerts and Providers: read; the webhook server annotates
+            // any Flux kind a Receiver names (covered by the reconciler binding below).
+            rule(
+                &["notification.toolkit.fluxcd.io"],
+                &["receivers", "alerts", "providers"],
+                OBJECT,
+            ),
+            rule(
+                &["notification.toolkit.fluxcd.io"],
+                &["receivers/status"],
+                STATUS,
             ),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         ]),
@@ -286,6 +301,26 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+/// `webhook-receiver`, the Service name Flux uses, so ingress set up for Flux keeps working.
+fn webhook_service(namespace: &str) -> Service {
+    Service {
+        metadata: meta("webhook-receiver", Some(namespace)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("http-webhook".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn deployment(namespace: &str, image: &str) -> Deployment {
     let quantity = |q: &str| Quantity(q.into());
     let container = Container {
@@ -310,6 +345,12 @@ fn deployment(namespace: &str, image: &str) -> Deployment {
             ContainerPort {
                 name: Some("http-prom".into()),
                 container_port: METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http-webhook".into()),
+                container_port: RECEIVER_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -426,31 +467,39 @@ mod tests {
             serde_saphyr::from_str_multiple(&stream).expect("typed CRDs");
         assert_eq!(typed, gantry_api::crds());
         let documents = parse(&stream);
-        assert_eq!(
-            kinds(&documents),
-            ["CustomResourceDefinition", "CustomResourceDefinition"]
+        assert!(
+            kinds(&documents)
+                .iter()
+                .all(|k| k == "CustomResourceDefinition")
         );
         let names: Vec<_> = documents
             .iter()
             .map(|d| d["metadata"]["name"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "gitrepositories.source.toolkit.fluxcd.io",
-                "kustomizations.kustomize.toolkit.fluxcd.io"
-            ]
-        );
+        for name in [
+            "gitrepositories.source.toolkit.fluxcd.io",
+            "kustomizations.kustomize.toolkit.fluxcd.io",
+            "receivers.notification.toolkit.fluxcd.io",
+            "alerts.notification.toolkit.fluxcd.io",
+            "providers.notification.toolkit.fluxcd.io",
+        ] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
     }
 
     #[test]
     fn full_install_has_every_kind_in_apply_order() {
         let documents = parse(&render(&args(false)).unwrap());
+        let crds = gantry_api::crds().len();
+        let kinds = kinds(&documents);
+        assert!(
+            kinds[..crds]
+                .iter()
+                .all(|k| k == "CustomResourceDefinition")
+        );
         assert_eq!(
-            kinds(&documents),
+            kinds[crds..],
             [
-                "CustomResourceDefinition",
-                "CustomResourceDefinition",
                 "Namespace",
                 "ServiceAccount",
                 "ClusterRole",
@@ -459,6 +508,7 @@ mod tests {
                 "Role",
                 "RoleBinding",
                 "Deployment",
+                "Service",
             ]
         );
         for document in &documents {
@@ -565,7 +615,7 @@ mod tests {
             .iter()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(ports, [HEALTH_PORT, METRICS_PORT]);
+        assert_eq!(ports, [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT]);
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.run_as_non_root, Some(true));
@@ -589,6 +639,10 @@ mod tests {
                     && r.verbs.iter().any(|v| v == verb)
             })
         };
+        assert!(granted("receivers/status", "patch"));
+        for kind in ["alerts", "providers", "receivers"] {
+            assert!(granted(kind, "watch"), "{kind}");
+        }
         for kind in ["gitrepositories", "kustomizations"] {
             assert!(granted(kind, "watch"), "{kind}");
             assert!(granted(&format!("{kind}/status"), "patch"), "{kind}");

@@ -9,11 +9,12 @@ pub mod init;
 pub mod install;
 pub mod release;
 pub mod run;
+pub mod webhook_url;
 
 /// Shown under `gantry --help`: the command groups that are planned but not built yet,
 /// so nobody mistakes them for working commands.
 pub const PLANNED: &str = "\
 Planned, not yet available:
-  controllers for image automation and notifications in `gantry run`
+  controllers for image automation in `gantry run`
   image      test tag policies and setter markers offline, list a registry's tags
   sandbox    a complete local pipeline: cluster, registry, git server, Gantry";

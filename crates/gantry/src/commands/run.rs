@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// Where the kubelet probes `/healthz` and `/readyz`.
     #[arg(long, env = "GANTRY_HEALTH_ADDR", default_value = "0.0.0.0:9440")]
     pub health_addr: SocketAddr,
+    /// Where the webhook receivers (Flux's `Receiver`) are served.
+    #[arg(long, env = "GANTRY_RECEIVER_ADDR", default_value = "0.0.0.0:9292")]
+    pub receiver_addr: SocketAddr,
     /// Where source artifacts are stored.
     #[arg(long, env = "GANTRY_STORAGE_PATH", default_value = "/data")]
     pub storage_path: PathBuf,
@@ -162,6 +165,7 @@ async fn serve(args: &RunArgs) -> Result<()> {
             artifact_base_url: args.artifact_base_url.clone(),
             watch_namespace: args.watch_namespace.clone(),
             concurrency: args.concurrent,
+            receiver_addr: args.receiver_addr,
         };
         let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
         tokio::select! {
