@@ -7,10 +7,12 @@
 pub mod alert;
 pub mod depgraph;
 pub mod gotemplate;
+pub mod image;
 pub mod inventory;
 pub mod kstatus;
 pub mod release;
 pub mod revision;
+pub mod semver;
 pub mod substitute;
 pub mod transform;
 pub mod webhook;

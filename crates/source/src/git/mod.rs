@@ -8,7 +8,6 @@
 
 pub mod auth;
 pub mod push;
-pub mod semver_range;
 pub mod tls;
 
 use std::cell::Cell;
@@ -24,7 +23,7 @@ use git2::{
 
 pub use auth::Credentials;
 use auth::{HostKeyCheck, check_host_key, parse_known_hosts};
-use semver_range::{Range, parse_version};
+use gantry_core::semver::Range;
 
 /// Flux's condition reason for refused or unusable credentials.
 pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
@@ -520,16 +519,6 @@ fn lookup(heads: &[(String, Oid)], name: &str) -> Option<Oid> {
         .map(|(_, oid)| *oid)
 }
 
-fn highest_tag<'t>(range: &Range, tags: impl Iterator<Item = &'t str>) -> Option<&'t str> {
-    tags.filter_map(|t| {
-        parse_version(t)
-            .filter(|v| range.matches(v))
-            .map(|v| (v, t))
-    })
-    .max()
-    .map(|(_, t)| t)
-}
-
 fn parse_range(session: &Session<'_>, range: &str) -> Result<Range, GitError> {
     Range::parse(range).map_err(|e| session.operation(e.to_string()))
 }
@@ -557,7 +546,8 @@ fn resolve_listed(session: &Session<'_>, heads: &[(String, Oid)]) -> Result<Reso
                 .iter()
                 .filter_map(|(n, _)| n.strip_prefix("refs/tags/"))
                 .filter(|t| !t.ends_with("^{}"));
-            let tag = highest_tag(&range, tags)
+            let tag = range
+                .highest(tags)
                 .ok_or_else(|| not_found(format!("no tag matching semver range '{r}'; tag")))?;
             let name = format!("refs/tags/{tag}");
             let oid = lookup(heads, &name).ok_or_else(|| not_found(format!("tag '{tag}'")))?;
