@@ -1,3 +1,4 @@
 //! The image controllers, one module per kind.
 
+pub mod policy;
 pub mod repository;

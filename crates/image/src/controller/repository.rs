@@ -482,7 +482,7 @@ async fn scan(
     namespace: &str,
     name: &str,
 ) -> Result<TagSummary, Error> {
-    let mut config = client_config(obj, ctx, namespace).await?;
+    let mut config = client_config(obj, &ctx.client, namespace).await?;
     config.page_size = ctx.page_size;
     config.request_timeout = spec.timeout;
     let client = RegistryClient::new(&spec.reference, config).map_err(|e| match e {
@@ -516,10 +516,11 @@ async fn scan(
         .map_err(store_error)
 }
 
-// Credentials, TLS material and proxy from the referenced Secrets.
-async fn client_config(
+/// How to reach the repository's registry: credentials, TLS material and proxy from the
+/// referenced Secrets (the ImagePolicy controller resolves digests with the same).
+pub(crate) async fn client_config(
     obj: &ImageRepository,
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
 ) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig {
@@ -530,11 +531,11 @@ async fn client_config(
         .map(|r| r.registry)
         .unwrap_or_default();
     if let Some(secret_ref) = &obj.spec.secret_ref {
-        let data = secret_data(ctx, namespace, &secret_ref.name).await?;
+        let data = secret_data(client, namespace, &secret_ref.name).await?;
         config.credentials = credentials_from_secret(&data, &registry, &secret_ref.name)?;
     }
     if let Some(cert_ref) = &obj.spec.cert_secret_ref {
-        let data = secret_data(ctx, namespace, &cert_ref.name).await?;
+        let data = secret_data(client, namespace, &cert_ref.name).await?;
         let get = |keys: &[&str]| keys.iter().find_map(|k| data.get(*k).cloned());
         config.ca_pem = get(&["ca.crt", "caFile"]);
         match (get(&["tls.crt", "certFile"]), get(&["tls.key", "keyFile"])) {
@@ -555,7 +556,7 @@ async fn client_config(
         }
     }
     if let Some(proxy_ref) = &obj.spec.proxy_secret_ref {
-        let data = secret_data(ctx, namespace, &proxy_ref.name).await?;
+        let data = secret_data(client, namespace, &proxy_ref.name).await?;
         config.proxy = Some(proxy_url(&data).map_err(Error::Auth)?);
     }
     Ok(config)
@@ -623,11 +624,11 @@ fn proxy_url(data: &BTreeMap<String, Vec<u8>>) -> Result<String, String> {
 }
 
 async fn secret_data(
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets.get(name).await.map_err(|e| {
         Error::Auth(format!(
             "failed to get secret '{namespace}/{name}': {}",
