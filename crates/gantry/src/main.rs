@@ -38,6 +38,8 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show the objects a Kustomization applied and their health.
     Tree(commands::get::TreeArgs),
+    /// Test ImagePolicy tag choices and setter markers offline.
+    Image(commands::image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::WebhookUrl(args) => commands::webhook_url::run(&args),
         Command::Get(args) => commands::get::run_get(&args),
         Command::Tree(args) => commands::get::run_tree(&args),
+        Command::Image(args) => commands::image::run(&args),
     };
     match result {
         Ok(code) => code,

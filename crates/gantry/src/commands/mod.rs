@@ -5,6 +5,7 @@ pub mod build;
 pub mod ci;
 pub mod diff;
 pub mod get;
+pub mod image;
 pub mod init;
 pub mod install;
 pub mod release;
@@ -16,5 +17,5 @@ pub mod webhook_url;
 pub const PLANNED: &str = "\
 Planned, not yet available:
   controllers for image automation in `gantry run`
-  image      test tag policies and setter markers offline, list a registry's tags
+  image tags list a registry's tags as an ImageRepository sees them
   sandbox    a complete local pipeline: cluster, registry, git server, Gantry";
