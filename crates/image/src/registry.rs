@@ -475,10 +475,12 @@ impl RegistryClient {
             }
             stats.pages += 1;
             stats.tags += tags.len() as u64;
+            // Exactly `n` tags may mean more; more than `n` means `n` was ignored (distribution
+            // 2.8 ignores both `n` and `last` on tag lists and sends everything at once).
             let full_page = self
                 .config
                 .page_size
-                .is_some_and(|n| tags.len() as u64 >= u64::from(n));
+                .is_some_and(|n| tags.len() as u64 == u64::from(n));
             let last = tags.last().cloned();
             on_page(tags).map_err(RegistryError::Sink)?;
             url = match (link, last) {

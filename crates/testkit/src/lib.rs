@@ -14,6 +14,7 @@
 //! ```
 
 pub mod git;
+pub mod registry;
 
 use std::fmt::Debug;
 use std::future::Future;
