@@ -321,16 +321,19 @@ async fn receiver_status_and_webhook_answers() {
     .await;
 }
 
+/// Status, `Retry-After`, delay before answering.
+type Reply = (u16, Option<&'static str>, Duration);
+
 /// A loopback endpoint that records requests and answers from a script (then 200).
 #[derive(Clone, Default)]
 struct Endpoint {
     requests: Arc<Mutex<Vec<(HeaderMap, serde_json::Value)>>>,
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>, Duration)>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
 }
 
 impl Endpoint {
     async fn start(
-        script: Vec<(u16, Option<&'static str>, Duration)>,
+        script: Vec<Reply>,
     ) -> (Self, String, CancellationToken) {
         let endpoint = Endpoint::default();
         endpoint.script.lock().unwrap().extend(script);
