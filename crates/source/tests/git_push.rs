@@ -11,7 +11,7 @@ use gantry_source::git::push::{
     CommitPlan, PushError, PushOutcome, PushRequest, Pushed, commit_and_push,
 };
 use gantry_source::git::{AUTHENTICATION_FAILED, Credentials, GIT_OPERATION_FAILED, Reference};
-use gantry_testkit::git::{GitHttpServer, HttpAuth, SshServer, TestRepo, git};
+use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRepo, git};
 
 const USER: &str = "flux";
 const PASSWORD: &str = "s3cret";
@@ -387,6 +387,47 @@ fn a_read_only_http_remote_gives_a_permission_error() {
     assert!(message.contains(&url), "{message}");
     assert!(message.contains("403"), "{message}");
     assert_eq!(f.repo.remote_head("main"), before);
+}
+
+#[test]
+fn a_read_only_ssh_key_gives_a_permission_error() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new(root.path(), "app");
+    repo.write("deploy/app.yaml", "image: app:1.0.0\n")
+        .commit("initial");
+    repo.push("HEAD:refs/heads/main");
+    let before = repo.remote_head("main");
+    let server = SshServer::start();
+    let keys = tempfile::tempdir().unwrap();
+    let deploy_key = SshKeyPair::generate(keys.path(), "deploy");
+    server.authorize_read_only(&deploy_key);
+    let creds = Credentials {
+        identity: Some(deploy_key.private.clone()),
+        known_hosts: Some(server.known_hosts_line()),
+        ..Default::default()
+    };
+    let url = server.url(&repo.bare);
+    let req = request(&url, creds);
+    let work = tempfile::tempdir().unwrap();
+    // The key fetches (the edit runs on the checkout), then the push is refused.
+    let mut edited = false;
+    let err = commit_and_push(&req, work.path(), |dir: &Path| {
+        edited = true;
+        replace("deploy/app.yaml", "1.0.0", "1.1.0", "read-only")(dir)
+    })
+    .unwrap_err();
+    assert!(edited, "fetching with a read-only key works");
+    assert!(
+        matches!(err, PushError::Denied { .. }),
+        "{err:?}\nsshd: {}",
+        server.log()
+    );
+    assert_eq!(err.reason(), AUTHENTICATION_FAILED);
+    let message = err.to_string();
+    eprintln!("{message}");
+    assert!(message.contains(&url), "{message}");
+    assert!(message.contains("denied to deploy key"), "{message}");
+    assert_eq!(repo.remote_head("main"), before);
 }
 
 #[test]

@@ -820,6 +820,35 @@ impl SshServer {
         writeln!(file, "{}", key.public.trim()).expect("append to authorized_keys");
     }
 
+    /// Also accepts `key`, for fetching only: like a read-only deploy key, any other command
+    /// (`git-receive-pack`, a push) is refused with GitHub's message on stderr.
+    pub fn authorize_read_only(&self, key: &SshKeyPair) {
+        let script = self.dir.path().join("read-only.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$SSH_ORIGINAL_COMMAND\" in\n  git-upload-pack*) exec sh -c \"$SSH_ORIGINAL_COMMAND\" ;;\n  *) echo \"ERROR: Permission to gantry/app.git denied to deploy key\" >&2; exit 1 ;;\nesac\n",
+        )
+        .expect("read-only command");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                .expect("make the command executable");
+        }
+        let path = self.dir.path().join("authorized_keys");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("authorized_keys");
+        writeln!(
+            file,
+            "command=\"{}\",no-pty {}",
+            script.display(),
+            key.public.trim()
+        )
+        .expect("append to authorized_keys");
+    }
+
     /// A plain known_hosts line for this server: `[127.0.0.1]:<port> <type> <key>`.
     pub fn known_hosts_line(&self) -> String {
         format!("[127.0.0.1]:{} {}", self.port, self.host_key.public_key())

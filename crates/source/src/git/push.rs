@@ -449,10 +449,15 @@ fn classify_error(session: &Session<'_>, err: git2::Error) -> Failure {
     if err.code() == ErrorCode::NotFastForward {
         return Failure::Moved(err.message().to_owned());
     }
-    let message = err.message().to_owned();
-    let denied = message.contains("403")
-        || message.to_ascii_lowercase().contains("permission denied")
-        || message.contains("not allowed");
+    let message = err.message().trim().to_owned();
+    // HTTP 403, or what SSH servers print for a read-only key (GitHub: "Permission to o/r.git
+    // denied to deploy key", GitLab: "You are not allowed to push code to this project").
+    let lower = message.to_ascii_lowercase();
+    let denied = lower.contains("403")
+        || (lower.contains("permission") && lower.contains("denied"))
+        || lower.contains("not allowed")
+        || lower.contains("read-only")
+        || lower.contains("read only");
     match session.error(err) {
         _ if message.contains("403") => Failure::Denied(format!(
             "{message} (HTTP 403 Forbidden: these credentials may not push to this repository)"
