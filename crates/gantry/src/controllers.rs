@@ -47,6 +47,16 @@ pub async fn run(
             events_tx.clone(),
         ))
         .with_metrics(metrics.clone());
+    // Tag lists of ImageRepositories, one file each, replaced per scan.
+    let images = gantry_image::tags::TagStore::new(settings.storage_path.join("images"));
+    let image_repositories =
+        gantry_image::controller::repository::Context::new(client.clone(), images)
+            .with_events(Events::new(
+                client.clone(),
+                gantry_image::controller::repository::FIELD_MANAGER,
+                events_tx.clone(),
+            ))
+            .with_metrics(metrics.clone());
     let (kustomize, requests) = gantry_kustomize::controller::Context::new(client.clone(), store);
     let kustomize = kustomize
         .with_events(Events::new(
@@ -60,6 +70,7 @@ pub async fn run(
     let namespace = settings.watch_namespace.as_deref();
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
+    let stop3 = shutdown.clone();
     let notification = gantry_notification::Settings {
         receiver_addr: settings.receiver_addr,
         namespace: settings.watch_namespace.clone(),
@@ -69,7 +80,7 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, notifications) = tokio::join!(
+    let (_, _, _, notifications) = tokio::join!(
         gantry_source::controller::run_controller(
             std::sync::Arc::new(source),
             namespace,
@@ -82,6 +93,12 @@ pub async fn run(
             namespace,
             settings.concurrency,
             async move { stop2.cancelled().await },
+        ),
+        gantry_image::controller::repository::run_controller(
+            std::sync::Arc::new(image_repositories),
+            namespace,
+            settings.concurrency,
+            async move { stop3.cancelled().await },
         ),
         gantry_notification::run(client.clone(), alert_events, notification, shutdown.clone()),
     );

@@ -38,7 +38,7 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show the objects a Kustomization applied and their health.
     Tree(commands::get::TreeArgs),
-    /// Test ImagePolicy tag choices and setter markers offline.
+    /// Test ImagePolicy tag choices and setter markers offline; list a registry's tags.
     Image(commands::image::ImageArgs),
 }
 

@@ -38,6 +38,12 @@ enum ImageCommand {
     /// and left untouched while the other files are still updated; the exit code is then 1.
     /// Exit codes: 0 done (also when nothing changed); 1 some file failed; 2 usage (a bad --set).
     Update(UpdateArgs),
+    /// List a registry's tags as an ImageRepository sees them, one per line.
+    ///
+    /// Follows pagination to the end, authenticates like the controller (Basic or bearer
+    /// token, credentials from --docker-config) and drops tags matching the exclusion list
+    /// (by default `^.*\.sig$`). Exit codes: 0 listed; 1 the registry could not be listed.
+    Tags(super::image_tags::TagsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +116,7 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ImageCommand::Policy(a) => run_policy(a),
         ImageCommand::Update(a) => run_update(a),
+        ImageCommand::Tags(a) => super::image_tags::run(a),
     }
 }
 

@@ -188,6 +188,33 @@ fn controller_role() -> ClusterRole {
                 &["kustomizations/finalizers"],
                 &["update"],
             ),
+            rule(
+                &["image.toolkit.fluxcd.io"],
+                &[
+                    "imagerepositories",
+                    "imagepolicies",
+                    "imageupdateautomations",
+                ],
+                OBJECT,
+            ),
+            rule(
+                &["image.toolkit.fluxcd.io"],
+                &[
+                    "imagerepositories/status",
+                    "imagepolicies/status",
+                    "imageupdateautomations/status",
+                ],
+                STATUS,
+            ),
+            rule(
+                &["image.toolkit.fluxcd.io"],
+                &[
+                    "imagerepositories/finalizers",
+                    "imagepolicies/finalizers",
+                    "imageupdateautomations/finalizers",
+                ],
+                &["update"],
+            ),
             // Receivers: status written; Alerts and Providers: read; the webhook server annotates
             // any Flux kind a Receiver names (covered by the reconciler binding below).
             rule(

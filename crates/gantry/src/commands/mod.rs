@@ -6,6 +6,7 @@ pub mod ci;
 pub mod diff;
 pub mod get;
 pub mod image;
+pub mod image_tags;
 pub mod init;
 pub mod install;
 pub mod release;
@@ -17,5 +18,4 @@ pub mod webhook_url;
 pub const PLANNED: &str = "\
 Planned, not yet available:
   controllers for image automation in `gantry run`
-  image tags list a registry's tags as an ImageRepository sees them
   sandbox    a complete local pipeline: cluster, registry, git server, Gantry";
