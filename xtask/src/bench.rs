@@ -1,4 +1,5 @@
 //! `cargo xtask bench gitops`: Flux's benchmark shape on the local control plane.
+//! (`cargo xtask bench policy`, at [`policy`], needs no cluster.)
 //!
 //! N Kustomizations, each applying a Deployment (replicas 0), a ServiceAccount, a Service and an
 //! Ingress from one git repository, created at once; measured: the time until every one is
@@ -117,6 +118,24 @@ pub fn gitops(
         all.push(figures);
     }
     Ok(all)
+}
+
+/// `cargo xtask bench policy`: runs gantry-core's `policy_bench` example in release mode, which
+/// times each kind of ImagePolicy over `tags` generated tags and counts the heap allocations of
+/// one choice with a counting global allocator (kept out of xtask itself).
+pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the policy benchmark (release)...");
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "gantry-core"])
+        .args(["--example", "policy_bench", "--"])
+        .args([tags.to_string(), runs.to_string()])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("the policy benchmark failed");
+    }
+    Ok(())
 }
 
 fn build_release(workspace: &Path) -> Result<PathBuf> {

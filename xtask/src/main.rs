@@ -95,6 +95,15 @@ enum BenchTask {
         #[arg(long, default_value_t = 16)]
         concurrent: u16,
     },
+    /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
+    Policy {
+        /// How many tags.
+        #[arg(long, default_value_t = 100_000)]
+        tags: usize,
+        /// Timed runs per policy.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +216,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
             bench::gitops(&workspace_root(), &kubeconfig, &count, concurrent)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Policy { tags, runs }) => {
+            bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -214,7 +214,7 @@ impl Range {
     {
         let mut best: Option<(Version, I::Item)> = None;
         for tag in tags {
-            let Some(v) = parse_tag(tag.as_ref()) else {
+            let Some(v) = parse_tag_inner(tag.as_ref(), false) else {
                 continue;
             };
             if !self.matches(&v) {
@@ -228,15 +228,27 @@ impl Range {
     }
 }
 
+/// Like [`parse_tag`], without keeping the build metadata (which never affects matching or
+/// ordering): what choosing among many tags needs.
+pub fn parse_tag_for_precedence(tag: &str) -> Option<Version> {
+    parse_tag_inner(tag, false)
+}
+
 /// Parses a tag the way Flux's `version.ParseVersion` does: one optional lowercase `v`, then a
 /// strict semantic version (exactly three numeric parts without leading zeros, a valid
 /// pre-release and build metadata).
 pub fn parse_tag(tag: &str) -> Option<Version> {
+    parse_tag_inner(tag, true)
+}
+
+// Build metadata never takes part in matching or ordering; leaving it out (after validating it)
+// spares an allocation per tag with long metadata when choosing among many tags.
+fn parse_tag_inner(tag: &str, keep_build: bool) -> Option<Version> {
     let s = tag.strip_prefix('v').unwrap_or(tag);
     let mut parts = s.splitn(3, '.');
     let (major, minor, rest) = (parts.next()?, parts.next()?, parts.next()?);
     let (rest, build) = match rest.split_once('+') {
-        Some((r, b)) if !b.is_empty() => (r, BuildMetadata::new(b).ok()?),
+        Some((r, b)) if !b.is_empty() => (r, build_metadata(b, keep_build)?),
         Some(_) => return None,
         None => (rest, BuildMetadata::EMPTY),
     };
@@ -258,6 +270,17 @@ pub fn parse_tag(tag: &str) -> Option<Version> {
         pre,
         build,
     })
+}
+
+fn build_metadata(b: &str, keep: bool) -> Option<BuildMetadata> {
+    let valid = b
+        .split('.')
+        .all(|id| !id.is_empty() && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+    match (valid, keep) {
+        (false, _) => None,
+        (true, true) => BuildMetadata::new(b).ok(),
+        (true, false) => Some(BuildMetadata::EMPTY),
+    }
 }
 
 /// Parses a version the way Masterminds' lenient `NewVersion` does: optional `v`, one to three

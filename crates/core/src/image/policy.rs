@@ -15,9 +15,9 @@
 use std::cmp::Ordering;
 
 use ::semver::Version;
-use regex::Regex;
+use regex::{CaptureLocations, Regex};
 
-use crate::semver::{Range, RangeError, parse_tag};
+use crate::semver::{Range, RangeError, parse_tag_for_precedence};
 
 /// Why no tag could be chosen.
 #[derive(Debug, thiserror::Error)]
@@ -116,21 +116,21 @@ impl TagFilter {
     /// Writes the value the policy orders for `tag` into `out`; false when the pattern does not
     /// match (the tag is dropped).
     pub fn apply(&self, tag: &str, out: &mut String) -> bool {
+        self.apply_with(&mut self.pattern.capture_locations(), tag, out)
+    }
+
+    // `apply` with the caller's capture slots, so a long run of tags allocates nothing.
+    fn apply_with(&self, locs: &mut CaptureLocations, tag: &str, out: &mut String) -> bool {
         out.clear();
+        if self.pattern.captures_read(locs, tag).is_none() {
+            return false;
+        }
         if self.extract.is_empty() {
-            if !self.pattern.is_match(tag) {
-                return false;
-            }
             out.push_str(tag);
-            return true;
+        } else {
+            expand(&self.pattern, locs, tag, &self.extract, out);
         }
-        match self.pattern.captures(tag) {
-            Some(caps) => {
-                expand(&self.pattern, &caps, &self.extract, out);
-                true
-            }
-            None => false,
-        }
+        true
     }
 }
 
@@ -149,15 +149,16 @@ where
     let mut chooser = Chooser::new(policy);
     // Two buffers, swapped when the winner changes: no allocation per tag once warm.
     let mut scratch = String::new();
+    let mut locs = filter.map(|f| f.pattern.capture_locations());
     for tag in tags {
-        let key: &str = match filter {
-            Some(f) => {
-                if !f.apply(tag.as_ref(), &mut scratch) {
+        let key: &str = match (filter, locs.as_mut()) {
+            (Some(f), Some(locs)) => {
+                if !f.apply_with(locs, tag.as_ref(), &mut scratch) {
                     continue;
                 }
                 &scratch
             }
-            None => tag.as_ref(),
+            _ => tag.as_ref(),
         };
         match chooser.consider(key, filter.is_some())? {
             Verdict::Lose => {}
@@ -219,7 +220,7 @@ impl<'p, T: AsRef<str>> Chooser<'p, T> {
         }
         Ok(match self.policy {
             Policy::Semver(range) => {
-                let Some(v) = parse_tag(key).filter(|v| range.matches(v)) else {
+                let Some(v) = parse_tag_for_precedence(key).filter(|v| range.matches(v)) else {
                     return Ok(Verdict::Lose);
                 };
                 match &self.value {
@@ -281,7 +282,14 @@ fn parse_float(s: &str) -> Option<f64> {
 /// Go's `Regexp.Expand`: `$name` or `${name}` where a name is a run of letters, digits and `_`
 /// (a number without a leading zero is a group index), `$$` is a `$`; a group that does not
 /// exist or did not take part expands to nothing, and a malformed reference stays literal.
-pub fn expand(re: &Regex, caps: &regex::Captures<'_>, template: &str, out: &mut String) {
+pub fn expand(
+    re: &Regex,
+    locs: &CaptureLocations,
+    haystack: &str,
+    template: &str,
+    out: &mut String,
+) {
+    let group = |i: usize| locs.get(i).map(|(s, e)| &haystack[s..e]);
     let mut rest = template;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
@@ -296,15 +304,15 @@ pub fn expand(re: &Regex, caps: &regex::Captures<'_>, template: &str, out: &mut 
             continue;
         };
         rest = after;
-        let group = match group_number(name) {
-            Some(i) => caps.get(i),
+        let value = match group_number(name) {
+            Some(i) => group(i),
             None => re
                 .capture_names()
                 .position(|n| n == Some(name))
-                .and_then(|i| caps.get(i)),
+                .and_then(group),
         };
-        if let Some(m) = group {
-            out.push_str(m.as_str());
+        if let Some(v) = value {
+            out.push_str(v);
         }
     }
     out.push_str(rest);
@@ -343,6 +351,7 @@ fn group_number(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::semver::parse_tag;
 
     fn pick(policy: &Policy, filter: Option<&TagFilter>, tags: &[&str]) -> Result<String, String> {
         choose(policy, filter, tags.iter().copied())
@@ -540,10 +549,11 @@ mod tests {
     #[test]
     fn go_expand_rules() {
         let re = Regex::new(r"(?P<first>\w+)-(?P<second>\w+)(-(?P<opt>x))?").unwrap();
-        let caps = re.captures("ab-cd").unwrap();
+        let mut locs = re.capture_locations();
+        re.captures_read(&mut locs, "ab-cd").unwrap();
         let exp = |t: &str| {
             let mut out = String::new();
-            expand(&re, &caps, t, &mut out);
+            expand(&re, &locs, "ab-cd", t, &mut out);
             out
         };
         assert_eq!(exp("$second.$first"), "cd.ab");
