@@ -107,6 +107,7 @@ fn pushes_over_http_with_basic_auth() {
     let before = f.repo.remote_head("main");
     let req = request(&f.server.url("app.git"), creds);
     let work = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
     let p = pushed(
         commit_and_push(
             &req,
@@ -114,6 +115,10 @@ fn pushes_over_http_with_basic_auth() {
             replace("deploy/app.yaml", "1.0.0", "1.1.0", "app: 1.1.0"),
         )
         .unwrap(),
+    );
+    eprintln!(
+        "clone, edit, commit and push over HTTP: {:?}",
+        started.elapsed()
     );
     assert_eq!(p.branch, "main");
     assert_eq!(p.attempts, 1);
