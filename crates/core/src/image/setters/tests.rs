@@ -80,6 +80,12 @@ spec:
 }
 
 #[test]
+fn tags_anchors_and_sequences_around_the_scalar_stay() {
+    let input = "a: !!str old:1 # {\"$imagepolicy\": \"flux-system:app\"}\nb: &img old:1 # {\"$imagepolicy\": \"flux-system:app\"}\nc: *img\nd:\n  - old:1 # {\"$imagepolicy\": \"flux-system:app\"}\n  -   \"old:1\"\t# {\"$imagepolicy\": \"flux-system:app\"}\n";
+    assert_eq!(out(input), input.replace("old:1", "ghcr.io/org/app:1.2.0"));
+}
+
+#[test]
 fn tag_name_and_digest_setters() {
     let input = "image:\n  repository: old/repo # {\"$imagepolicy\": \"flux-system:pinned:name\"}\n  tag: \"1.0\" # {\"$imagepolicy\": \"flux-system:pinned:tag\"}\n  digest: sha256:old # {\"$imagepolicy\": \"flux-system:pinned:digest\"}\n  full: x # {\"$imagepolicy\": \"flux-system:pinned\"}\n  nodigest: sha256:zzz # {\"$imagepolicy\": \"flux-system:app:digest\"}\n";
     assert_eq!(
