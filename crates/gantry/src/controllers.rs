@@ -47,8 +47,31 @@ pub async fn run(
             events_tx.clone(),
         ))
         .with_metrics(metrics.clone());
-    // Tag lists of ImageRepositories, one file each, replaced per scan.
+    // Image automation: a scan that changes a tag list runs its policies at once, a policy whose
+    // latest image changes runs the automations of its namespace at once, and a pushed commit
+    // makes the GitRepository fetch at once: no hop waits for an interval.
     let images = gantry_image::tags::TagStore::new(settings.storage_path.join("images"));
+    let workdirs = settings.storage_path.join("automation");
+    std::fs::create_dir_all(&workdirs)
+        .with_context(|| format!("creating {}", workdirs.display()))?;
+    let image_automations = gantry_image::controller::automation::Context::new(client.clone())
+        .with_events(Events::new(
+            client.clone(),
+            gantry_image::controller::automation::FIELD_MANAGER,
+            events_tx.clone(),
+        ))
+        .with_metrics(metrics.clone())
+        .with_source_trigger(source.trigger())
+        .with_workdirs(workdirs);
+    let image_policies =
+        gantry_image::controller::policy::Context::new(client.clone(), images.clone())
+            .with_events(Events::new(
+                client.clone(),
+                gantry_image::controller::policy::FIELD_MANAGER,
+                events_tx.clone(),
+            ))
+            .with_metrics(metrics.clone())
+            .with_latest_hook(image_automations.policy_changed());
     let image_repositories =
         gantry_image::controller::repository::Context::new(client.clone(), images)
             .with_events(Events::new(
@@ -56,7 +79,8 @@ pub async fn run(
                 gantry_image::controller::repository::FIELD_MANAGER,
                 events_tx.clone(),
             ))
-            .with_metrics(metrics.clone());
+            .with_metrics(metrics.clone())
+            .with_scan_hook(image_policies.repository_changed());
     let (kustomize, requests) = gantry_kustomize::controller::Context::new(client.clone(), store);
     let kustomize = kustomize
         .with_events(Events::new(
@@ -71,6 +95,8 @@ pub async fn run(
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
     let stop3 = shutdown.clone();
+    let stop4 = shutdown.clone();
+    let stop5 = shutdown.clone();
     let notification = gantry_notification::Settings {
         receiver_addr: settings.receiver_addr,
         namespace: settings.watch_namespace.clone(),
@@ -80,7 +106,7 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, _, notifications) = tokio::join!(
+    let (_, _, _, _, _, notifications) = tokio::join!(
         gantry_source::controller::run_controller(
             std::sync::Arc::new(source),
             namespace,
@@ -99,6 +125,18 @@ pub async fn run(
             namespace,
             settings.concurrency,
             async move { stop3.cancelled().await },
+        ),
+        gantry_image::controller::policy::run_controller(
+            std::sync::Arc::new(image_policies),
+            namespace,
+            settings.concurrency,
+            async move { stop4.cancelled().await },
+        ),
+        gantry_image::controller::automation::run_controller(
+            std::sync::Arc::new(image_automations),
+            namespace,
+            settings.concurrency,
+            async move { stop5.cancelled().await },
         ),
         gantry_notification::run(client.clone(), alert_events, notification, shutdown.clone()),
     );
