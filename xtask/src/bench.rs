@@ -138,7 +138,7 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn build_release(workspace: &Path) -> Result<PathBuf> {
+pub fn build_release(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("Building gantry (release)...");
     let status = Command::new(cargo)

@@ -5,6 +5,7 @@
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 
 mod bench;
+mod bench_pipeline;
 mod cluster;
 // Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
 mod kustomize;
@@ -94,6 +95,12 @@ enum BenchTask {
         /// `gantry run --concurrent`.
         #[arg(long, default_value_t = 16)]
         concurrent: u16,
+    },
+    /// Push-to-running latency of the staging pipeline (registry webhook to rollout), per hop.
+    Pipeline {
+        /// How many tags to push, one after the other.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
@@ -216,6 +223,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
             bench::gitops(&workspace_root(), &kubeconfig, &count, concurrent)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Pipeline { runs }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_pipeline::pipeline(&workspace_root(), &kubeconfig, runs)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
