@@ -452,9 +452,12 @@ impl RegistryClient {
         }
         let mut stats = ListStats::default();
         let mut previous_last: Option<String> = None;
+        // Once a registry pages with `Link`, a page without one is the last.
+        let mut saw_link = false;
         loop {
             let response = self.get(url.clone(), None, "repository").await?;
             let link = next_link(response.headers(), &url);
+            saw_link |= link.is_some();
             let body = read_limited(response, &url).await?;
             let page: TagPage =
                 serde_json::from_slice(&body).map_err(|e| RegistryError::Malformed {
@@ -486,7 +489,7 @@ impl RegistryClient {
             url = match (link, last) {
                 (Some(next), _) => next,
                 // Without a Link header, a full page may mean more: ask from the last tag on.
-                (None, Some(last)) if full_page => {
+                (None, Some(last)) if full_page && !saw_link => {
                     let mut next = url.clone();
                     let pairs: Vec<(String, String)> = url
                         .query_pairs()
