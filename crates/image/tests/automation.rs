@@ -613,3 +613,60 @@ async fn two_automations_pushing_to_one_branch_both_land() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn digest_reflection_resolves_the_manifest_digest() {
+    gantry_testkit::with_namespace("img-digest", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let registry = Registry::start(RegistryAuth::Anonymous);
+        let image = registry.image("api");
+        let first = registry.push_variant("api", "1.0.0", "one").await;
+        let _controllers = start(&client, &ns);
+        create_image_repository(&client, &ns, "api", &image).await;
+        let spec = ImagePolicySpec {
+            policy: ImagePolicyChoice {
+                semver: Some(SemVerPolicy {
+                    range: ">=1.0.0".into(),
+                }),
+                ..Default::default()
+            },
+            digest_reflection_policy: Some(gantry_api::image::v1::ReflectionPolicy::IfNotPresent),
+            ..Default::default()
+        };
+        create_policy(&client, &ns, "api", "api", spec).await;
+        let policies: Api<ImagePolicy> = Api::namespaced(client.clone(), &ns);
+        let p = policy_status(&policies, "api", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.latest_ref.as_ref())
+                .is_some_and(|r| r.digest.is_some())
+        })
+        .await;
+        let latest = p.status.as_ref().unwrap().latest_ref.clone().unwrap();
+        assert_eq!(latest.tag, "1.0.0");
+        assert_eq!(latest.digest.as_deref(), Some(first.as_str()));
+        assert!(
+            policy_ready(&p)
+                .unwrap()
+                .2
+                .ends_with(&format!("with digest {first}"))
+        );
+
+        // A new release with other content: the new digest is resolved.
+        let second = registry.push_variant("api", "1.1.0", "two").await;
+        assert_ne!(first, second);
+        let images: Api<ImageRepository> = Api::namespaced(client.clone(), &ns);
+        request_reconcile(&images, "api").await;
+        let p = policy_status(&policies, "api", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.latest_ref.as_ref())
+                .is_some_and(|r| r.tag == "1.1.0")
+        })
+        .await;
+        let status = p.status.unwrap();
+        assert_eq!(status.latest_ref.unwrap().digest, Some(second));
+        assert_eq!(status.observed_previous_ref.unwrap().digest, Some(first));
+    })
+    .await;
+}
