@@ -72,6 +72,8 @@ spec:
 pub struct Figures {
     pub all_ready: Duration,
     pub peak_rss_mib: f64,
+    /// RSS (MiB) and CPU (% of one core) over 30 s once everything is Ready.
+    pub idle: (f64, f64),
     pub kubectl: Option<Duration>,
 }
 
@@ -103,9 +105,11 @@ pub fn gitops(
             concurrency,
         ))?;
         println!(
-            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB{}",
+            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB, idle afterwards RSS {:.0} MiB and {:.2}% of one core{}",
             figures.all_ready.as_secs_f64(),
             figures.peak_rss_mib,
+            figures.idle.0,
+            figures.idle.1,
             figures
                 .kubectl
                 .map(|d| format!(
@@ -283,10 +287,13 @@ async fn measure(
     }
     let all_ready = started.elapsed();
     peak = peak.max(peak_rss_mib(pid));
+    // Idle: every Kustomization applied, intervals (1h) far away; what does keeping watch cost?
+    let idle = crate::bench_pipeline::idle_usage(pid, Duration::from_secs(30)).await;
     drop(process);
     Ok(Figures {
         all_ready,
         peak_rss_mib: peak,
+        idle,
         kubectl: None,
     })
 }

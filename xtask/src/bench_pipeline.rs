@@ -532,7 +532,7 @@ async fn create_pipeline(
 }
 
 // RSS (MiB) at the end and CPU use (% of one core) of `pid` over `period`.
-async fn idle_usage(pid: u32, period: Duration) -> (f64, f64) {
+pub(crate) async fn idle_usage(pid: u32, period: Duration) -> (f64, f64) {
     let ticks = || -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the command name (which may contain spaces) start after ')'.
