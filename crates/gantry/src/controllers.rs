@@ -19,6 +19,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Where the webhook receiver server listens.
     pub receiver_addr: std::net::SocketAddr,
+    /// ServiceAccount Kustomizations without `spec.serviceAccountName` impersonate.
+    pub default_service_account: Option<String>,
 }
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -89,7 +91,8 @@ pub async fn run(
             events_tx,
         ))
         .with_metrics(metrics)
-        .with_config(config);
+        .with_config(config)
+        .with_default_service_account(settings.default_service_account.clone());
 
     let namespace = settings.watch_namespace.as_deref();
     let stop = shutdown.clone();

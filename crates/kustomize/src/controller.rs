@@ -47,6 +47,9 @@ pub struct Context {
     pub client: Client,
     /// The client's configuration, for impersonating `spec.serviceAccountName`.
     pub config: Option<kube::Config>,
+    /// Account impersonated when `spec.serviceAccountName` is unset (Flux's
+    /// `--default-service-account`): with it, nothing is applied with the controller's own rights.
+    pub default_service_account: Option<String>,
     pub applier: Applier,
     /// Artifacts of the GitRepository controller in the same process.
     pub artifacts: ArtifactStore,
@@ -74,6 +77,7 @@ impl Context {
             applier: Applier::new(client.clone(), KUSTOMIZE_FIELD_MANAGER),
             client,
             config: None,
+            default_service_account: None,
             artifacts,
             kustomize: Kustomize {
                 edit_in_place: true,
@@ -101,6 +105,13 @@ impl Context {
 
     pub fn with_config(mut self, config: kube::Config) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Impersonate this ServiceAccount (of the Kustomization's own namespace) when
+    /// `spec.serviceAccountName` is unset.
+    pub fn with_default_service_account(mut self, account: Option<String>) -> Self {
+        self.default_service_account = account.filter(|a| !a.is_empty());
         self
     }
 
@@ -590,9 +601,16 @@ async fn substitute_from(
         .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string()))
 }
 
-/// `spec.serviceAccountName`: apply as that account (impersonation), as Flux does for tenants.
+/// `spec.serviceAccountName`, else the default account: apply as that account of the
+/// Kustomization's namespace (impersonation), as Flux does for tenants.
 fn applier_for(ks: &Kustomization, ctx: &Context) -> Result<Applier, String> {
-    let Some(account) = &ks.spec.service_account_name else {
+    let account = ks
+        .spec
+        .service_account_name
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .or(ctx.default_service_account.as_ref());
+    let Some(account) = account else {
         return Ok(ctx.applier.clone());
     };
     let Some(config) = &ctx.config else {

@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "gantry-leader-election")]
     pub leader_election_id: String,
+    /// ServiceAccount (of the Kustomization's namespace) impersonated by Kustomizations that set
+    /// no `spec.serviceAccountName`, as Flux's `--default-service-account`: with it nothing is
+    /// applied with Gantry's own rights (`gantry install --multi-tenant` sets it).
+    #[arg(long, env = "GANTRY_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
     /// How many objects of one kind are reconciled at once.
     #[arg(long, env = "GANTRY_CONCURRENT", default_value_t = 8)]
     pub concurrent: u16,
@@ -166,6 +171,7 @@ async fn serve(args: &RunArgs) -> Result<()> {
             watch_namespace: args.watch_namespace.clone(),
             concurrency: args.concurrent,
             receiver_addr: args.receiver_addr,
+            default_service_account: args.default_service_account.clone(),
         };
         let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
         tokio::select! {
@@ -226,6 +232,11 @@ async fn wait_for_signal() {
     }
 }
 
+/// How long a Lease stays valid after its holder last renewed it.
+pub const LEASE_DURATION_SECONDS: u64 = 10;
+/// How long before expiry the holder renews (so every LEASE_DURATION - LEASE_GRACE = 6 s).
+pub const LEASE_GRACE_SECONDS: u64 = 4;
+
 /// Holding the Lease: `lost` fires when another replica took it over.
 struct Leadership {
     lost: CancellationToken,
@@ -253,13 +264,15 @@ async fn acquire_leadership(
             std::process::id()
         )
     });
-    // 15 s lease, renewed 5 s before it expires: a crashed leader is replaced within ~15 s.
+    // The standby sleeps until the lease expires, then takes it (after up to 1 s of jitter): a
+    // killed leader is replaced at most LEASE_DURATION + ~1 s after its last renewal, well within
+    // 15 s. Renewing LEASE_GRACE s early leaves a slow API server time to answer.
     let manager =
         kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.leader_election_id)
             .with_namespace(&args.leader_election_namespace)
             .with_identity(&identity)
-            .with_duration(15)
-            .with_grace(5)
+            .with_duration(LEASE_DURATION_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
             .with_field_manager("gantry")
             .build()
             .await
