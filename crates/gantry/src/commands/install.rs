@@ -31,6 +31,8 @@ pub const DEFAULT_NAMESPACE: &str = "gantry-system";
 
 /// Name shared by the ServiceAccount, Deployment, roles and bindings.
 const NAME: &str = "gantry";
+/// The `cluster-admin` binding (and, with `--multi-tenant`, the ServiceAccount holding it).
+pub const RECONCILER: &str = "gantry-reconciler";
 /// Port of `/healthz` and `/readyz`; `gantry run` must listen here by default.
 pub const HEALTH_PORT: i32 = 9440;
 /// Port of `/metrics`; `gantry run` must listen here by default.
@@ -53,6 +55,19 @@ pub struct InstallArgs {
     /// Container image of the controller.
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
+
+    /// Multi-tenancy lockdown: Gantry's own ServiceAccount gets only what the controllers need,
+    /// not `cluster-admin`, and every Kustomization applies as a ServiceAccount of its own
+    /// namespace (its `spec.serviceAccountName`, else `--default-service-account`). A
+    /// `gantry-reconciler` ServiceAccount bound to `cluster-admin` is created in Gantry's namespace
+    /// for the platform's own Kustomizations there to name.
+    #[arg(long)]
+    pub multi_tenant: bool,
+
+    /// With `--multi-tenant`: the ServiceAccount Kustomizations without `spec.serviceAccountName`
+    /// impersonate (passed to `gantry run --default-service-account`).
+    #[arg(long, default_value = "default", requires = "multi_tenant")]
+    pub default_service_account: String,
 }
 
 pub fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
@@ -67,7 +82,7 @@ pub fn render(args: &InstallArgs) -> anyhow::Result<String> {
         documents.push(to_value(&crd)?);
     }
     if !args.crds {
-        for object in manifests(&args.namespace, &args.image)? {
+        for object in manifests(args)? {
             documents.push(object);
         }
     }
@@ -84,25 +99,51 @@ fn to_value(object: &impl Serialize) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Everything except the CRDs, in apply order: namespace, identity, permissions, workload.
-fn manifests(namespace: &str, image: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    Ok(vec![
+fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let namespace = args.namespace.as_str();
+    let service_account = |name: &str| ServiceAccount {
+        metadata: meta(name, Some(namespace)),
+        ..Default::default()
+    };
+    let mut objects = vec![
         to_value(&namespace_object(namespace))?,
-        to_value(&ServiceAccount {
-            metadata: meta(NAME, Some(namespace)),
-            ..Default::default()
-        })?,
+        to_value(&service_account(NAME))?,
         to_value(&controller_role())?,
-        to_value(&cluster_binding(NAME, NAME, namespace))?,
-        to_value(&cluster_binding(
-            &format!("{NAME}-reconciler"),
+        to_value(&cluster_binding(NAME, NAME, namespace, NAME))?,
+    ];
+    if args.multi_tenant {
+        // cluster-admin goes to an account Gantry only acts as for Kustomizations of its own
+        // namespace that name it; tenants cannot name accounts of another namespace.
+        objects.push(to_value(&service_account(RECONCILER))?);
+        objects.push(to_value(&cluster_binding(
+            RECONCILER,
             "cluster-admin",
             namespace,
-        ))?,
+            RECONCILER,
+        ))?);
+    } else {
+        objects.push(to_value(&cluster_binding(
+            RECONCILER,
+            "cluster-admin",
+            namespace,
+            NAME,
+        ))?);
+    }
+    let run_args = if args.multi_tenant {
+        vec![
+            "run".to_string(),
+            format!("--default-service-account={}", args.default_service_account),
+        ]
+    } else {
+        vec!["run".to_string()]
+    };
+    objects.extend([
         to_value(&leader_election_role(namespace))?,
         to_value(&leader_election_binding(namespace))?,
-        to_value(&deployment(namespace, image))?,
+        to_value(&deployment(namespace, &args.image, run_args))?,
         to_value(&webhook_service(namespace))?,
-    ])
+    ]);
+    Ok(objects)
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -143,103 +184,109 @@ fn namespace_object(namespace: &str) -> Namespace {
     }
 }
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+fn rule(groups: &[&str], resources: &[impl AsRef<str>], verbs: &[&str]) -> PolicyRule {
     let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
     PolicyRule {
         api_groups: Some(strings(groups)),
-        resources: Some(strings(resources)),
+        resources: Some(resources.iter().map(|r| r.as_ref().to_string()).collect()),
         verbs: strings(verbs),
         ..Default::default()
     }
 }
 
-/// What the controllers themselves need: their own kinds (spec read, status written, finalizers
-/// managed) and events. Reading sources' Secrets and applying manifests is covered by the
-/// reconciler binding below.
+/// What the controllers themselves need, and nothing more (every `Api` the controllers call is
+/// listed here; `gantry install --multi-tenant` grants only this):
+/// - their own kinds: spec read, status written, finalizers managed;
+/// - the Flux kinds a Receiver may name: read and annotated with `requestedAt`;
+/// - Secrets and ConfigMaps read: git and registry credentials, `substituteFrom`, receiver tokens,
+///   provider addresses;
+/// - Events written; Namespaces read (ImagePolicy's `accessFrom` selects them by label);
+/// - ServiceAccounts impersonated: Kustomizations apply as their `spec.serviceAccountName`.
+///
+/// Applying arbitrary manifests is not here: that is the reconciler binding below, or the
+/// impersonated account's own rights.
 fn controller_role() -> ClusterRole {
+    const READ: &[&str] = &["get", "list", "watch"];
     const OBJECT: &[&str] = &["get", "list", "watch", "update", "patch"];
     const STATUS: &[&str] = &["get", "update", "patch"];
+    let sub = |kinds: &[&str], sub: &str| -> Vec<String> {
+        kinds.iter().map(|k| format!("{k}/{sub}")).collect()
+    };
+    let mut rules = Vec::new();
+    for (group, kinds) in SERVED_KINDS {
+        rules.push(rule(&[group], kinds, OBJECT));
+        rules.push(rule(&[group], &sub(kinds, "status"), STATUS));
+        rules.push(rule(&[group], &sub(kinds, "finalizers"), &["update"]));
+    }
+    rules.extend([
+        // Receivers: status written, nothing else; Alerts and Providers: read only.
+        rule(&["notification.toolkit.fluxcd.io"], &["receivers"], READ),
+        rule(
+            &["notification.toolkit.fluxcd.io"],
+            &["receivers/status"],
+            STATUS,
+        ),
+        rule(
+            &["notification.toolkit.fluxcd.io"],
+            &["alerts", "providers"],
+            READ,
+        ),
+        // Flux kinds Gantry does not serve that a Receiver may still name: annotated only.
+        rule(
+            &["source.toolkit.fluxcd.io"],
+            &[
+                "ocirepositories",
+                "buckets",
+                "helmcharts",
+                "helmrepositories",
+                "externalartifacts",
+            ],
+            &["get", "list", "patch"],
+        ),
+        rule(
+            &["helm.toolkit.fluxcd.io"],
+            &["helmreleases"],
+            &["get", "list", "patch"],
+        ),
+        rule(
+            &["source.extensions.fluxcd.io"],
+            &["artifactgenerators"],
+            &["get", "list", "patch"],
+        ),
+        rule(&[""], &["secrets", "configmaps"], &["get"]),
+        rule(&[""], &["namespaces"], &["get"]),
+        rule(&[""], &["serviceaccounts"], &["impersonate"]),
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+    ]);
     ClusterRole {
         metadata: meta(NAME, None),
-        rules: Some(vec![
-            rule(&["source.toolkit.fluxcd.io"], &["gitrepositories"], OBJECT),
-            rule(
-                &["source.toolkit.fluxcd.io"],
-                &["gitrepositories/status"],
-                STATUS,
-            ),
-            rule(
-                &["source.toolkit.fluxcd.io"],
-                &["gitrepositories/finalizers"],
-                &["update"],
-            ),
-            rule(
-                &["kustomize.toolkit.fluxcd.io"],
-                &["kustomizations"],
-                OBJECT,
-            ),
-            rule(
-                &["kustomize.toolkit.fluxcd.io"],
-                &["kustomizations/status"],
-                STATUS,
-            ),
-            rule(
-                &["kustomize.toolkit.fluxcd.io"],
-                &["kustomizations/finalizers"],
-                &["update"],
-            ),
-            rule(
-                &["image.toolkit.fluxcd.io"],
-                &[
-                    "imagerepositories",
-                    "imagepolicies",
-                    "imageupdateautomations",
-                ],
-                OBJECT,
-            ),
-            rule(
-                &["image.toolkit.fluxcd.io"],
-                &[
-                    "imagerepositories/status",
-                    "imagepolicies/status",
-                    "imageupdateautomations/status",
-                ],
-                STATUS,
-            ),
-            rule(
-                &["image.toolkit.fluxcd.io"],
-                &[
-                    "imagerepositories/finalizers",
-                    "imagepolicies/finalizers",
-                    "imageupdateautomations/finalizers",
-                ],
-                &["update"],
-            ),
-            // Receivers: status written; Alerts and Providers: read; the webhook server annotates
-            // any Flux kind a Receiver names (covered by the reconciler binding below).
-            rule(
-                &["notification.toolkit.fluxcd.io"],
-                &["receivers", "alerts", "providers"],
-                OBJECT,
-            ),
-            rule(
-                &["notification.toolkit.fluxcd.io"],
-                &["receivers/status"],
-                STATUS,
-            ),
-            rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
-        ]),
+        rules: Some(rules),
         ..Default::default()
     }
 }
 
-/// Binds a ClusterRole to Gantry's ServiceAccount.
+/// The kinds Gantry's controllers reconcile, by API group.
+const SERVED_KINDS: &[(&str, &[&str])] = &[
+    ("source.toolkit.fluxcd.io", &["gitrepositories"]),
+    ("kustomize.toolkit.fluxcd.io", &["kustomizations"]),
+    (
+        "image.toolkit.fluxcd.io",
+        &[
+            "imagerepositories",
+            "imagepolicies",
+            "imageupdateautomations",
+        ],
+    ),
+];
+
+/// Binds a ClusterRole to the ServiceAccount `account` of Gantry's namespace.
 ///
-/// `gantry-reconciler` binds `cluster-admin`, exactly as Flux binds its `cluster-reconciler`:
-/// a Kustomization may apply any kind of object (CRDs, RBAC, namespaces), so the applier needs
-/// every right. Tenants are confined with `spec.serviceAccountName`, which makes Gantry
-/// impersonate a less privileged ServiceAccount for that Kustomization.
-fn cluster_binding(name: &str, role: &str, namespace: &str) -> ClusterRoleBinding {
+/// By default `gantry-reconciler` binds `cluster-admin` to Gantry itself, exactly as Flux binds
+/// its `cluster-reconciler`: a Kustomization may apply any kind of object (CRDs, RBAC,
+/// namespaces), so the applier needs every right. Tenants are confined with
+/// `spec.serviceAccountName`, which makes Gantry impersonate a less privileged ServiceAccount for
+/// that Kustomization; `--multi-tenant` makes that the rule for every Kustomization.
+fn cluster_binding(name: &str, role: &str, namespace: &str, account: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(name, None),
         role_ref: RoleRef {
@@ -247,27 +294,28 @@ fn cluster_binding(name: &str, role: &str, namespace: &str) -> ClusterRoleBindin
             kind: "ClusterRole".into(),
             name: role.into(),
         },
-        subjects: Some(vec![service_account_subject(namespace)]),
+        subjects: Some(vec![service_account_subject(namespace, account)]),
     }
 }
 
-fn service_account_subject(namespace: &str) -> Subject {
+fn service_account_subject(namespace: &str, account: &str) -> Subject {
     Subject {
         kind: "ServiceAccount".into(),
-        name: NAME.into(),
+        name: account.into(),
         namespace: Some(namespace.into()),
         ..Default::default()
     }
 }
 
-/// Leader election only needs Leases in Gantry's own namespace.
+/// Leader election only needs Leases in Gantry's own namespace: read, created once, renewed and
+/// taken over by patch.
 fn leader_election_role(namespace: &str) -> Role {
     Role {
         metadata: meta(&format!("{NAME}-leader-election"), Some(namespace)),
         rules: Some(vec![rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "create", "patch"],
         )]),
     }
 }
@@ -281,7 +329,7 @@ fn leader_election_binding(namespace: &str) -> RoleBinding {
             kind: "Role".into(),
             name,
         },
-        subjects: Some(vec![service_account_subject(namespace)]),
+        subjects: Some(vec![service_account_subject(namespace, NAME)]),
     }
 }
 
@@ -348,15 +396,15 @@ fn webhook_service(namespace: &str) -> Service {
     }
 }
 
-fn deployment(namespace: &str, image: &str) -> Deployment {
+fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
     let quantity = |q: &str| Quantity(q.into());
     let container = Container {
         name: "manager".into(),
         image: Some(image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
-        // `gantry run` serves on HEALTH_PORT and METRICS_PORT by default; no flags here, so the
-        // manifest cannot drift from the command's options.
-        args: Some(vec!["run".into()]),
+        // `gantry run` serves on HEALTH_PORT and METRICS_PORT by default; no port flags here, so
+        // the manifest cannot drift from the command's options.
+        args: Some(args),
         env: Some(vec![
             // Leader election identity and lease namespace.
             field_env("POD_NAME", "metadata.name"),
@@ -472,6 +520,15 @@ mod tests {
             crds,
             namespace: DEFAULT_NAMESPACE.into(),
             image: DEFAULT_IMAGE.into(),
+            multi_tenant: false,
+            default_service_account: "default".into(),
+        }
+    }
+
+    fn multi_tenant() -> InstallArgs {
+        InstallArgs {
+            multi_tenant: true,
+            ..args(false)
         }
     }
 
@@ -551,7 +608,7 @@ mod tests {
             .iter()
             .map(|c| serde_json::to_value(c).unwrap())
             .collect();
-        expected.extend(manifests(DEFAULT_NAMESPACE, DEFAULT_IMAGE).unwrap());
+        expected.extend(manifests(&args(false)).unwrap());
         let parsed = parse(&render(&args(false)).unwrap());
         assert_eq!(parsed.len(), expected.len());
         for (parsed, expected) in parsed.iter().zip(&expected) {
@@ -580,9 +637,9 @@ mod tests {
     fn namespace_and_image_are_configurable() {
         let documents = parse(
             &render(&InstallArgs {
-                crds: false,
                 namespace: "ops".into(),
                 image: "registry.local/gantry:dev".into(),
+                ..multi_tenant()
             })
             .unwrap(),
         );
@@ -608,7 +665,7 @@ mod tests {
 
     #[test]
     fn deployment_runs_gantry_non_root_with_probes() {
-        let objects = manifests(DEFAULT_NAMESPACE, DEFAULT_IMAGE).unwrap();
+        let objects = manifests(&args(false)).unwrap();
         let deployment: Deployment = serde_json::from_value(
             objects
                 .into_iter()
@@ -621,7 +678,7 @@ mod tests {
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some(DEFAULT_IMAGE));
         assert!(DEFAULT_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
-        assert_eq!(container.args.as_ref().unwrap()[0], "run");
+        assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
         let probe_path = |p: &Option<Probe>| {
             p.as_ref()
                 .and_then(|p| p.http_get.as_ref())
@@ -657,28 +714,158 @@ mod tests {
         assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
     }
 
+    fn granted(role: &ClusterRole, group: &str, resource: &str, verb: &str) -> bool {
+        role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    }
+
     #[test]
     fn controller_role_covers_the_flux_kinds_and_their_status() {
         let role = controller_role();
-        let granted = |resource: &str, verb: &str| {
-            role.rules.iter().flatten().any(|r| {
-                r.resources.iter().flatten().any(|x| x == resource)
-                    && r.verbs.iter().any(|v| v == verb)
-            })
-        };
-        assert!(granted("receivers/status", "patch"));
+        let granted =
+            |group: &str, resource: &str, verb: &str| granted(&role, group, resource, verb);
+        let notification = "notification.toolkit.fluxcd.io";
+        assert!(granted(notification, "receivers/status", "patch"));
         for kind in ["alerts", "providers", "receivers"] {
-            assert!(granted(kind, "watch"), "{kind}");
+            assert!(granted(notification, kind, "watch"), "{kind}");
+            assert!(!granted(notification, kind, "patch"), "{kind} is only read");
         }
-        for kind in ["gitrepositories", "kustomizations"] {
-            assert!(granted(kind, "watch"), "{kind}");
-            assert!(granted(&format!("{kind}/status"), "patch"), "{kind}");
-            assert!(granted(&format!("{kind}/finalizers"), "update"), "{kind}");
+        for (group, kind) in [
+            ("source.toolkit.fluxcd.io", "gitrepositories"),
+            ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+            ("image.toolkit.fluxcd.io", "imagerepositories"),
+            ("image.toolkit.fluxcd.io", "imagepolicies"),
+            ("image.toolkit.fluxcd.io", "imageupdateautomations"),
+        ] {
+            assert!(granted(group, kind, "watch"), "{kind}");
+            assert!(granted(group, kind, "patch"), "{kind}");
+            assert!(granted(group, &format!("{kind}/status"), "patch"), "{kind}");
+            assert!(
+                granted(group, &format!("{kind}/finalizers"), "update"),
+                "{kind}"
+            );
+            assert!(!granted(group, kind, "create"), "{kind} is never created");
+            assert!(!granted(group, kind, "delete"), "{kind} is never deleted");
         }
-        assert!(granted("events", "create"));
+        // A Receiver may name kinds Gantry does not serve: it annotates them.
+        assert!(granted("helm.toolkit.fluxcd.io", "helmreleases", "patch"));
+        assert!(granted("", "events", "create"));
+        assert!(granted("events.k8s.io", "events", "patch"));
+        assert!(granted("", "secrets", "get"));
+        assert!(!granted("", "secrets", "list"), "secrets are read by name");
+        assert!(granted("", "configmaps", "get"));
+        assert!(granted("", "namespaces", "get"));
+        assert!(granted("", "serviceaccounts", "impersonate"));
         assert!(
-            !granted("leases", "create"),
+            !granted("coordination.k8s.io", "leases", "create"),
             "leases are granted in the namespace only"
         );
+        for rule in role.rules.iter().flatten() {
+            let wildcard = |items: &Option<Vec<String>>| items.iter().flatten().any(|i| i == "*");
+            assert!(
+                !wildcard(&rule.api_groups)
+                    && !wildcard(&rule.resources)
+                    && !rule.verbs.iter().any(|v| v == "*"),
+                "no wildcard: {rule:?}"
+            );
+        }
+    }
+
+    fn bindings(documents: &[Value]) -> Vec<(String, String, String)> {
+        documents
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+            .map(|d| {
+                (
+                    d["metadata"]["name"].as_str().unwrap().to_string(),
+                    d["roleRef"]["name"].as_str().unwrap().to_string(),
+                    d["subjects"][0]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_install_binds_cluster_admin_to_gantry_as_flux_does() {
+        let documents = manifests(&args(false)).unwrap();
+        assert_eq!(
+            bindings(&documents),
+            [
+                ("gantry".into(), "gantry".into(), "gantry".into()),
+                (RECONCILER.into(), "cluster-admin".into(), "gantry".into()),
+                (
+                    "gantry-leader-election".into(),
+                    "gantry-leader-election".into(),
+                    "gantry".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn multi_tenant_install_does_not_bind_cluster_admin_to_gantry() {
+        let documents = manifests(&multi_tenant()).unwrap();
+        let bindings = bindings(&documents);
+        assert!(
+            bindings
+                .iter()
+                .filter(|(_, role, _)| role == "cluster-admin")
+                .all(|(_, _, account)| account == RECONCILER),
+            "{bindings:?}"
+        );
+        assert!(
+            bindings
+                .iter()
+                .any(|(_, role, account)| role == "gantry" && account == "gantry")
+        );
+        let accounts: Vec<_> = documents
+            .iter()
+            .filter(|d| d["kind"] == "ServiceAccount")
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(accounts, ["gantry", RECONCILER]);
+        let deployment = documents
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .unwrap();
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+            serde_json::json!(["run", "--default-service-account=default"])
+        );
+        let custom = manifests(&InstallArgs {
+            default_service_account: "flux".into(),
+            ..multi_tenant()
+        })
+        .unwrap();
+        let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"][1],
+            "--default-service-account=flux"
+        );
+    }
+
+    #[test]
+    fn default_service_account_requires_multi_tenant() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            install: InstallArgs,
+        }
+        let err = Cli::try_parse_from(["install", "--default-service-account", "x"])
+            .err()
+            .expect("refused without --multi-tenant");
+        assert!(err.to_string().contains("--multi-tenant"), "{err}");
+        let cli = Cli::try_parse_from([
+            "install",
+            "--multi-tenant",
+            "--default-service-account",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.install.default_service_account, "x");
     }
 }
