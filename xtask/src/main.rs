@@ -1,7 +1,8 @@
 //! Developer tasks for Gantry, run as `cargo xtask <task>`.
 //!
 //! - `cluster up|down|status`: a real local Kubernetes control plane (see `cluster`).
-//! - `sandbox`: that control plane with Gantry's API installed by the `gantry` binary.
+//! - `sandbox up|down|push-image`: the reference pipeline (registry, git server, `gantry run`,
+//!   staging and production) on that control plane (see `sandbox`).
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 
 mod bench;
@@ -48,8 +49,12 @@ enum Task {
     /// Manage the local Kubernetes control plane.
     #[command(subcommand)]
     Cluster(ClusterTask),
-    /// Start the local control plane (or use GANTRY_KUBECONFIG) and install Gantry's API into it.
-    Sandbox,
+    /// The reference pipeline on loopback: control plane (or GANTRY_KUBECONFIG), registry, git
+    /// server, `gantry run`, staging and production. `cargo xtask sandbox` is `sandbox up`.
+    Sandbox {
+        #[command(subcommand)]
+        task: Option<SandboxTask>,
+    },
     /// Run the whole test suite against a control plane, starting one if needed.
     Test(TestArgs),
     /// Benchmarks that print figures (see docs/benchmarks.md).
@@ -67,6 +72,29 @@ enum ClusterTask {
     Status,
     /// Kill kube-apiserver and start it again (for fault tests).
     RestartApiserver,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxTask {
+    /// Bring the whole pipeline up and wait until staging and production are rolled out.
+    Up,
+    /// Stop everything `up` started (with the local control plane: the control plane too).
+    Down,
+    /// Push a new `web:TAG` to the sandbox registry (which announces it to Gantry by webhook).
+    PushImage {
+        /// e.g. `1a2b3c4-202602011200` (staging) or `1.1.0` (production).
+        tag: String,
+    },
+    /// Serve the sandbox's git repositories until killed (started detached by `up`).
+    #[command(hide = true)]
+    ServeGit {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -175,45 +203,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Task::Sandbox => {
-            let existing = cli.global.kubeconfig.clone();
-            let kubeconfig = match &existing {
-                Some(kubeconfig) => {
-                    use_existing(kubeconfig)?;
-                    kubeconfig.clone()
+        Task::Sandbox { task } => {
+            let existing = cli.global.kubeconfig.as_deref();
+            match task.unwrap_or(SandboxTask::Up) {
+                SandboxTask::Up => {
+                    if let Some(kubeconfig) = existing {
+                        use_existing(kubeconfig)?;
+                    }
+                    sandbox::up(&workspace_root(), &paths, &versions, existing)?;
                 }
-                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
-            };
-            let crds = sandbox::install_crds(&workspace_root(), &kubeconfig)?;
-            println!(
-                "Installed Gantry's API ({} CRDs): {}",
-                crds.len(),
-                crds.join(", ")
-            );
-            if existing.is_some() {
-                println!(
-                    "Run the controllers against it: KUBECONFIG={} cargo run -p gantry -- run --leader-elect=false --storage-path /tmp/gantry",
-                    kubeconfig.display()
-                );
-            } else {
-                let gantry = cluster::start_gantry(
-                    &paths,
-                    &sandbox::gantry_binary(&workspace_root()),
-                    &kubeconfig,
-                )?;
-                println!(
-                    "gantry run   pid {} (log {})",
-                    gantry.pid,
-                    gantry.log.display()
-                );
-                println!("  metrics    {}", gantry.metrics);
-                println!("  ready      {}", gantry.health);
+                SandboxTask::Down => sandbox::down(&paths, existing)?,
+                SandboxTask::PushImage { tag } => sandbox::push_image(&paths, &tag)?,
+                SandboxTask::ServeGit { root, port, user } => {
+                    sandbox::serve_git(&root, port, &user)?
+                }
             }
-            println!("Use it:   export KUBECONFIG={}", kubeconfig.display());
-            println!(
-                "          kubectl apply -f <your GitRepository and Kustomization>; kubectl get gitrepositories,kustomizations -A"
-            );
-            println!("Stop it:  cargo xtask cluster down");
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&cli.global, &paths, &versions, &args),

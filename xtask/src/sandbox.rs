@@ -1,15 +1,784 @@
-//! `cargo xtask sandbox`: the local control plane with Gantry's API installed by the `gantry`
-//! binary itself (`gantry install --crds`) and `gantry run` reconciling in the background, ready
-//! for `kubectl` and the `flux` CLI.
+//! `cargo xtask sandbox up|down|push-image`: the reference pipeline on loopback, in one command.
+//!
+//! `up` brings up (or reuses) the local control plane, server-side-applies the CRDs that
+//! `gantry install --crds` prints, and starts, as detached processes tagged with
+//! `GANTRY_CLUSTER=<state dir>` (so `sandbox down`, `cluster down` and a later `up` find them): a
+//! `docker-registry` whose notifications go to a `generic` Receiver, a git server that accepts
+//! authenticated pushes (testkit's `GitHttpServer` in `cargo xtask sandbox serve-git`), and
+//! `gantry run`. It pushes the sample repository (`apps/base`, `clusters/staging`,
+//! `clusters/production`) and two images, applies the Flux objects of the reference pipeline
+//! in `flux-system`, and waits until both environments are rolled out. See `docs/sandbox.md`.
+//!
+//! With an existing cluster (`--kubeconfig`) the processes are tagged with `<state>/sandbox`
+//! instead, so that stopping them never touches a local control plane sharing the state dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use gantry_api::image::v1::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
+use gantry_api::kustomize::v1::Kustomization;
+use gantry_api::notification::v1::Receiver;
+use gantry_api::source::v1::GitRepository;
+use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{self, Paths, process};
+
+/// The namespace of the Flux objects, as Flux's users expect it.
+pub const NAMESPACE: &str = "flux-system";
+/// The image both environments run.
+pub const IMAGE: &str = "web";
+/// The first staging image (`<sha>-<YYYYMMDDHHMM>`) and the first release.
+pub const FIRST_STAGING_TAG: &str = "0000000-202601010000";
+pub const FIRST_RELEASE_TAG: &str = "1.0.0";
+const GIT_USER: &str = "gantry";
+const MANAGER: &str = "gantry-sandbox";
+/// How long `up` waits for the pipeline to become Ready and rolled out.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const PASSWORD_ENV: &str = "GANTRY_SANDBOX_GIT_PASSWORD";
+
+/// Where the sandbox is and how to reach it, written by `up` to `<state>/sandbox/sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub kubeconfig: PathBuf,
+    /// `http://127.0.0.1:<port>`.
+    pub registry: String,
+    pub git_url: String,
+    pub git_user: String,
+    pub git_password: String,
+    /// Receiver name and full webhook URL.
+    pub webhooks: Vec<(String, String)>,
+    pub metrics: String,
+    pub health: String,
+    pub gantry_pid: u32,
+    pub gantry_log: PathBuf,
+    /// The `GANTRY_CLUSTER` tag of the sandbox's processes.
+    pub tag: PathBuf,
+}
+
+fn sandbox_dir(paths: &Paths) -> PathBuf {
+    paths.state.join("sandbox")
+}
+
+fn record_path(paths: &Paths) -> PathBuf {
+    sandbox_dir(paths).join("sandbox.json")
+}
+
+/// The tag of the sandbox's processes: the state dir itself for the local control plane (so
+/// `cluster down` stops them), a directory of their own on an existing cluster.
+fn tag(paths: &Paths, existing: bool) -> PathBuf {
+    if existing {
+        sandbox_dir(paths)
+    } else {
+        paths.state.clone()
+    }
+}
+
+/// Random hex from the kernel, for passwords and webhook tokens.
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Flux's (and Gantry's) `status.webhookPath`: `/hook/` + hex(sha256(token + name + namespace)).
+/// Known before the Receiver is reconciled, so the registry can be configured first.
+pub fn webhook_path(token: &str, name: &str, namespace: &str) -> String {
+    let digest = Sha256::digest(format!("{token}{name}{namespace}"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("/hook/{hex}")
+}
+
+/// `cargo xtask sandbox up`.
+pub fn up(
+    workspace: &Path,
+    paths: &Paths,
+    versions: &cluster::Versions,
+    existing: Option<&Path>,
+) -> Result<()> {
+    let started = Instant::now();
+    let kubeconfig = match existing {
+        Some(kubeconfig) => kubeconfig.to_path_buf(),
+        None => cluster::up(paths, versions, &cluster::UpOptions::default())?.kubeconfig,
+    };
+    let kustomize = match std::env::var_os("GANTRY_KUSTOMIZE") {
+        Some(path) => PathBuf::from(path),
+        None => crate::kustomize::ensure(&paths.cache)?,
+    };
+    let crds = install_crds(workspace, &kubeconfig)?;
+    println!("Installed Gantry's API ({} CRDs).", crds.len());
+
+    let tag = tag(paths, existing.is_some());
+    stop_processes(&tag);
+    let dir = sandbox_dir(paths);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let logs = tag.join("logs");
+
+    let receiver_port = cluster::free_port()?;
+    let github_token = random_hex(16)?;
+    let registry_token = random_hex(16)?;
+    let git_password = random_hex(12)?;
+    let receiver = format!("http://127.0.0.1:{receiver_port}");
+    let registry_hook = format!(
+        "{receiver}{}",
+        webhook_path(&registry_token, "registry", NAMESPACE)
+    );
+
+    let registry = start_registry(&tag, &dir, &logs, &registry_hook)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for tag in [FIRST_STAGING_TAG, FIRST_RELEASE_TAG] {
+        runtime
+            .block_on(gantry_testkit::registry::push_image(
+                &registry, IMAGE, tag, tag,
+            ))
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("pushing {IMAGE}:{tag} to {registry}"))?;
+    }
+    let image = format!("{}/{IMAGE}", registry.trim_start_matches("http://"));
+
+    let git_root = dir.join("git");
+    std::fs::create_dir_all(&git_root)?;
+    let repo = TestRepo::new(&git_root, "fleet");
+    for (path, text) in sample_repository(&image) {
+        repo.write(path, &text);
+    }
+    repo.commit("The reference pipeline: apps/base, clusters/staging, clusters/production");
+    repo.push("HEAD:refs/heads/main");
+    let git_url = start_git_server(&tag, &git_root, &logs, &git_password)?;
+
+    let gantry = cluster::start_gantry(
+        &gantry_binary(workspace),
+        &kubeconfig,
+        &cluster::GantryOptions {
+            tag: &tag,
+            dir: &tag,
+            receiver_port: Some(receiver_port),
+            env: &[("GANTRY_KUSTOMIZE", kustomize.as_os_str())],
+        },
+    )?;
+
+    let pipeline = Pipeline {
+        git_url: git_url.clone(),
+        git_password: git_password.clone(),
+        image,
+        github_token: github_token.clone(),
+        registry_token: registry_token.clone(),
+    };
+    let webhooks = runtime.block_on(async {
+        let client = cluster::client(&kubeconfig).await?;
+        apply_pipeline(&client, &pipeline).await?;
+        wait_ready(&client).await?;
+        let mut webhooks = Vec::new();
+        for (name, token) in [("github", &github_token), ("registry", &registry_token)] {
+            let receiver_object = Api::<Receiver>::namespaced(client.clone(), NAMESPACE)
+                .get(name)
+                .await?;
+            let path = receiver_object
+                .status
+                .and_then(|s| s.webhook_path)
+                .with_context(|| format!("Receiver {NAMESPACE}/{name} has no webhookPath"))?;
+            if path != webhook_path(token, name, NAMESPACE) {
+                bail!(
+                    "Receiver {NAMESPACE}/{name} serves {path}, not the path the registry was given"
+                );
+            }
+            webhooks.push((name.to_string(), format!("{receiver}{path}")));
+        }
+        anyhow::Ok(webhooks)
+    })?;
+
+    let record = Record {
+        kubeconfig,
+        registry,
+        git_url,
+        git_user: GIT_USER.into(),
+        git_password,
+        webhooks,
+        metrics: gantry.metrics.clone(),
+        health: gantry.health.clone(),
+        gantry_pid: gantry.pid,
+        gantry_log: gantry.log.clone(),
+        tag,
+    };
+    std::fs::write(record_path(paths), serde_json::to_string_pretty(&record)?)?;
+    print_summary(workspace, &record, started.elapsed());
+    Ok(())
+}
+
+/// `cargo xtask sandbox down`: with the local control plane, everything (as `cluster down`); on
+/// an existing cluster, the Flux objects (their Kustomizations prune what they applied) and the
+/// sandbox's processes.
+pub fn down(paths: &Paths, existing: Option<&Path>) -> Result<()> {
+    let Some(kubeconfig) = existing else {
+        return cluster::down(paths);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // While gantry still runs, so its finalizers prune staging and production.
+    let deleted = runtime.block_on(async {
+        let client = cluster::client(kubeconfig).await?;
+        delete_pipeline(&client).await
+    });
+    let stopped = process::stop_all(&tag(paths, true), Duration::from_secs(10));
+    let dir = sandbox_dir(paths);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    deleted?;
+    println!(
+        "The sandbox is down ({stopped} process(es) stopped; the cluster itself was left as it was)."
+    );
+    Ok(())
+}
+
+/// `cargo xtask sandbox push-image TAG`: a new image in the sandbox registry, which announces it
+/// to the `registry` Receiver itself.
+pub fn push_image(paths: &Paths, tag: &str) -> Result<()> {
+    let text = std::fs::read_to_string(record_path(paths))
+        .context("the sandbox is not up (no sandbox.json); run `cargo xtask sandbox` first")?;
+    let record: Record = serde_json::from_str(&text).context("reading sandbox.json")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let digest = runtime
+        .block_on(gantry_testkit::registry::push_image(
+            &record.registry,
+            IMAGE,
+            tag,
+            tag,
+        ))
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("pushing {IMAGE}:{tag} to {}", record.registry))?;
+    let image = format!(
+        "{}/{IMAGE}:{tag}",
+        record.registry.trim_start_matches("http://")
+    );
+    println!("Pushed {image} ({digest}).");
+    println!("The registry notifies the `registry` Receiver; watch it roll out:");
+    println!(
+        "  kubectl --kubeconfig {} -n staging get deploy web -w",
+        record.kubeconfig.display()
+    );
+    Ok(())
+}
+
+/// `cargo xtask sandbox serve-git`: testkit's git server in the foreground until killed, so it
+/// outlives the `up` that started it. The password comes from the environment, not argv.
+pub fn serve_git(root: &Path, port: u16, user: &str) -> Result<()> {
+    let password =
+        std::env::var(PASSWORD_ENV).with_context(|| format!("{PASSWORD_ENV} is not set"))?;
+    let server = GitHttpServer::start_on(
+        root,
+        HttpAuth::Basic {
+            username: user.into(),
+            password,
+        },
+        port,
+    )
+    .with_context(|| format!("serving git on 127.0.0.1:{port}"))?;
+    println!("serving {} on {}", root.display(), server.url(""));
+    loop {
+        std::thread::park();
+    }
+}
+
+// Registry, git server and gantry of an earlier `up` (the control plane's processes stay).
+fn stop_processes(tag: &Path) {
+    for (pid, cmdline) in process::find(tag) {
+        let ours = cmdline.contains("docker-registry")
+            || cmdline.contains("serve-git")
+            || (cmdline.contains("gantry") && cmdline.contains(" run "));
+        if ours {
+            process::stop_pid(pid, Duration::from_secs(10));
+        }
+    }
+}
+
+fn start_registry(tag: &Path, dir: &Path, logs: &Path, hook: &str) -> Result<String> {
+    let binary = Path::new(gantry_testkit::registry::DOCKER_REGISTRY);
+    if !binary.exists() {
+        bail!(
+            "{} is missing: install Debian's `docker-registry` package",
+            binary.display()
+        );
+    }
+    let port = cluster::free_port()?;
+    let root = dir.join("registry");
+    std::fs::create_dir_all(&root)?;
+    let config = root.join("config.yml");
+    // Blob uploads and pulls are ignored: only manifest pushes (new tags) are worth a scan.
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: {secret}\n\
+             notifications:\n  endpoints:\n    - name: gantry\n      url: {hook}\n      \
+             timeout: 2s\n      threshold: 3\n      backoff: 1s\n      ignore:\n        \
+             mediatypes: [application/octet-stream]\n        actions: [pull]\n",
+            data = root.join("data").display(),
+            secret = random_hex(16)?,
+        ),
+    )?;
+    let mut registry = process::spawn(
+        tag,
+        "docker-registry",
+        binary,
+        &["serve".to_string(), config.display().to_string()],
+        logs,
+    )?;
+    process::wait_until(&mut registry, Duration::from_secs(15), || {
+        cluster::port_open(port)
+    })?;
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+fn start_git_server(tag: &Path, root: &Path, logs: &Path, password: &str) -> Result<String> {
+    let port = cluster::free_port()?;
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let args = [
+        "sandbox".to_string(),
+        "serve-git".to_string(),
+        "--root".to_string(),
+        root.display().to_string(),
+        "--port".to_string(),
+        port.to_string(),
+        "--user".to_string(),
+        GIT_USER.to_string(),
+    ];
+    let mut server = process::spawn_with_env(
+        tag,
+        "git-server",
+        &exe,
+        &args,
+        logs,
+        &[(PASSWORD_ENV, std::ffi::OsStr::new(password))],
+    )?;
+    process::wait_until(&mut server, Duration::from_secs(15), || {
+        cluster::port_open(port)
+    })?;
+    Ok(format!("http://127.0.0.1:{port}/fleet.git"))
+}
+
+/// The sample application repository, laid out as the reference pipeline. The overlays pin the
+/// image through kustomize's `images:`, and the setter markers on `newTag` let
+/// ImageUpdateAutomation rewrite exactly that.
+fn sample_repository(image: &str) -> Vec<(&'static str, String)> {
+    let overlay = |ns: &str, tag: &str, policy: &str| {
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\n\
+             resources:\n  - namespace.yaml\n  - ../../apps/base\n\
+             images:\n  - name: web\n    newName: {image}\n    \
+             newTag: {tag} # {{\"$imagepolicy\": \"{NAMESPACE}:{policy}:tag\"}}\n"
+        )
+    };
+    let namespace =
+        |ns: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    vec![
+        (
+            "README.md",
+            "# fleet\n\nThe reference pipeline of `cargo xtask sandbox`: `apps/base` is the application, \
+             `clusters/staging` follows the newest `<sha>-<YYYYMMDDHHMM>` image, `clusters/production` \
+             the newest semver release. Gantry's ImageUpdateAutomation commits new tags here.\n"
+                .to_string(),
+        ),
+        (
+            "apps/base/kustomization.yaml",
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - deployment.yaml\n  - service.yaml\n"
+                .to_string(),
+        ),
+        (
+            "apps/base/deployment.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    app: web\n\
+             spec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: web\n  template:\n    \
+             metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n        \
+             - name: web\n          image: web\n          ports:\n            - containerPort: 8080\n"
+                .to_string(),
+        ),
+        (
+            "apps/base/service.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  \
+             ports:\n    - port: 80\n      targetPort: 8080\n"
+                .to_string(),
+        ),
+        ("clusters/staging/namespace.yaml", namespace("staging")),
+        (
+            "clusters/staging/kustomization.yaml",
+            overlay("staging", FIRST_STAGING_TAG, "web-staging"),
+        ),
+        ("clusters/production/namespace.yaml", namespace("production")),
+        (
+            "clusters/production/kustomization.yaml",
+            overlay("production", FIRST_RELEASE_TAG, "web-production"),
+        ),
+    ]
+}
+
+struct Pipeline {
+    git_url: String,
+    git_password: String,
+    image: String,
+    github_token: String,
+    registry_token: String,
+}
+
+/// The Flux objects of the pipeline, in apply order.
+fn pipeline_objects(p: &Pipeline) -> Vec<(ApiResource, serde_json::Value)> {
+    use serde_json::json;
+    let secret = |name: &str, data: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": NAMESPACE}, "stringData": data})
+    };
+    let meta = |name: &str| json!({"name": name, "namespace": NAMESPACE});
+    let kustomization = |name: &str| {
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+               "metadata": meta(name),
+               "spec": {"interval": "10m", "path": format!("./clusters/{name}"), "prune": true,
+                        "wait": true, "timeout": "2m",
+                        "sourceRef": {"kind": "GitRepository", "name": "fleet"}}})
+    };
+    let policy = |name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImagePolicy",
+               "metadata": meta(name), "spec": spec})
+    };
+    let receiver =
+        |name: &str, type_: &str, events: serde_json::Value, resource: serde_json::Value| {
+            json!({"apiVersion": "notification.toolkit.fluxcd.io/v1", "kind": "Receiver",
+               "metadata": meta(name),
+               "spec": {"type": type_, "events": events, "resources": [resource],
+                        "secretRef": {"name": format!("{name}-webhook-token")}}})
+        };
+    let secret_ar = ApiResource::erase::<Secret>(&());
+    let policy_ar = ApiResource::erase::<ImagePolicy>(&());
+    let kustomization_ar = ApiResource::erase::<Kustomization>(&());
+    let receiver_ar = ApiResource::erase::<Receiver>(&());
+    vec![
+        (
+            secret_ar.clone(),
+            secret(
+                "fleet-auth",
+                json!({"username": GIT_USER, "password": p.git_password}),
+            ),
+        ),
+        (
+            secret_ar.clone(),
+            secret("github-webhook-token", json!({"token": p.github_token})),
+        ),
+        (
+            secret_ar,
+            secret("registry-webhook-token", json!({"token": p.registry_token})),
+        ),
+        (
+            ApiResource::erase::<GitRepository>(&()),
+            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+                   "metadata": meta("fleet"),
+                   "spec": {"url": p.git_url, "interval": "1m", "ref": {"branch": "main"},
+                            "secretRef": {"name": "fleet-auth"}}}),
+        ),
+        (kustomization_ar.clone(), kustomization("staging")),
+        (kustomization_ar, kustomization("production")),
+        (
+            ApiResource::erase::<ImageRepository>(&()),
+            json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+                   "metadata": meta(IMAGE),
+                   "spec": {"image": p.image, "interval": "1m", "insecure": true}}),
+        ),
+        (
+            policy_ar.clone(),
+            policy(
+                "web-staging",
+                json!({
+                "imageRepositoryRef": {"name": IMAGE},
+                "filterTags": {"pattern": "^[a-f0-9]+-(?P<ts>[0-9]{12})$", "extract": "$ts"},
+                "policy": {"alphabetical": {"order": "asc"}}}),
+            ),
+        ),
+        (
+            policy_ar,
+            policy(
+                "web-production",
+                json!({
+                "imageRepositoryRef": {"name": IMAGE},
+                "policy": {"semver": {"range": ">=1.0.0"}}}),
+            ),
+        ),
+        (
+            ApiResource::erase::<ImageUpdateAutomation>(&()),
+            json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageUpdateAutomation",
+                   "metadata": meta("fleet"),
+                   "spec": {"interval": "1m",
+                            "sourceRef": {"kind": "GitRepository", "name": "fleet"},
+                            "git": {"checkout": {"ref": {"branch": "main"}},
+                                    "commit": {"author": {"name": "gantry", "email": "gantry@sandbox.invalid"}},
+                                    "push": {"branch": "main"}},
+                            "update": {"path": "./clusters", "strategy": "Setters"}}}),
+        ),
+        (
+            receiver_ar.clone(),
+            receiver(
+                "github",
+                "github",
+                json!(["ping", "push"]),
+                json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "name": "fleet"}),
+            ),
+        ),
+        (
+            receiver_ar,
+            receiver(
+                "registry",
+                "generic",
+                json!([]),
+                json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository", "name": IMAGE}),
+            ),
+        ),
+    ]
+}
+
+async fn apply_pipeline(client: &kube::Client, p: &Pipeline) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?;
+    namespaces
+        .patch(
+            NAMESPACE,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .with_context(|| format!("creating namespace {NAMESPACE}"))?;
+    for (ar, object) in pipeline_objects(p) {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &ar);
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {} {NAMESPACE}/{name}", ar.kind))?;
+    }
+    Ok(())
+}
+
+async fn delete_pipeline(client: &kube::Client) -> Result<()> {
+    let placeholder = Pipeline {
+        git_url: String::new(),
+        git_password: String::new(),
+        image: String::new(),
+        github_token: String::new(),
+        registry_token: String::new(),
+    };
+    let objects = pipeline_objects(&placeholder);
+    for (ar, object) in objects.iter().rev() {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, ar);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {} {name}", ar.kind)),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (ar, object) in &objects {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, ar);
+        while api.get_opt(name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} {NAMESPACE}/{name} was not deleted within 60s (a finalizer left?)",
+                    ar.kind
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The Ready condition of an object: (status is True, "reason: message").
+fn ready_condition(object: &DynamicObject) -> (bool, String) {
+    let conditions = object.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match conditions.iter().find(|c| c["type"] == "Ready") {
+        Some(c) => (
+            c["status"] == "True",
+            format!(
+                "{}: {}",
+                c["reason"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            ),
+        ),
+        None => (false, "no Ready condition yet".into()),
+    }
+}
+
+/// Waits until every Flux object is Ready and both Deployments run their first image; fails
+/// naming what is not, with its Ready message.
+async fn wait_ready(client: &kube::Client) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let kinds: Vec<(ApiResource, &[&str])> = vec![
+        (ApiResource::erase::<GitRepository>(&()), &["fleet"]),
+        (ApiResource::erase::<ImageRepository>(&()), &[IMAGE]),
+        (
+            ApiResource::erase::<ImagePolicy>(&()),
+            &["web-staging", "web-production"],
+        ),
+        (ApiResource::erase::<ImageUpdateAutomation>(&()), &["fleet"]),
+        (ApiResource::erase::<Receiver>(&()), &["github", "registry"]),
+        (
+            ApiResource::erase::<Kustomization>(&()),
+            &["staging", "production"],
+        ),
+    ];
+    for (ar, names) in &kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, ar);
+        for name in *names {
+            loop {
+                let (ready, message) = match api.get_opt(name).await? {
+                    Some(object) => ready_condition(&object),
+                    None => (false, "it does not exist".into()),
+                };
+                if ready {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} {NAMESPACE}/{name} did not become Ready within {READY_TIMEOUT:?}: {message}",
+                        ar.kind
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for (ns, tag) in [
+        ("staging", FIRST_STAGING_TAG),
+        ("production", FIRST_RELEASE_TAG),
+    ] {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        loop {
+            let deployment = api.get_opt("web").await?;
+            if deployment.as_ref().is_some_and(|d| rolled_out(d, tag)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let state = deployment.map_or("it does not exist".to_string(), |d| {
+                    format!("image {:?}, status {:?}", deployment_image(&d), d.status)
+                });
+                bail!(
+                    "Deployment {ns}/web did not roll out {IMAGE}:{tag} within {READY_TIMEOUT:?}: {state}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The image of the Deployment's first container.
+pub fn deployment_image(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()
+}
+
+/// Runs `…:tag`, every replica updated and available.
+pub fn rolled_out(d: &Deployment, tag: &str) -> bool {
+    let image_ok = deployment_image(d).is_some_and(|i| i.ends_with(&format!(":{tag}")));
+    let Some(status) = &d.status else {
+        return false;
+    };
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    image_ok
+        && status.observed_generation >= d.metadata.generation
+        && status.updated_replicas == Some(want)
+        && status.available_replicas == Some(want)
+        && status.replicas == Some(want)
+}
+
+fn print_summary(workspace: &Path, r: &Record, took: Duration) {
+    let registry_host = r.registry.trim_start_matches("http://");
+    let rel = |p: &str| workspace.join(p).display().to_string();
+    println!(
+        "The sandbox is up ({:.1}s): staging runs {IMAGE}:{FIRST_STAGING_TAG}, production {IMAGE}:{FIRST_RELEASE_TAG}.",
+        took.as_secs_f64()
+    );
+    println!("  kubeconfig   {}", r.kubeconfig.display());
+    println!(
+        "  registry     {} (image {registry_host}/{IMAGE}, anonymous, notifies the `registry` Receiver)",
+        r.registry
+    );
+    println!(
+        "  git          {} (user {} password {})",
+        r.git_url, r.git_user, r.git_password
+    );
+    println!(
+        "  gantry run   pid {} (log {})",
+        r.gantry_pid,
+        r.gantry_log.display()
+    );
+    println!("  metrics      {}", r.metrics);
+    println!("  ready        {}", r.health);
+    for (name, url) in &r.webhooks {
+        println!("  webhook      {name:<9} {url}");
+    }
+    println!(
+        "  dashboard    {}",
+        rel("deploy/grafana/gantry-dashboard.json")
+    );
+    println!(
+        "  alert rules  {}",
+        rel("deploy/prometheus/gantry-rules.yaml")
+    );
+    println!("Try it:");
+    println!("  export KUBECONFIG={}", r.kubeconfig.display());
+    println!(
+        "  cargo xtask sandbox push-image 1a2b3c4-202602011200   # staging follows <sha>-<YYYYMMDDHHMM>"
+    );
+    println!("  kubectl -n staging get deploy web -w");
+    println!(
+        "  cargo xtask sandbox push-image 1.1.0                  # production follows releases"
+    );
+    println!("  cargo run -p gantry -- get all -A");
+    println!("  cargo run -p gantry -- tree staging -n {NAMESPACE}");
+    let authed = r.git_url.replacen(
+        "http://",
+        &format!("http://{}:{}@", r.git_user, r.git_password),
+        1,
+    );
+    println!("  git clone {authed}   # the automation's commits are here");
+    println!("Stop it:  cargo xtask sandbox down");
+}
 
 /// Builds and runs `gantry install --crds`, server-side-applies what it prints to the cluster
 /// in `kubeconfig`, and waits until every CRD is Established. Returns the CRD names.

@@ -225,14 +225,21 @@ pub struct GitHttpServer {
 impl GitHttpServer {
     /// Serves every repository under `root` on a free loopback port.
     pub fn start(root: &Path, auth: HttpAuth) -> Self {
-        Self::launch(root, auth, None)
+        Self::launch(root, auth, None, 0).expect("bind 127.0.0.1")
+    }
+
+    /// Like [`start`](Self::start), on a given loopback port; fails when the port is taken. For
+    /// a server in a foreground process of its own (the sandbox's), which serves until killed.
+    pub fn start_on(root: &Path, auth: HttpAuth, port: u16) -> io::Result<Self> {
+        Self::launch(root, auth, None, port)
     }
 
     /// Like [`start`](Self::start), over HTTPS with a certificate for `127.0.0.1` and
     /// `localhost` issued by a fresh CA ([`ca_pem`](Self::ca_pem)).
     pub fn start_tls(root: &Path, auth: HttpAuth) -> Self {
         let (ca_pem, config) = tls_config();
-        let mut server = Self::launch(root, auth, Some(Arc::new(config)));
+        let mut server =
+            Self::launch(root, auth, Some(Arc::new(config)), 0).expect("bind 127.0.0.1");
         server.ca_pem = Some(ca_pem);
         server
     }
@@ -242,13 +249,18 @@ impl GitHttpServer {
         self.ca_pem.as_deref()
     }
 
-    fn launch(root: &Path, auth: HttpAuth, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    fn launch(
+        root: &Path,
+        auth: HttpAuth,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        port: u16,
+    ) -> io::Result<Self> {
         assert!(
             Path::new(GIT_HTTP_BACKEND).exists(),
             "{GIT_HTTP_BACKEND} is missing: install Debian's `git` package"
         );
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let port = listener.local_addr().expect("local address").port();
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let root = root.to_owned();
@@ -282,13 +294,13 @@ impl GitHttpServer {
                 }
             })
         };
-        GitHttpServer {
+        Ok(GitHttpServer {
             port,
             ca_pem: None,
             stop,
             counters,
             accept: Some(accept),
-        }
+        })
     }
 
     /// The port it listens on.

@@ -241,28 +241,9 @@ impl Registry {
     /// Like [`Registry::push`], with `variant` mixed into the layer so the digest differs.
     pub async fn push_variant(&self, repository: &str, tag: &str, variant: &str) -> String {
         let auth = self.auth_header(repository).await;
-        let config =
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-        let layer = format!("gantry test layer for {repository} {variant}").into_bytes();
-        let config_digest = self.upload_blob(repository, config, &auth).await;
-        let layer_digest = self.upload_blob(repository, &layer, &auth).await;
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer.len(),
-            }],
-        })
-        .to_string();
-        self.put_manifest(repository, tag, manifest.as_bytes(), &auth)
+        push_tiny_image(&self.http, &self.base(), repository, tag, variant, &auth)
             .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Pushes `tags` of the same manifest through the API, several at a time.
@@ -273,7 +254,11 @@ impl Registry {
         let manifest = self.manifest(repository, first).await;
         let auth = self.auth_header(repository).await;
         futures::stream::iter(&tags[1..])
-            .map(|tag| self.put_manifest(repository, tag, &manifest, &auth))
+            .map(|tag| async {
+                put_manifest(&self.http, &self.base(), repository, tag, &manifest, &auth)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
             .buffer_unordered(8)
             .collect::<Vec<_>>()
             .await;
@@ -345,87 +330,6 @@ impl Registry {
         response.bytes().await.expect("manifest body").to_vec()
     }
 
-    async fn upload_blob(&self, repository: &str, data: &[u8], auth: &Option<String>) -> String {
-        let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
-        let base = self.base();
-        let head = with_auth(
-            self.http
-                .head(format!("{base}/v2/{repository}/blobs/{digest}")),
-            auth,
-        )
-        .send()
-        .await
-        .expect("HEAD blob");
-        if head.status().is_success() {
-            return digest;
-        }
-        let start = with_auth(
-            self.http
-                .post(format!("{base}/v2/{repository}/blobs/uploads/")),
-            auth,
-        )
-        .send()
-        .await
-        .expect("POST blob upload");
-        assert_eq!(
-            start.status().as_u16(),
-            202,
-            "starting an upload: {}",
-            start.text().await.unwrap_or_default()
-        );
-        let location = start
-            .headers()
-            .get("location")
-            .and_then(|l| l.to_str().ok())
-            .expect("upload Location")
-            .to_owned();
-        let mut url = reqwest::Url::parse(&base)
-            .and_then(|b| b.join(&location))
-            .expect("upload URL");
-        url.query_pairs_mut().append_pair("digest", &digest);
-        let done = with_auth(self.http.put(url), auth)
-            .header("Content-Type", "application/octet-stream")
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("PUT blob");
-        assert_eq!(
-            done.status().as_u16(),
-            201,
-            "finishing an upload: {}",
-            done.text().await.unwrap_or_default()
-        );
-        digest
-    }
-
-    async fn put_manifest(
-        &self,
-        repository: &str,
-        tag: &str,
-        manifest: &[u8],
-        auth: &Option<String>,
-    ) -> String {
-        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base());
-        let response = with_auth(self.http.put(&url), auth)
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .body(manifest.to_vec())
-            .send()
-            .await
-            .expect("PUT manifest");
-        assert_eq!(
-            response.status().as_u16(),
-            201,
-            "PUT {url}: {}",
-            response.text().await.unwrap_or_default()
-        );
-        response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|d| d.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(manifest))))
-    }
-
     // What the push helper authenticates with: Basic, or a token it signs itself.
     async fn auth_header(&self, repository: &str) -> Option<String> {
         match (&self.auth, &self.token) {
@@ -461,6 +365,138 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pushes a tiny image (see [`Registry::push_variant`]) as `repository:tag` to a registry that
+/// is already running at `base` (`http://127.0.0.1:5000`), anonymously, and returns the manifest
+/// digest. For registries this process did not start, e.g. the sandbox's.
+pub async fn push_image(
+    base: &str,
+    repository: &str,
+    tag: &str,
+    variant: &str,
+) -> Result<String, String> {
+    push_tiny_image(&test_client(None), base, repository, tag, variant, &None).await
+}
+
+// A config blob, one layer with `variant` in it, and an OCI manifest, through the registry API.
+async fn push_tiny_image(
+    http: &reqwest::Client,
+    base: &str,
+    repository: &str,
+    tag: &str,
+    variant: &str,
+    auth: &Option<String>,
+) -> Result<String, String> {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = format!("gantry test layer for {repository} {variant}").into_bytes();
+    let config_digest = upload_blob(http, base, repository, config, auth).await?;
+    let layer_digest = upload_blob(http, base, repository, &layer, auth).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": layer.len(),
+        }],
+    })
+    .to_string();
+    put_manifest(http, base, repository, tag, manifest.as_bytes(), auth).await
+}
+
+async fn upload_blob(
+    http: &reqwest::Client,
+    base: &str,
+    repository: &str,
+    data: &[u8],
+    auth: &Option<String>,
+) -> Result<String, String> {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
+    let head = with_auth(
+        http.head(format!("{base}/v2/{repository}/blobs/{digest}")),
+        auth,
+    )
+    .send()
+    .await
+    .map_err(|e| format!("HEAD blob at {base}: {e}"))?;
+    if head.status().is_success() {
+        return Ok(digest);
+    }
+    let start = with_auth(
+        http.post(format!("{base}/v2/{repository}/blobs/uploads/")),
+        auth,
+    )
+    .send()
+    .await
+    .map_err(|e| format!("starting a blob upload at {base}: {e}"))?;
+    if start.status().as_u16() != 202 {
+        return Err(format!(
+            "starting an upload: {}: {}",
+            start.status(),
+            start.text().await.unwrap_or_default()
+        ));
+    }
+    let location = start
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .ok_or("the registry gave no upload Location")?
+        .to_owned();
+    let mut url = reqwest::Url::parse(base)
+        .and_then(|b| b.join(&location))
+        .map_err(|e| format!("upload URL {location:?}: {e}"))?;
+    url.query_pairs_mut().append_pair("digest", &digest);
+    let done = with_auth(http.put(url), auth)
+        .header("Content-Type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .map_err(|e| format!("PUT blob: {e}"))?;
+    if done.status().as_u16() != 201 {
+        return Err(format!(
+            "finishing an upload: {}: {}",
+            done.status(),
+            done.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(digest)
+}
+
+async fn put_manifest(
+    http: &reqwest::Client,
+    base: &str,
+    repository: &str,
+    tag: &str,
+    manifest: &[u8],
+    auth: &Option<String>,
+) -> Result<String, String> {
+    let url = format!("{base}/v2/{repository}/manifests/{tag}");
+    let response = with_auth(http.put(&url), auth)
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .map_err(|e| format!("PUT {url}: {e}"))?;
+    if response.status().as_u16() != 201 {
+        return Err(format!(
+            "PUT {url}: {}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|d| d.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(manifest)))))
 }
 
 fn with_auth(request: reqwest::RequestBuilder, auth: &Option<String>) -> reqwest::RequestBuilder {

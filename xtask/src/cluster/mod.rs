@@ -6,7 +6,7 @@
 
 mod build;
 mod certs;
-mod process;
+pub mod process;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -309,6 +309,9 @@ fn start(
         "--cidr=10.244.0.0/16".to_string(),
         "--node-ip=127.0.0.1".to_string(),
         format!("--server-address=127.0.0.1:{kwok_port}"),
+        // Without node leases kwok heartbeats a node only every ~10 minutes; the node lifecycle
+        // controller then marks it NotReady after 50 s, and with it every Pod on it, for good.
+        "--node-lease-duration-seconds=40".to_string(),
     ];
     eprintln!("Starting kwok");
     let mut kwok = process::spawn(state, "kwok", &bin.kwok, &kwok_args, &logs)?;
@@ -575,12 +578,12 @@ fn print_summary(record: &Record, paths: &Paths, took: Duration) {
 }
 
 /// A port the kernel just handed out; released at once for the component to bind.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-fn port_open(port: u16) -> bool {
+pub fn port_open(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
@@ -604,31 +607,51 @@ pub struct GantryProcess {
     pub log: PathBuf,
 }
 
-/// Starts `gantry run` in the background against the local cluster, tagged like the cluster's
-/// own processes so `cluster down` stops it too. A previous one is stopped first.
-pub fn start_gantry(paths: &Paths, binary: &Path, kubeconfig: &Path) -> Result<GantryProcess> {
-    for (pid, cmdline) in process::find(&paths.state) {
+/// How a background `gantry run` is started by [`start_gantry`].
+pub struct GantryOptions<'a> {
+    /// Its `GANTRY_CLUSTER` tag: the state directory whose `down` stops it.
+    pub tag: &'a Path,
+    /// Where its log and storage go.
+    pub dir: &'a Path,
+    /// `--receiver-addr 127.0.0.1:<port>`; a free port when `None`.
+    pub receiver_port: Option<u16>,
+    /// Extra environment, e.g. `GANTRY_KUSTOMIZE`.
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
+}
+
+/// Starts `gantry run` in the background against the cluster in `kubeconfig`, tagged like the
+/// cluster's own processes so `cluster down` stops it too. A previous one is stopped first.
+pub fn start_gantry(
+    binary: &Path,
+    kubeconfig: &Path,
+    opts: &GantryOptions<'_>,
+) -> Result<GantryProcess> {
+    for (pid, cmdline) in process::find(opts.tag) {
         if cmdline.contains(" run ") && cmdline.contains("gantry") {
             process::stop_pid(pid, Duration::from_secs(10));
         }
     }
     let (metrics_port, health_port) = (free_port()?, free_port()?);
-    let storage = paths.state.join("gantry-storage");
+    let receiver_port = opts.receiver_port.map_or_else(free_port, Ok)?;
+    let storage = opts.dir.join("gantry-storage");
     fs::create_dir_all(&storage)?;
     let args = vec![
         "run".to_string(),
         "--leader-elect=false".to_string(),
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         format!("--health-addr=127.0.0.1:{health_port}"),
+        format!("--receiver-addr=127.0.0.1:{receiver_port}"),
         format!("--storage-path={}", storage.display()),
     ];
+    let mut env = vec![("KUBECONFIG", kubeconfig.as_os_str())];
+    env.extend_from_slice(opts.env);
     let mut gantry = process::spawn_with_env(
-        &paths.state,
+        opts.tag,
         "gantry",
         binary,
         &args,
-        &paths.logs(),
-        &[("KUBECONFIG", kubeconfig.as_os_str())],
+        &opts.dir.join("logs"),
+        &env,
     )?;
     let health = format!("127.0.0.1:{health_port}");
     process::wait_until(&mut gantry, Duration::from_secs(30), || {
