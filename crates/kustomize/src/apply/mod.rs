@@ -258,12 +258,21 @@ pub enum ApplyError {
     #[error("{message}")]
     Wait { message: String },
 
-    #[error("{}: {source}", .id.display())]
+    #[error("{}: {}", .id.display(), api_message(source))]
     Kube {
         id: Box<ObjectId>,
         #[source]
         source: Box<kube::Error>,
     },
+}
+
+/// The API server's reason and message (`Forbidden: configmaps "x" is forbidden: User ...`),
+/// not kube's debug dump of the whole Status, which would bury them in a Ready condition.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{}: {}", status.reason, status.message),
+        other => other.to_string(),
+    }
 }
 
 impl ApplyError {
