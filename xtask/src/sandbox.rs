@@ -117,7 +117,11 @@ pub fn up(
         None => crate::kustomize::ensure(&paths.cache)?,
     };
     let crds = install_crds(workspace, &kubeconfig)?;
-    println!("Installed Gantry's API ({} CRDs).", crds.len());
+    println!(
+        "Installed Gantry's API ({} CRDs); cluster and CRDs ready after {:.1}s.",
+        crds.len(),
+        started.elapsed().as_secs_f64()
+    );
 
     let tag = tag(paths, existing.is_some());
     stop_processes(&tag);
@@ -174,6 +178,10 @@ pub fn up(
         },
     )?;
 
+    println!(
+        "Registry, git server and gantry run started after {:.1}s; applying the pipeline.",
+        started.elapsed().as_secs_f64()
+    );
     let pipeline = Pipeline {
         git_url: git_url.clone(),
         git_password: git_password.clone(),
@@ -184,24 +192,20 @@ pub fn up(
     let webhooks = runtime.block_on(async {
         let client = cluster::client(&kubeconfig).await?;
         apply_pipeline(&client, &pipeline).await?;
-        wait_ready(&client).await?;
-        let mut webhooks = Vec::new();
-        for (name, token) in [("github", &github_token), ("registry", &registry_token)] {
-            let receiver_object = Api::<Receiver>::namespaced(client.clone(), NAMESPACE)
-                .get(name)
-                .await?;
-            let path = receiver_object
-                .status
-                .and_then(|s| s.webhook_path)
-                .with_context(|| format!("Receiver {NAMESPACE}/{name} has no webhookPath"))?;
-            if path != webhook_path(token, name, NAMESPACE) {
-                bail!(
-                    "Receiver {NAMESPACE}/{name} serves {path}, not the path the registry was given"
-                );
-            }
-            webhooks.push((name.to_string(), format!("{receiver}{path}")));
-        }
-        anyhow::Ok(webhooks)
+        let hooks = [
+            ("github", webhook_path(&github_token, "github", NAMESPACE)),
+            (
+                "registry",
+                webhook_path(&registry_token, "registry", NAMESPACE),
+            ),
+        ];
+        wait_ready(&client, &hooks).await?;
+        anyhow::Ok(
+            hooks
+                .iter()
+                .map(|(name, path)| (name.to_string(), format!("{receiver}{path}")))
+                .collect::<Vec<_>>(),
+        )
     })?;
 
     let record = Record {
@@ -226,9 +230,15 @@ pub fn up(
 /// an existing cluster, the Flux objects (their Kustomizations prune what they applied) and the
 /// sandbox's processes.
 pub fn down(paths: &Paths, existing: Option<&Path>) -> Result<()> {
-    let Some(kubeconfig) = existing else {
+    // A sandbox on an existing cluster is taken down as such even without `--kubeconfig`.
+    let recorded = read_record(paths)
+        .ok()
+        .filter(|r| r.tag == sandbox_dir(paths))
+        .map(|r| r.kubeconfig);
+    let Some(kubeconfig) = existing.map(Path::to_path_buf).or(recorded) else {
         return cluster::down(paths);
     };
+    let kubeconfig = kubeconfig.as_path();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -249,12 +259,16 @@ pub fn down(paths: &Paths, existing: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+fn read_record(paths: &Paths) -> Result<Record> {
+    let text = std::fs::read_to_string(record_path(paths))
+        .context("the sandbox is not up (no sandbox.json); run `cargo xtask sandbox` first")?;
+    serde_json::from_str(&text).context("reading sandbox.json")
+}
+
 /// `cargo xtask sandbox push-image TAG`: a new image in the sandbox registry, which announces it
 /// to the `registry` Receiver itself.
 pub fn push_image(paths: &Paths, tag: &str) -> Result<()> {
-    let text = std::fs::read_to_string(record_path(paths))
-        .context("the sandbox is not up (no sandbox.json); run `cargo xtask sandbox` first")?;
-    let record: Record = serde_json::from_str(&text).context("reading sandbox.json")?;
+    let record = read_record(paths)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -617,12 +631,17 @@ async fn delete_pipeline(client: &kube::Client) -> Result<()> {
     Ok(())
 }
 
-/// The Ready condition of an object: (status is True, "reason: message").
+/// Whether an object is Ready for its current spec: (ready, "reason: message").
 fn ready_condition(object: &DynamicObject) -> (bool, String) {
     let conditions = object.data["status"]["conditions"]
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // A Ready left over from an earlier spec (a re-run of `up`) does not count.
+    let observed = object.data["status"]["observedGeneration"].as_i64();
+    if object.metadata.generation.is_some() && observed != object.metadata.generation {
+        return (false, "not reconciled since its last change".into());
+    }
     match conditions.iter().find(|c| c["type"] == "Ready") {
         Some(c) => (
             c["status"] == "True",
@@ -638,7 +657,7 @@ fn ready_condition(object: &DynamicObject) -> (bool, String) {
 
 /// Waits until every Flux object is Ready and both Deployments run their first image; fails
 /// naming what is not, with its Ready message.
-async fn wait_ready(client: &kube::Client) -> Result<()> {
+async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let kinds: Vec<(ApiResource, &[&str])> = vec![
         (ApiResource::erase::<GitRepository>(&()), &["fleet"]),
@@ -659,7 +678,19 @@ async fn wait_ready(client: &kube::Client) -> Result<()> {
         for name in *names {
             loop {
                 let (ready, message) = match api.get_opt(name).await? {
-                    Some(object) => ready_condition(&object),
+                    Some(object) => {
+                        let (ready, message) = ready_condition(&object);
+                        // The token Secret changes on every `up`; the spec does not.
+                        match hooks
+                            .iter()
+                            .find(|(hook, _)| ar.kind == "Receiver" && hook == name)
+                        {
+                            Some((_, path)) if object.data["status"]["webhookPath"] != **path => {
+                                (false, format!("webhookPath is not yet {path}"))
+                            }
+                            _ => (ready, message),
+                        }
+                    }
                     None => (false, "it does not exist".into()),
                 };
                 if ready {
