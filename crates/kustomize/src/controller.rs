@@ -150,6 +150,8 @@ struct Failure {
     /// Only a spec change can fix it: `Stalled=True` and no retries.
     terminal: bool,
     healthy: Option<bool>,
+    /// The event it is announced with; `None` only logs it.
+    event: Option<Severity>,
 }
 
 impl Failure {
@@ -159,11 +161,20 @@ impl Failure {
             message: message.into(),
             terminal: false,
             healthy: None,
+            event: Some(Severity::Error),
         }
     }
 
     fn terminal(mut self) -> Self {
         self.terminal = true;
+        self
+    }
+
+    /// Waiting for another object rather than failing: Flux only logs a missing source or
+    /// artifact (no event, so no alert when everything starts at once) and announces an
+    /// unready dependency as info.
+    fn waiting(mut self, event: Option<Severity>) -> Self {
+        self.event = event;
         self
     }
 }
@@ -284,12 +295,17 @@ async fn reconcile_live(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Act
     if let Err(failure) = &outcome {
         let unchanged = conditions::get(&previous.conditions, READY_CONDITION)
             .is_some_and(|c| c.reason == failure.reason && c.message == failure.message);
-        if !unchanged {
+        let severity = announcement(failure, unchanged);
+        if severity == Some(Severity::Error) {
             tracing::warn!(kustomization = %name, %namespace, reason = failure.reason, message = %failure.message, "reconciliation failed");
+        } else if !unchanged {
+            tracing::info!(kustomization = %name, %namespace, reason = failure.reason, message = %failure.message, "waiting");
+        }
+        if let Some(severity) = severity {
             publish(
                 ctx,
                 ks,
-                Severity::Error,
+                severity,
                 failure.reason,
                 &failure.message,
                 status.last_attempted_revision.as_deref(),
@@ -305,6 +321,12 @@ async fn reconcile_live(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Act
         }
     }
     Ok(action)
+}
+
+/// The event a failure is announced with: none when Ready already said the same (one event per
+/// change, not per retry) or when it only waits for another object.
+fn announcement(failure: &Failure, unchanged: bool) -> Option<Severity> {
+    if unchanged { None } else { failure.event }
 }
 
 /// The reconciliation proper; returns the applied revision. Writes progress into `status`.
@@ -451,7 +473,8 @@ async fn source_artifact(ks: &Kustomization, ctx: &Context) -> Result<(Artifact,
             return Err(Failure::new(
                 ARTIFACT_FAILED_REASON,
                 format!("Source '{source_id}' not found"),
-            ));
+            )
+            .waiting(None));
         }
         Err(err) => {
             return Err(Failure::new(
@@ -465,7 +488,8 @@ async fn source_artifact(ks: &Kustomization, ctx: &Context) -> Result<(Artifact,
         None => Err(Failure::new(
             ARTIFACT_FAILED_REASON,
             format!("Source '{source_id}' is not ready, artifact not found"),
-        )),
+        )
+        .waiting(None)),
     }
 }
 
@@ -523,6 +547,7 @@ async fn check_dependencies(
                 DEPENDENCY_NOT_READY_REASON,
                 format!("dependency '{dep_ns}/{}' {why}", dep.name),
             )
+            .waiting(Some(Severity::Info))
         };
         let other = match api.get_opt(&dep.name).await {
             Ok(Some(other)) => other,
@@ -860,4 +885,39 @@ fn artifact_changed(repo: &GitRepository) -> Option<u64> {
     artifact.map(|a| &a.digest).hash(&mut hasher);
     artifact.map(|a| &a.revision).hash(&mut hasher);
     Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_announced_as_flux_announces_them() {
+        let failed = Failure::new(
+            RECONCILIATION_FAILED_REASON,
+            "Deployment/a/web dry-run failed",
+        );
+        assert!(matches!(
+            announcement(&failed, false),
+            Some(Severity::Error)
+        ));
+        // The same Ready condition again: the retry is not news.
+        assert!(announcement(&failed, true).is_none());
+        // Created before its source has an artifact (everything applied at once): only a log,
+        // or every start would alert.
+        let no_artifact = Failure::new(ARTIFACT_FAILED_REASON, "Source is not ready").waiting(None);
+        assert!(announcement(&no_artifact, false).is_none());
+        let dependency = Failure::new(DEPENDENCY_NOT_READY_REASON, "dependency 'a/b' is not ready")
+            .waiting(Some(Severity::Info));
+        assert!(matches!(
+            announcement(&dependency, false),
+            Some(Severity::Info)
+        ));
+        // A path missing from the revision is a failure, even with the same reason.
+        let no_path = Failure::new(ARTIFACT_FAILED_REASON, "kustomization path not found");
+        assert!(matches!(
+            announcement(&no_path, false),
+            Some(Severity::Error)
+        ));
+    }
 }
