@@ -39,7 +39,8 @@ pub struct Event {
     pub timestamp: String,
     pub message: String,
     pub reason: String,
-    /// Keys prefixed with the API group, e.g. `kustomize.toolkit.fluxcd.io/revision`.
+    /// Keys prefixed with the API group as controllers publish them, e.g.
+    /// `kustomize.toolkit.fluxcd.io/revision`; `revision` after [`cleanup_metadata`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     pub reporting_controller: String,
@@ -48,7 +49,7 @@ pub struct Event {
 }
 
 impl Event {
-    /// The revision in the metadata (`<group>/revision`), if any.
+    /// The revision in the metadata (`<group>/revision` or `revision`), if any.
     pub fn revision(&self) -> Option<&str> {
         self.metadata
             .iter()
@@ -147,6 +148,31 @@ pub fn selects(filter: &Filter, event: &Event, labels: Option<&BTreeMap<String, 
         return false;
     }
     !filter.exclusion.iter().any(|r| r.is_match(&event.message))
+}
+
+/// What Flux's notification-controller does to an event it receives, before any Alert sees it:
+/// keeps the metadata of the involved object's API group only, without that prefix
+/// (`kustomize.toolkit.fluxcd.io/revision` reaches providers as `revision`), and drops the
+/// checksum and digest keys.
+pub fn cleanup_metadata(event: &mut Event) {
+    let group = event
+        .involved_object
+        .api_version
+        .as_deref()
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(group, _)| group);
+    let prefix = format!("{group}/");
+    let excluded = [format!("{group}/checksum"), format!("{group}/digest")];
+    event.metadata = std::mem::take(&mut event.metadata)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with(group) && !excluded.iter().any(|e| e.eq_ignore_ascii_case(k))
+        })
+        .map(|(k, v)| match k.strip_prefix(&prefix) {
+            Some(short) => (short.to_owned(), v),
+            None => (k, v),
+        })
+        .collect();
 }
 
 /// Adds the Alert's `eventMetadata` (and `summary`) without overriding the event's own keys.
@@ -573,6 +599,36 @@ mod tests {
         );
         assert_ne!(duplicate_key("a", &newer), before);
         assert_ne!(duplicate_key("b", &e), before);
+    }
+
+    #[test]
+    fn metadata_is_cleaned_as_flux_cleans_it() {
+        let mut e = event("Kustomization", "web", "apps", "error", "m");
+        let revision = e.metadata["kustomize.toolkit.fluxcd.io/revision"].clone();
+        e.metadata.extend([
+            ("kustomize.toolkit.fluxcd.io/checksum".into(), "c".into()),
+            ("kustomize.toolkit.fluxcd.io/digest".into(), "d".into()),
+            ("kustomize.toolkit.fluxcd.io/token".into(), "t".into()),
+            (
+                "source.toolkit.fluxcd.io/revision".into(),
+                "other group".into(),
+            ),
+            ("plain".into(), "no group".into()),
+        ]);
+        cleanup_metadata(&mut e);
+        assert_eq!(
+            e.metadata,
+            BTreeMap::from([
+                ("revision".to_string(), revision.clone()),
+                ("token".to_string(), "t".to_string()),
+            ])
+        );
+        assert_eq!(e.revision(), Some(revision.as_str()));
+        let out = render(&provider("generic", "http://h/x"), &e)
+            .unwrap()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(body["metadata"]["revision"], revision.as_str());
     }
 
     fn provider(type_: &str, address: &str) -> ProviderConfig {

@@ -396,7 +396,10 @@ fn filter_of(alert: &Alert) -> Result<Filter, alert::BadPattern> {
 /// Flux's event JSON from the in-process event.
 pub fn to_core(event: &FluxEvent) -> Option<Event> {
     let value = serde_json::to_value(event).ok()?;
-    serde_json::from_value(value).ok()
+    let mut event = serde_json::from_value(value).ok()?;
+    // Alerts and providers see the metadata as Flux's notification-controller passes it on.
+    alert::cleanup_metadata(&mut event);
+    Some(event)
 }
 
 /// Why a delivery failed for good.
@@ -479,5 +482,45 @@ pub async fn send_with_retries(
         tracing::debug!(url = %outgoing.url, attempt, ?wait, "{error}; retrying");
         stats.retried.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_runtime::events::Severity;
+
+    #[test]
+    fn providers_get_the_metadata_flux_passes_on() {
+        let revision = format!("main@sha1:{}", "ab".repeat(20));
+        let event = FluxEvent {
+            involved_object: ObjectReference {
+                kind: Some("Kustomization".into()),
+                namespace: Some("apps".into()),
+                name: Some("web".into()),
+                api_version: Some("kustomize.toolkit.fluxcd.io/v1".into()),
+                ..Default::default()
+            },
+            severity: Severity::Error,
+            timestamp: jiff::Timestamp::now(),
+            message: "m".into(),
+            reason: "ReconciliationFailed".into(),
+            metadata: BTreeMap::from([
+                (
+                    "kustomize.toolkit.fluxcd.io/revision".to_string(),
+                    revision.clone(),
+                ),
+                (
+                    "kustomize.toolkit.fluxcd.io/checksum".to_string(),
+                    "c".to_string(),
+                ),
+            ]),
+            reporting_controller: "kustomize-controller".into(),
+        };
+        let core = to_core(&event).unwrap();
+        assert_eq!(
+            core.metadata,
+            BTreeMap::from([("revision".to_string(), revision)])
+        );
     }
 }
