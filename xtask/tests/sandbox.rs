@@ -1,66 +1,302 @@
-//! The README's first command, `cargo xtask sandbox`: a cluster of its own, Gantry's API installed
-//! by the `gantry` binary's own output, and `gantry run` reconciling in the background until
-//! `cluster down`.
+//! The README's first command, `cargo xtask sandbox`: the reference pipeline on a cluster of its
+//! own. Everything is real: the control plane with kwok, `docker-registry` notifying the
+//! `registry` Receiver, the git server in `sandbox serve-git`, the `gantry run` binary.
+//!
+//! up -> every Flux object Ready, both environments run their first image -> a new staging image
+//! (registry webhook, scan, policy, commit+push, fetch, apply, rollout) -> a release reaches
+//! production and not staging -> down leaves no process of the state directory.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
+use gantry_api::image::v1::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
+use gantry_api::kustomize::v1::Kustomization;
+use gantry_api::notification::v1::Receiver;
+use gantry_api::source::v1::GitRepository;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ApiResource, DynamicObject};
 
 mod common;
-use common::xtask_ok;
+use common::{xtask, xtask_ok};
 
+const NS: &str = "flux-system";
+
+/// Takes the sandbox down when dropped, also when the test fails.
+struct Sandbox<'a>(&'a Path);
+
+impl Drop for Sandbox<'_> {
+    fn drop(&mut self) {
+        let _ = xtask(self.0, &["sandbox", "down"]);
+    }
+}
+
+/// The rest of the first line of `text` whose first word is `label`.
 fn value_after<'a>(text: &'a str, label: &str) -> &'a str {
     text.lines()
-        .find_map(|l| l.trim_start().strip_prefix(label))
+        .find_map(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(label).filter(|rest| rest.starts_with(' '))
+        })
         .unwrap_or_else(|| panic!("no {label:?} line in: {text}"))
         .trim()
 }
 
-#[tokio::test]
-async fn sandbox_installs_gantrys_api_and_runs_gantry_until_down() {
-    let state = tempfile::tempdir().unwrap();
-    let said = xtask_ok(state.path(), &["sandbox"]);
-    assert!(said.contains("Installed Gantry's API"), "{said}");
-
-    let client = gantry_testkit::connect(&state.path().join("admin.kubeconfig")).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for crd in gantry_api::crds() {
-        let name = crd.metadata.name.unwrap();
-        assert!(said.contains(&name), "{name} is reported: {said}");
-        let live = crds.get(&name).await.expect("the CRD exists");
-        let established = live.status.and_then(|s| s.conditions).is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        assert!(established, "{name} is Established");
+/// Processes tagged with `GANTRY_CLUSTER=<state>`, as the cluster code finds them.
+fn tagged_processes(state: &Path) -> Vec<String> {
+    let tag = format!("GANTRY_CLUSTER={}", state.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if !zombie {
+                found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            }
+        }
     }
+    found
+}
 
-    let pid: u32 = value_after(&said, "gantry run   pid")
+fn image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+fn rolled_out(d: &Deployment, tag: &str) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    image(d).ends_with(&format!(":{tag}"))
+        && d.status.as_ref().is_some_and(|s| {
+            s.observed_generation >= d.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.available_replicas == Some(want)
+                && s.replicas == Some(want)
+        })
+}
+
+/// Polls until the Deployment `ns/web` runs `tag`, rolled out; returns how long that took.
+async fn wait_rollout(client: &kube::Client, ns: &str, tag: &str, timeout: Duration) -> Duration {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    loop {
+        let d = api.get("web").await.unwrap();
+        if rolled_out(&d, tag) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{ns}/web did not roll out {tag} within {timeout:?}: image {}, status {:?}",
+            image(&d),
+            d.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn deployment_image(client: &kube::Client, ns: &str) -> String {
+    image(
+        &Api::<Deployment>::namespaced(client.clone(), ns)
+            .get("web")
+            .await
+            .unwrap(),
+    )
+}
+
+fn git(args: &[&str]) -> String {
+    gantry_testkit::git::git(Path::new("."), args)
+}
+
+#[tokio::test]
+async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down() {
+    let state = tempfile::tempdir().unwrap();
+    let _sandbox = Sandbox(state.path());
+    let started = Instant::now();
+    let said = xtask_ok(state.path(), &["sandbox"]);
+    eprintln!("sandbox up took {:.1?}", started.elapsed());
+    assert!(said.contains("The sandbox is up"), "{said}");
+
+    let kubeconfig = value_after(&said, "kubeconfig");
+    let client = gantry_testkit::connect(Path::new(kubeconfig)).await;
+
+    // Every Flux object of the pipeline is Ready.
+    let objects: Vec<(ApiResource, &[&str])> = vec![
+        (ApiResource::erase::<GitRepository>(&()), &["fleet"]),
+        (
+            ApiResource::erase::<Kustomization>(&()),
+            &["staging", "production"],
+        ),
+        (ApiResource::erase::<ImageRepository>(&()), &["web"]),
+        (
+            ApiResource::erase::<ImagePolicy>(&()),
+            &["web-staging", "web-production"],
+        ),
+        (ApiResource::erase::<ImageUpdateAutomation>(&()), &["fleet"]),
+        (ApiResource::erase::<Receiver>(&()), &["github", "registry"]),
+    ];
+    for (ar, names) in &objects {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, ar);
+        for name in *names {
+            let object = api.get(name).await.unwrap();
+            let ready = object.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            assert!(ready, "{} {name} is Ready: {:?}", ar.kind, object.data);
+        }
+    }
+    // Both environments run their first image.
+    let registry = value_after(&said, "registry")
         .split_whitespace()
         .next()
         .unwrap()
-        .parse()
-        .unwrap();
-    let metrics = value_after(&said, "metrics").trim_start_matches("http://");
-    let (addr, path) = metrics.split_once('/').unwrap();
-    let body = http_get(addr, &format!("/{path}"));
+        .trim_start_matches("http://")
+        .to_string();
+    assert_eq!(
+        deployment_image(&client, "staging").await,
+        format!("{registry}/web:0000000-202601010000")
+    );
+    assert_eq!(
+        deployment_image(&client, "production").await,
+        format!("{registry}/web:1.0.0")
+    );
+    wait_rollout(&client, "staging", "0000000-202601010000", Duration::ZERO).await;
+    wait_rollout(&client, "production", "1.0.0", Duration::ZERO).await;
+
+    // What it printed is where things are.
+    let metrics = value_after(&said, "metrics");
+    let body = reqwest::get(metrics).await.unwrap().text().await.unwrap();
     assert!(
-        body.contains("process_resident_memory_bytes"),
-        "gantry serves metrics: {body}"
+        body.contains("gotk_reconcile_condition") && body.contains("Kustomization"),
+        "gantry serves Flux's series: {body}"
+    );
+    for name in ["github", "registry"] {
+        let line = said
+            .lines()
+            .find(|l| l.trim_start().starts_with("webhook") && l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no webhook line for {name}: {said}"));
+        let url = line.split_whitespace().last().unwrap();
+        let receiver = Api::<Receiver>::namespaced(client.clone(), NS)
+            .get(name)
+            .await
+            .unwrap();
+        let path = receiver.status.unwrap().webhook_path.unwrap();
+        assert!(url.ends_with(&path), "{url} is the Receiver's {path}");
+    }
+    let git_line = value_after(&said, "git");
+    let mut words = git_line.split_whitespace();
+    let git_url = words.next().unwrap().to_string();
+    let user = git_line
+        .split("user ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let password = git_line
+        .split("password ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .trim();
+    let authed = git_url.replacen("http://", &format!("http://{user}:{password}@"), 1);
+    let remote_main = || git(&["ls-remote", &authed, "refs/heads/main"]);
+    let wrong = git_url.replacen("http://", &format!("http://{user}:wrong@"), 1);
+    let refused = gantry_testkit::git::git_command(Path::new("."))
+        .args(["ls-remote", &wrong])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the git server wants the password"
+    );
+    let first_commit = remote_main();
+
+    // A new staging image: the registry's notification alone carries it to staging.
+    let tag = "1a2b3c4-202602011200";
+    let pushed = Instant::now();
+    xtask_ok(state.path(), &["sandbox", "push-image", tag]);
+    let took = wait_rollout(&client, "staging", tag, Duration::from_secs(20)).await;
+    eprintln!(
+        "push-image {tag} to staging rolled out: {:.0?} (the push itself included: {:.0?})",
+        took,
+        pushed.elapsed()
+    );
+    assert_eq!(
+        deployment_image(&client, "production").await,
+        format!("{registry}/web:1.0.0"),
+        "production does not follow staging's tags"
+    );
+    // The automation's commit is on main, served by the git server.
+    let automation = Api::<ImageUpdateAutomation>::namespaced(client.clone(), NS)
+        .get("fleet")
+        .await
+        .unwrap();
+    let pushed_commit = automation
+        .status
+        .and_then(|s| s.last_push_commit)
+        .expect("the automation pushed");
+    let head = remote_main();
+    assert_ne!(head, first_commit);
+    assert!(
+        head.starts_with(&pushed_commit),
+        "{head} is {pushed_commit}"
+    );
+    let clone = tempfile::tempdir().unwrap();
+    let dir = clone.path().to_str().unwrap();
+    git(&["clone", "--quiet", &authed, dir]);
+    let staging = git(&[
+        "-C",
+        dir,
+        "show",
+        "HEAD:clusters/staging/kustomization.yaml",
+    ]);
+    assert!(
+        staging.contains(&format!(
+            "newTag: {tag} # {{\"$imagepolicy\": \"flux-system:web-staging:tag\"}}"
+        )),
+        "{staging}"
+    );
+    let author = git(&["-C", dir, "log", "-1", "--format=%an <%ae>"]);
+    assert_eq!(author, "gantry <gantry@sandbox.invalid>");
+
+    // A release reaches production, not staging.
+    xtask_ok(state.path(), &["sandbox", "push-image", "1.1.0"]);
+    let took = wait_rollout(&client, "production", "1.1.0", Duration::from_secs(20)).await;
+    eprintln!("push-image 1.1.0 to production rolled out: {took:.0?}");
+    assert_eq!(
+        deployment_image(&client, "staging").await,
+        format!("{registry}/web:{tag}"),
+        "staging does not follow releases"
     );
 
-    xtask_ok(state.path(), &["cluster", "down"]);
-    let gone = !Path::new(&format!("/proc/{pid}")).exists()
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"));
-    assert!(gone, "cluster down stops the background gantry too");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    let gantry_pid = value_after(&said, "gantry run")
+        .trim_start_matches("pid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !tagged_processes(state.path()).is_empty(),
+        "the processes carry the state dir's tag"
+    );
+    xtask_ok(state.path(), &["sandbox", "down"]);
+    let left = tagged_processes(state.path());
+    assert!(left.is_empty(), "down stops everything: {left:?}");
+    assert!(
+        !Path::new(&format!("/proc/{gantry_pid}/cmdline")).exists()
+            || !std::fs::read_to_string(format!("/proc/{gantry_pid}/cmdline"))
+                .unwrap_or_default()
+                .contains("gantry"),
+        "gantry run ({gantry_pid}) is gone"
+    );
 }
