@@ -20,6 +20,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The leader-election Lease `gantry run` uses by default.
+const LEASE: &str = "gantry-leader-election";
 
 /// A `gantry run` process for one namespace; killed when dropped.
 struct Gantry {
@@ -545,6 +547,19 @@ async fn dependents_start_the_moment_their_dependency_is_ready_and_cycles_are_re
     .await;
 }
 
+/// The Lease's holder, "" when none.
+fn holder(lease: Option<&Lease>) -> String {
+    lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default()
+}
+
+/// Whether a replica's `/metrics` shows any reconciliation at all.
+fn reconciled_anything(metrics: &str) -> bool {
+    metrics.contains("gotk_reconcile_duration_seconds_count{")
+}
+
 #[tokio::test]
 async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     with_namespace("gitops-lease", |client, ns| async move {
@@ -552,54 +567,97 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
         let source = Source::new(&[("deploy/config.yaml", CONFIG)]);
         let mut first = Gantry::replica(&ns, "replica-a");
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-        let holder = |lease: Option<&Lease>| {
-            lease
-                .and_then(|l| l.spec.as_ref())
-                .and_then(|s| s.holder_identity.clone())
-                .unwrap_or_default()
-        };
-        wait_for(&leases, "gantry-leader-election", WAIT, |l| {
-            holder(l) == "replica-a"
-        })
-        .await;
+        wait_for(&leases, LEASE, WAIT, |l| holder(l) == "replica-a").await;
         let second = Gantry::replica(&ns, "replica-b");
         // The standby is healthy and ready too, so a rollout is not blocked by it.
         assert!(second.get(second.health_port, "/readyz").ends_with("ok"));
+
+        // Every holder the Lease has during the test, in order: one at a time by construction
+        // of a Lease, so what matters is that it never flaps back.
+        let holders = std::sync::Arc::new(std::sync::Mutex::new(vec!["replica-a".to_string()]));
+        let watching = {
+            let (leases, holders) = (leases.clone(), holders.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(lease) = leases.get_opt(LEASE).await {
+                        let now = holder(lease.as_ref());
+                        let mut seen = holders.lock().unwrap();
+                        if !now.is_empty() && seen.last() != Some(&now) {
+                            seen.push(now);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
 
         create_source(&client, &ns, &source.server.url("app.git"), "10m").await;
         create_kustomization(&client, &ns, "app", kustomization_spec("./deploy", &ns)).await;
         let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
         let revision = source.revision();
         wait_for(&kustomizations, "app", WAIT, applied(&revision)).await;
-        let lease = leases.get("gantry-leader-election").await.unwrap();
-        assert_eq!(
-            holder(Some(&lease)),
-            "replica-a",
-            "the first replica still leads"
+        request_reconcile(&kustomizations, "app", "while-a-leads").await;
+        wait_for(&kustomizations, "app", WAIT, |ks| {
+            ks.and_then(|k| k.status.as_ref())
+                .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some("while-a-leads"))
+        })
+        .await;
+        // Only the leader reconciles: the standby has not even started its controllers.
+        assert!(reconciled_anything(
+            &first.get(first.metrics_port, "/metrics")
+        ));
+        let standby = second.get(second.metrics_port, "/metrics");
+        assert!(
+            !reconciled_anything(&standby),
+            "the standby reconciled something:\n{standby}"
         );
 
-        // The leader dies without releasing the lease; the standby takes over once it expires.
+        // The leader dies without releasing the lease (SIGKILL); the standby takes over once it
+        // expires.
         first.child.kill().unwrap();
         first.child.wait().unwrap();
         let died = Instant::now();
-        wait_for(
-            &leases,
-            "gantry-leader-election",
-            Duration::from_secs(40),
-            |l| holder(l) == "replica-b",
-        )
-        .await;
-        eprintln!(
-            "leadership handed over {:?} after the leader died",
-            died.elapsed()
-        );
-        // And the new leader reconciles: a request made after the handover is handled.
-        request_reconcile(&kustomizations, "app", "after-handover").await;
-        wait_for(&kustomizations, "app", WAIT, |ks| {
-            ks.and_then(|k| k.status.as_ref())
-                .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some("after-handover"))
+        // Asked while nobody leads: must not be lost.
+        request_reconcile(&kustomizations, "app", "during-handover").await;
+        let handed_over = wait_for(&leases, LEASE, Duration::from_secs(30), |l| {
+            holder(l) == "replica-b"
         })
         .await;
+        let handover = died.elapsed();
+        eprintln!("leadership handed over {handover:?} after the leader was killed");
+        assert!(
+            handover < Duration::from_secs(15),
+            "handover took {handover:?}"
+        );
+        let renewed = handed_over
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.acquire_time.as_ref());
+        assert!(renewed.is_some(), "the new holder acquired the lease");
+        // The request made while nobody led is handled by the new leader, successfully: its
+        // source controller stores the artifact again first (the status outlived the old one).
+        let mut handled = applied(&revision);
+        wait_for(&kustomizations, "app", Duration::from_secs(30), |ks| {
+            ks.and_then(|k| k.status.as_ref())
+                .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some("during-handover"))
+                && handled(ks)
+        })
+        .await;
+        eprintln!(
+            "the request made while nobody led was applied {:?} after the leader was killed",
+            died.elapsed()
+        );
+        assert!(reconciled_anything(
+            &second.get(second.metrics_port, "/metrics")
+        ));
+        // Let the watcher see the last holder before stopping it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        watching.abort();
+        assert_eq!(
+            *holders.lock().unwrap(),
+            ["replica-a", "replica-b"],
+            "one leader at a time, no flapping"
+        );
         drop(second);
     })
     .await;

@@ -353,6 +353,7 @@ async fn run(
     kustomize.timeout = timeout;
     let path = ks.spec.path.clone();
     let built = tokio::task::spawn_blocking(move || {
+        wait_until_stored(&store, &artifact, timeout.min(ARTIFACT_PATIENCE));
         let dir = store.open(&artifact).map_err(|e| {
             Failure::new(
                 ARTIFACT_FAILED_REASON,
@@ -648,6 +649,25 @@ fn applier_for(ks: &Kustomization, ctx: &Context) -> Result<Applier, String> {
     ));
     let client = Client::try_from(config).map_err(|e| format!("impersonating {account}: {e}"))?;
     Ok(ctx.applier.with_client(client))
+}
+
+/// How long a reconciliation waits for this process to store an artifact its source names.
+const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits (blocking, up to `patience`) until `artifact` is in the local store. A GitRepository's
+/// status outlives the process that stored its artifact: just after a start or a leader handover
+/// it names an artifact the source controller of this process is still fetching, and failing at
+/// once would leave the Kustomization failed until its retry interval (the revision does not
+/// change, so nothing else wakes it).
+fn wait_until_stored(store: &ArtifactStore, artifact: &Artifact, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline
+        && store
+            .local_path(artifact)
+            .is_ok_and(|path| !path.exists())
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn health_check_targets(ks: &Kustomization) -> Vec<InventoryEntry> {
