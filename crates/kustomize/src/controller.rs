@@ -661,11 +661,7 @@ const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
 /// change, so nothing else wakes it).
 fn wait_until_stored(store: &ArtifactStore, artifact: &Artifact, patience: Duration) {
     let deadline = Instant::now() + patience;
-    while Instant::now() < deadline
-        && store
-            .local_path(artifact)
-            .is_ok_and(|path| !path.exists())
-    {
+    while Instant::now() < deadline && store.local_path(artifact).is_ok_and(|path| !path.exists()) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
