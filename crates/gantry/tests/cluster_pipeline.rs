@@ -26,7 +26,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
@@ -151,11 +153,17 @@ where
                 .unwrap();
         }
         let outcome = AssertUnwindSafe(async {
-            let pipeline = Pipeline::start(client.clone(), ns, staging.clone(), production.clone());
+            let pipeline = Pipeline::start(
+                client.clone(),
+                ns.clone(),
+                staging.clone(),
+                production.clone(),
+            );
             body(pipeline.await).await
         })
         .catch_unwind()
         .await;
+        release_finalizers(&client, &ns).await;
         delete_namespace(&client, &staging).await;
         delete_namespace(&client, &production).await;
         if let Err(panic) = outcome {
@@ -401,6 +409,30 @@ impl Pipeline {
         }
     }
 
+    /// Waits for a Warning Event with `reason` on the Kustomization `name`; returns it.
+    async fn wait_warning(&self, name: &str, reason: &str) -> Event {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            let found = list.items.iter().find(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("Kustomization") && r.name.as_deref() == Some(name)
+                }) && e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some(reason)
+            });
+            if let Some(event) = found {
+                return event.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Warning event {reason} on {name}: {:#?}",
+                list.items
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits for an alert about the Kustomization `name` that `matches`; returns it.
     async fn wait_alert(&self, name: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
@@ -484,23 +516,52 @@ async fn create_objects(client: &Client, ns: &str, git_url: &str, image: &str, p
                 "eventSources": [{"kind": "Kustomization", "name": "*"}]}}),
     ];
     for object in objects {
-        let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
         let types = object.types.clone().unwrap();
-        let (group, version) = match types.api_version.split_once('/') {
-            Some((g, v)) => (g.to_owned(), v.to_owned()),
-            None => (String::new(), types.api_version.clone()),
+        Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            ns,
+            &resource(&types.api_version, &types.kind),
+        )
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, object.metadata.name));
+    }
+}
+
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let lower = kind.to_lowercase();
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural)
+}
+
+/// Removes the finalizers gantry put on the objects of `ns`: gantry is gone, and the namespace
+/// would otherwise stay Terminating for good.
+async fn release_finalizers(client: &Client, ns: &str) {
+    let kinds = [
+        ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"),
+        ("source.toolkit.fluxcd.io/v1", "GitRepository"),
+        ("image.toolkit.fluxcd.io/v1", "ImageRepository"),
+        ("image.toolkit.fluxcd.io/v1", "ImagePolicy"),
+        ("image.toolkit.fluxcd.io/v1", "ImageUpdateAutomation"),
+    ];
+    let patch = json!({"metadata": {"finalizers": null}});
+    for (api_version, kind) in kinds {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &resource(api_version, kind));
+        let Ok(list) = api.list(&ListParams::default()).await else {
+            continue;
         };
-        let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
-        let kind = types.kind.to_lowercase();
-        let plural = match kind.strip_suffix('y') {
-            Some(stem) => format!("{stem}ies"),
-            None => format!("{kind}s"),
-        };
-        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural);
-        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, object.metadata.name));
+        for object in list.items {
+            let name = object.metadata.name.unwrap_or_default();
+            let _ = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
     }
 }
 
@@ -750,16 +811,8 @@ async fn a_bad_manifest_leaves_staging_running_reports_why_and_a_revert_recovers
         // Production, from the same commit, is fine.
         wait_for(&p.kustomizations(), "production", WAIT, applied(&bad)).await;
 
-        // A Warning Event on the Kustomization says the same.
-        let events: Api<Event> = Api::namespaced(p.client.clone(), &p.ns);
-        let list = events.list(&ListParams::default()).await.unwrap();
-        let warning = list.items.iter().find(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("Kustomization") && r.name.as_deref() == Some("staging")
-            }) && e.type_.as_deref() == Some("Warning")
-                && e.reason.as_deref() == Some("ReconciliationFailed")
-        });
-        let warning = warning.unwrap_or_else(|| panic!("no Warning event on staging: {:#?}", list.items));
+        // A Warning Event on the Kustomization says the same (published after the status).
+        let warning = p.wait_warning("staging", "ReconciliationFailed").await;
         assert!(
             warning.note.as_deref().unwrap_or_default().contains("imagePullPolicy"),
             "{warning:?}"
