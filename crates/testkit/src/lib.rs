@@ -101,7 +101,12 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> String {
 }
 
 /// Deletes a namespace (and so everything in it); missing is fine.
+///
+/// Flux objects carry Gantry's finalizer; the controller that would remove it is usually gone by
+/// the time a test cleans up, so the finalizers are dropped first, or the namespace would stay
+/// Terminating forever.
 pub async fn delete_namespace(client: &Client, name: &str) {
+    release_flux_finalizers(client, name).await;
     let result = Api::<Namespace>::all(client.clone())
         .delete(name, &DeleteParams::background())
         .await;
@@ -109,6 +114,35 @@ pub async fn delete_namespace(client: &Client, name: &str) {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(err) => panic!("deleting test namespace {name}: {err}"),
+    }
+}
+
+// Removes every finalizer from the Flux objects in `namespace` (kinds whose CRD is not
+// installed are skipped).
+async fn release_flux_finalizers(client: &Client, namespace: &str) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+    for crd in gantry_api::crds() {
+        let spec = &crd.spec;
+        let Some(version) = spec.versions.iter().find(|v| v.storage) else {
+            continue;
+        };
+        let gvk = GroupVersionKind::gvk(&spec.group, &version.name, &spec.names.kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &spec.names.plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        let Ok(list) = api.list(&ListParams::default()).await else {
+            continue;
+        };
+        for obj in list {
+            if obj.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()) {
+                continue;
+            }
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            // Gone already, or the CRD went away: either way nothing is left to release.
+            let _ = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
     }
 }
 
