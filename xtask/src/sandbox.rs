@@ -41,8 +41,15 @@ pub const FIRST_STAGING_TAG: &str = "0000000-202601010000";
 pub const FIRST_RELEASE_TAG: &str = "1.0.0";
 const GIT_USER: &str = "gantry";
 const MANAGER: &str = "gantry-sandbox";
-/// How long `up` waits for the pipeline to become Ready and rolled out.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `up` waits for the pipeline to become Ready and rolled out:
+/// `GANTRY_SANDBOX_TIMEOUT` seconds, 180 by default.
+fn ready_timeout() -> Duration {
+    let seconds = std::env::var("GANTRY_SANDBOX_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(seconds)
+}
 const PASSWORD_ENV: &str = "GANTRY_SANDBOX_GIT_PASSWORD";
 
 /// Where the sandbox is and how to reach it, written by `up` to `<state>/sandbox/sandbox.json`.
@@ -579,7 +586,14 @@ async fn apply_pipeline(client: &kube::Client, p: &Pipeline) -> Result<()> {
         )
         .await
         .with_context(|| format!("creating namespace {NAMESPACE}"))?;
-    for (ar, object) in pipeline_objects(p) {
+    // As `flux reconcile` does: a re-run of `up` changes Secrets that Receivers and sources read
+    // only every interval, and their specs may not change at all.
+    let requested = jiff::Timestamp::now().to_string();
+    for (ar, mut object) in pipeline_objects(p) {
+        if ar.kind != "Secret" {
+            object["metadata"]["annotations"] =
+                serde_json::json!({ gantry_api::meta::RECONCILE_REQUEST_ANNOTATION: requested });
+        }
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -658,7 +672,8 @@ fn ready_condition(object: &DynamicObject) -> (bool, String) {
 /// Waits until every Flux object is Ready and both Deployments run their first image; fails
 /// naming what is not, with its Ready message.
 async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let timeout = ready_timeout();
+    let deadline = Instant::now() + timeout;
     let kinds: Vec<(ApiResource, &[&str])> = vec![
         (ApiResource::erase::<GitRepository>(&()), &["fleet"]),
         (ApiResource::erase::<ImageRepository>(&()), &[IMAGE]),
@@ -673,6 +688,8 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
             &["staging", "production"],
         ),
     ];
+    // Set once the GitRepository (first in the list) is Ready.
+    let mut source_revision = serde_json::Value::Null;
     for (ar, names) in &kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, ar);
         for name in *names {
@@ -681,6 +698,7 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
                     Some(object) => {
                         let (ready, message) = ready_condition(&object);
                         // The token Secret changes on every `up`; the spec does not.
+                        let applied = &object.data["status"]["lastAppliedRevision"];
                         match hooks
                             .iter()
                             .find(|(hook, _)| ar.kind == "Receiver" && hook == name)
@@ -688,6 +706,11 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
                             Some((_, path)) if object.data["status"]["webhookPath"] != **path => {
                                 (false, format!("webhookPath is not yet {path}"))
                             }
+                            // Ready for this `up`'s repository, not the last one's.
+                            _ if ar.kind == "Kustomization" && *applied != source_revision => (
+                                false,
+                                format!("has not applied {source_revision} yet ({message})"),
+                            ),
                             _ => (ready, message),
                         }
                     }
@@ -698,11 +721,15 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
                 }
                 if Instant::now() > deadline {
                     bail!(
-                        "{} {NAMESPACE}/{name} did not become Ready within {READY_TIMEOUT:?}: {message}",
+                        "{} {NAMESPACE}/{name} did not become Ready within {timeout:?}: {message}",
                         ar.kind
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if ar.kind == "GitRepository" {
+                let repo = api.get(name).await?;
+                source_revision = repo.data["status"]["artifact"]["revision"].clone();
             }
         }
     }
@@ -721,7 +748,7 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
                     format!("image {:?}, status {:?}", deployment_image(&d), d.status)
                 });
                 bail!(
-                    "Deployment {ns}/web did not roll out {IMAGE}:{tag} within {READY_TIMEOUT:?}: {state}"
+                    "Deployment {ns}/web did not roll out {IMAGE}:{tag} within {timeout:?}: {state}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -14,7 +14,8 @@ use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::notification::v1::Receiver;
 use gantry_api::source::v1::GitRepository;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ApiResource, DynamicObject};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 
 mod common;
 use common::{xtask, xtask_ok};
@@ -277,6 +278,35 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         deployment_image(&client, "staging").await,
         format!("{registry}/web:{tag}"),
         "staging does not follow releases"
+    );
+
+    // Nothing can be scheduled any more: a second `up` (which resets the repository to the first
+    // images) must fail naming what did not become Ready, not trust the previous run's Ready.
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            "kwok-node-0",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["sandbox", "--state-dir"])
+        .arg(state.path())
+        .env_remove("GANTRY_KUBECONFIG")
+        .env("GANTRY_SANDBOX_TIMEOUT", "15")
+        .output()
+        .unwrap();
+    let failed = common::text(&again);
+    assert!(!again.status.success(), "{failed}");
+    eprintln!(
+        "a second up without schedulable nodes: {}",
+        failed.trim_end().lines().last().unwrap_or("")
+    );
+    assert!(
+        failed.contains("Kustomization flux-system/staging did not become Ready within 15s"),
+        "{failed}"
     );
 
     let gantry_pid = value_after(&said, "gantry run")
