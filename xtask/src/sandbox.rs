@@ -656,16 +656,41 @@ fn ready_condition(object: &DynamicObject) -> (bool, String) {
     if object.metadata.generation.is_some() && observed != object.metadata.generation {
         return (false, "not reconciled since its last change".into());
     }
+    let describe = |c: &serde_json::Value| {
+        format!(
+            "{}: {}",
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        )
+    };
+    // The other conditions (Reconciling, Stalled, Healthy, ...) often say more than Ready.
+    let others: Vec<String> = conditions
+        .iter()
+        .filter(|c| c["type"] != "Ready")
+        .map(|c| {
+            format!(
+                "{}={} ({})",
+                c["type"].as_str().unwrap_or(""),
+                c["status"].as_str().unwrap_or(""),
+                describe(c)
+            )
+        })
+        .collect();
+    let others = if others.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", others.join("; "))
+    };
     match conditions.iter().find(|c| c["type"] == "Ready") {
         Some(c) => (
             c["status"] == "True",
             format!(
-                "{}: {}",
-                c["reason"].as_str().unwrap_or(""),
-                c["message"].as_str().unwrap_or("")
+                "Ready={} ({}){others}",
+                c["status"].as_str().unwrap_or(""),
+                describe(c)
             ),
         ),
-        None => (false, "no Ready condition yet".into()),
+        None => (false, format!("no Ready condition yet{others}")),
     }
 }
 
