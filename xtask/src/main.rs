@@ -85,6 +85,18 @@ enum SandboxTask {
         /// e.g. `1a2b3c4-202602011200` (staging) or `1.1.0` (production).
         tag: String,
     },
+    /// Send a signed GitHub push event (run by the sandbox repository's post-receive hook).
+    #[command(hide = true)]
+    GithubPush {
+        #[arg(long)]
+        url: String,
+        #[arg(long = "ref")]
+        git_ref: String,
+        #[arg(long)]
+        before: String,
+        #[arg(long)]
+        after: String,
+    },
     /// Serve the sandbox's git repositories until killed (started detached by `up`).
     #[command(hide = true)]
     ServeGit {
@@ -163,6 +175,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Run by a git hook, whose environment git-http-backend cleared (no HOME): needs no paths.
+    if let Task::Sandbox {
+        task:
+            Some(SandboxTask::GithubPush {
+                url,
+                git_ref,
+                before,
+                after,
+            }),
+    } = &cli.task
+    {
+        sandbox::github_push(url, git_ref, before, after)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let paths = paths(&cli.global)?;
     let versions = cluster::Versions::from_env();
     match cli.task {
@@ -214,6 +240,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 SandboxTask::Down => sandbox::down(&paths, existing)?,
                 SandboxTask::PushImage { tag } => sandbox::push_image(&paths, &tag)?,
+                SandboxTask::GithubPush { .. } => bail!("github-push is handled before the paths"),
                 SandboxTask::ServeGit { root, port, user } => {
                     sandbox::serve_git(&root, port, &user)?
                 }

@@ -51,6 +51,7 @@ fn ready_timeout() -> Duration {
     Duration::from_secs(seconds)
 }
 const PASSWORD_ENV: &str = "GANTRY_SANDBOX_GIT_PASSWORD";
+const GITHUB_TOKEN_ENV: &str = "GANTRY_SANDBOX_GITHUB_TOKEN";
 
 /// Where the sandbox is and how to reach it, written by `up` to `<state>/sandbox/sandbox.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +174,15 @@ pub fn up(
     repo.commit("The reference pipeline: apps/base, clusters/staging, clusters/production");
     repo.push("HEAD:refs/heads/main");
     let git_url = start_git_server(&tag, &git_root, &logs, &git_password)?;
+    // Pushes to the repository (yours and the automation's) announce themselves as GitHub does.
+    let github_hook = format!(
+        "{receiver}{}",
+        webhook_path(&github_token, "github", NAMESPACE)
+    );
+    repo.hook(
+        "post-receive",
+        &post_receive_hook(&std::env::current_exe()?, &github_hook, &github_token),
+    );
 
     let gantry = cluster::start_gantry(
         &gantry_binary(workspace),
@@ -299,6 +309,64 @@ pub fn push_image(paths: &Paths, tag: &str) -> Result<()> {
         record.kubeconfig.display()
     );
     Ok(())
+}
+
+/// The bare repository's `post-receive` hook: one signed GitHub `push` event per updated ref.
+fn post_receive_hook(xtask: &Path, url: &str, token: &str) -> String {
+    format!(
+        "#!/bin/sh\n# Written by `cargo xtask sandbox up`: tells Gantry's `github` Receiver about pushes.\n\
+         while read before after ref; do\n  \
+         {GITHUB_TOKEN_ENV}='{token}' '{xtask}' sandbox github-push --url '{url}' \
+         --ref \"$ref\" --before \"$before\" --after \"$after\"\ndone\n",
+        xtask = xtask.display()
+    )
+}
+
+/// `cargo xtask sandbox github-push`: POSTs a GitHub `push` event signed with
+/// `X-Hub-Signature-256`, as GitHub would after a push. Run by the repository's hook.
+pub fn github_push(url: &str, git_ref: &str, before: &str, after: &str) -> Result<()> {
+    use hmac::{Hmac, KeyInit, Mac};
+    let token = std::env::var(GITHUB_TOKEN_ENV)
+        .with_context(|| format!("{GITHUB_TOKEN_ENV} is not set"))?;
+    let body = serde_json::json!({
+        "ref": git_ref,
+        "before": before,
+        "after": after,
+        "repository": {"name": "fleet", "full_name": "sandbox/fleet"},
+        "pusher": {"name": GIT_USER},
+    })
+    .to_string();
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
+        .context("HMAC takes any key length")?;
+    mac.update(body.as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = gantry_runtime::http::client(&gantry_runtime::http::ClientOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
+    })?;
+    let status = runtime.block_on(async {
+        http.post(url)
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", format!("sha256={signature}"))
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    match status {
+        Ok(status) if status.is_success() => Ok(()),
+        Ok(status) => bail!("the github Receiver answered {status}"),
+        Err(err) => bail!("the github Receiver is not reachable: {err}"),
+    }
 }
 
 /// `cargo xtask sandbox serve-git`: testkit's git server in the foreground until killed, so it

@@ -280,6 +280,46 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         "staging does not follow releases"
     );
 
+    // A push of yours: the repository's hook sends GitHub's signed push event to the `github`
+    // Receiver, so both environments get it at once (the GitRepository's interval is 1m).
+    git(&["-C", dir, "pull", "--quiet", "--ff-only"]);
+    let base = Path::new(dir).join("apps/base/deployment.yaml");
+    let manifest = std::fs::read_to_string(&base).unwrap();
+    assert!(manifest.contains("replicas: 1"), "{manifest}");
+    std::fs::write(&base, manifest.replace("replicas: 1", "replicas: 2")).unwrap();
+    git(&["-C", dir, "commit", "--quiet", "-am", "web: two replicas"]);
+    let pushed = Instant::now();
+    let out = gantry_testkit::git::git_command(Path::new(dir))
+        .args(["push", "--quiet", "origin", "HEAD:main"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ns in ["staging", "production"] {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        loop {
+            let d = api.get("web").await.unwrap();
+            let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+            let available = d.status.as_ref().and_then(|s| s.available_replicas);
+            if replicas == Some(2) && available == Some(2) {
+                break;
+            }
+            assert!(
+                pushed.elapsed() < Duration::from_secs(15),
+                "{ns}/web did not get the pushed change within 15s: {:?}",
+                d.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "a git push to both environments with two replicas available: {:.0?}",
+        pushed.elapsed()
+    );
+
     // Nothing can be scheduled any more: a second `up` (which resets the repository to the first
     // images) must fail naming what did not become Ready, not trust the previous run's Ready.
     let nodes: Api<Node> = Api::all(client.clone());
