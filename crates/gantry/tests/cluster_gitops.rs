@@ -467,6 +467,72 @@ async fn bad_revisions_leave_the_running_state_untouched_and_say_why() {
 }
 
 #[tokio::test]
+async fn a_new_revision_is_reconciling_not_ready_while_its_health_check_waits() {
+    with_namespace("gitops-progress", |client, ns| async move {
+        install_crds(&client).await;
+        let source = Source::new(&[("deploy/config.yaml", CONFIG)]);
+        let _gantry = Gantry::start(&ns);
+        create_source(&client, &ns, &source.server.url("app.git"), "1s").await;
+        let mut spec = kustomization_spec("./deploy", &ns);
+        spec.timeout = Some("30s".into());
+        create_kustomization(&client, &ns, "app", spec).await;
+        let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+        let good = source.revision();
+        wait_for(&kustomizations, "app", WAIT, applied(&good)).await;
+
+        // A Deployment no node can run: the health check waits the whole timeout. Meanwhile the
+        // Kustomization must not keep vouching for the previous revision.
+        source.repo.write(
+            "deploy/deployment.yaml",
+            &DEPLOYMENT.replace(
+                "      containers:",
+                "      nodeSelector: {gantry.test/none: \"true\"}\n      containers:",
+            ),
+        );
+        let pending = source.commit("unschedulable");
+        let ks = wait_for(&kustomizations, "app", WAIT, |ks| {
+            ready(ks).is_some_and(|c| c.status == "Unknown")
+        })
+        .await
+        .unwrap();
+        let status = ks.status.unwrap();
+        let ready_now = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready_now.reason, "Progressing");
+        assert_eq!(
+            ready_now.message,
+            format!("Fetching manifests for revision {pending} with a timeout of 30s")
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.status == "True"),
+            "{:?}",
+            status.conditions
+        );
+        assert_eq!(status.last_applied_revision.as_deref(), Some(good.as_str()));
+        let ks = wait_for(
+            &kustomizations,
+            "app",
+            WAIT,
+            failed_with("HealthCheckFailed"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            ready(Some(&ks)).unwrap().message.contains("Deployment/"),
+            "{:?}",
+            ready(Some(&ks))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn dependents_start_the_moment_their_dependency_is_ready_and_cycles_are_reported() {
     with_namespace("gitops-deps", |client, ns| async move {
         install_crds(&client).await;

@@ -344,12 +344,34 @@ async fn run(
     let (artifact, source_id) = source?;
     let revision = artifact.revision.clone();
     status.last_attempted_revision = Some(revision.clone());
+    let timeout = ks.timeout().unwrap_or(Duration::from_secs(60));
+
+    // A new revision or spec: say so before building, applying and waiting (which may take the
+    // whole timeout), so `Ready` never vouches for the old revision meanwhile. Drift-correction
+    // runs of an applied revision write nothing here.
+    let applied = ks.status.as_ref().is_some_and(|s| {
+        s.last_applied_revision.as_deref() == Some(revision.as_str())
+            && s.observed_generation == ks.metadata.generation
+    });
+    if !applied {
+        conditions::progressing(
+            &mut status.conditions,
+            ks.metadata.generation,
+            &format!(
+                "Fetching manifests for revision {revision} with a timeout of {}",
+                go_duration(timeout)
+            ),
+        );
+        if let Err(err) = write_status(ctx, ks, status).await {
+            // Progress is informative; the final status write will report any real problem.
+            tracing::debug!(kustomization = %name, %namespace, "writing progress: {err}");
+        }
+    }
 
     let store = ctx.artifacts.clone();
     let spec = ks.spec.clone();
     let vars = substitute_from(ks, ctx).await?;
     let mut kustomize = ctx.kustomize.clone();
-    let timeout = ks.timeout().unwrap_or(Duration::from_secs(60));
     kustomize.timeout = timeout;
     let path = ks.spec.path.clone();
     let built = tokio::task::spawn_blocking(move || {
@@ -450,6 +472,20 @@ async fn run(
         .await;
     }
     Ok(revision)
+}
+
+/// A duration as Go prints it (`30s`, `5m0s`, `1h0m0s`), as Flux's messages show timeouts.
+fn go_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    if total == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// The artifact of the Kustomization's source, and the source's id for messages.
@@ -906,6 +942,15 @@ fn artifact_changed(repo: &GitRepository) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        assert_eq!(go_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
+    }
 
     #[test]
     fn failures_are_announced_as_flux_announces_them() {
