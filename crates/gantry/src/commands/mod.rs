@@ -17,5 +17,5 @@ pub mod webhook_url;
 /// so nobody mistakes them for working commands.
 pub const PLANNED: &str = "\
 Planned, not yet available:
-  controllers for image automation in `gantry run`
-  sandbox    a complete local pipeline: cluster, registry, git server, Gantry";
+  scale to zero for staging workloads, waking on the first request
+  uptime checks of public endpoints, with alerts";
