@@ -312,6 +312,11 @@ async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
             updated.status.unwrap().artifact.unwrap().digest,
             artifact.digest
         );
+        // The hook runs right after the status write the wait above saw: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running.hooked.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(running.hooked.lock().unwrap().len(), 2);
         let mut notes: Vec<String> = events(&client, &ns, "app")
             .await

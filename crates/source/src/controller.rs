@@ -341,6 +341,10 @@ async fn reconcile_inner(
                 .is_none_or(|a| a.revision != artifact.revision || a.digest != artifact.digest);
             if changed {
                 tracing::info!(%namespace, %name, revision = %artifact.revision, "stored new artifact");
+                // The Kustomizations first: recording the event is one more API round trip.
+                if let Some(hook) = &ctx.hook {
+                    hook(&namespace, &name);
+                }
                 let note = match &outcome.subject {
                     Some(s) => format!("stored artifact for commit '{s}'"),
                     None => ready_message(&artifact.revision),
@@ -354,9 +358,6 @@ async fn reconcile_inner(
                     Some(&artifact.revision),
                 )
                 .await;
-                if let Some(hook) = &ctx.hook {
-                    hook(&namespace, &name);
-                }
             }
             let wait = jittered(obj, interval);
             ctx.set_schedule(
