@@ -332,9 +332,7 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    async fn start(
-        script: Vec<Reply>,
-    ) -> (Self, String, CancellationToken) {
+    async fn start(script: Vec<Reply>) -> (Self, String, CancellationToken) {
         let endpoint = Endpoint::default();
         endpoint.script.lock().unwrap().extend(script);
         let app = axum::Router::new()

@@ -133,7 +133,12 @@ async fn release_flux_finalizers(client: &Client, namespace: &str) {
             continue;
         };
         for obj in list {
-            if obj.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()) {
+            if obj
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_none_or(|f| f.is_empty())
+            {
                 continue;
             }
             let patch = serde_json::json!({"metadata": {"finalizers": null}});
