@@ -5,12 +5,14 @@
 //! - [`metrics`]: Flux's `gotk_*` series and process metrics in the Prometheus text format.
 //! - [`http`]: the outbound HTTP client (registries, alert providers) with system roots plus a
 //!   per-object CA, a proxy and a timeout.
+//! - [`finalizer`]: adding and removing a finalizer without dropping anyone else's.
 //! - [`backoff`]: Flux's retry timing: exponential on errors, jittered intervals on success.
 //! - [`trigger`]: in-process reconcile requests between controllers (no waiting for intervals).
 
 pub mod backoff;
 pub mod conditions;
 pub mod events;
+pub mod finalizer;
 pub mod http;
 pub mod metrics;
 pub mod trigger;

@@ -39,6 +39,7 @@ use gantry_core::image::setters::{self, Change, ObjectId, Policies, SetterError}
 use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
 use gantry_runtime::events::{Events, Severity};
+use gantry_runtime::finalizer;
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use gantry_runtime::trigger::Trigger;
 use gantry_source::git::push::{CommitPlan, PushOutcome, PushRequest, commit_and_push};
@@ -205,12 +206,14 @@ pub async fn reconcile(
         if let Ok(mut map) = ctx.schedule.lock() {
             map.remove(&key);
         }
-        remove_finalizer(&api, &obj).await?;
+        finalizer::remove(&api, &*obj, FINALIZER)
+            .await
+            .map_err(Error::Kube)?;
         return Ok(Action::await_change());
     }
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&api, &obj).await?;
-    }
+    finalizer::add(&api, &*obj, FINALIZER)
+        .await
+        .map_err(Error::Kube)?;
     if obj.spec.suspend {
         return Ok(Action::await_change());
     }
@@ -821,54 +824,6 @@ async fn write_status(
     .await
     .map_err(Error::Kube)?;
     Ok(())
-}
-
-async fn add_finalizer(
-    api: &Api<ImageUpdateAutomation>,
-    obj: &ImageUpdateAutomation,
-) -> Result<(), Error> {
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-async fn remove_finalizer(
-    api: &Api<ImageUpdateAutomation>,
-    obj: &ImageUpdateAutomation,
-) -> Result<(), Error> {
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let kept: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": kept, "resourceVersion": obj.resource_version()}
-    });
-    match api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
 }
 
 async fn publish(

@@ -29,6 +29,7 @@ use gantry_core::image::policy::{self, Order, Policy, PolicyError, TagFilter};
 use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
 use gantry_runtime::events::{Events, Severity};
+use gantry_runtime::finalizer;
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
@@ -160,12 +161,14 @@ pub async fn reconcile(obj: Arc<ImagePolicy>, ctx: Arc<Context>) -> Result<Actio
         if let Some(metrics) = &ctx.metrics {
             metrics.remove_resource(KIND, &namespace, &name);
         }
-        remove_finalizer(&api, &obj).await?;
+        finalizer::remove(&api, &*obj, FINALIZER)
+            .await
+            .map_err(Error::Kube)?;
         return Ok(Action::await_change());
     }
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&api, &obj).await?;
-    }
+    finalizer::add(&api, &*obj, FINALIZER)
+        .await
+        .map_err(Error::Kube)?;
     if obj.spec.suspend {
         return Ok(Action::await_change());
     }
@@ -526,48 +529,6 @@ async fn write_status(
     .await
     .map_err(Error::Kube)?;
     Ok(())
-}
-
-async fn add_finalizer(api: &Api<ImagePolicy>, obj: &ImagePolicy) -> Result<(), Error> {
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-async fn remove_finalizer(api: &Api<ImagePolicy>, obj: &ImagePolicy) -> Result<(), Error> {
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let kept: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": kept, "resourceVersion": obj.resource_version()}
-    });
-    match api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
 }
 
 async fn publish(

@@ -27,6 +27,7 @@ use gantry_api::meta::{
 use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
 use gantry_runtime::events::{Events, Severity};
+use gantry_runtime::finalizer;
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -182,9 +183,10 @@ pub async fn reconcile(obj: Arc<ImageRepository>, ctx: Arc<Context>) -> Result<A
     if obj.metadata.deletion_timestamp.is_some() {
         return cleanup(&obj, &ctx, &namespace, &name).await;
     }
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&obj, &ctx, &namespace).await?;
-    }
+    let api: Api<ImageRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer::add(&api, &*obj, FINALIZER)
+        .await
+        .map_err(Error::Kube)?;
     if obj.spec.suspend {
         record_resource(&ctx, &obj, &namespace, &name);
         return Ok(Action::await_change());
@@ -699,50 +701,11 @@ async fn cleanup(
     if let Err(e) = ctx.forget(namespace, name) {
         tracing::warn!(%namespace, %name, "removing the stored tags: {e}");
     }
-    if obj.finalizers().iter().any(|f| f == FINALIZER) {
-        let kept: Vec<&String> = obj
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .collect();
-        let api: Api<ImageRepository> = Api::namespaced(ctx.client.clone(), namespace);
-        let patch = serde_json::json!({
-            "metadata": {
-                "finalizers": kept,
-                "resourceVersion": obj.resource_version(),
-            }
-        });
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
-    }
-    Ok(Action::await_change())
-}
-
-async fn add_finalizer(obj: &ImageRepository, ctx: &Context, namespace: &str) -> Result<(), Error> {
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
     let api: Api<ImageRepository> = Api::namespaced(ctx.client.clone(), namespace);
-    // The resourceVersion makes this fail rather than drop a finalizer someone added meanwhile.
-    let patch = serde_json::json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": obj.resource_version(),
-        }
-    });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
+    finalizer::remove(&api, obj, FINALIZER)
+        .await
+        .map_err(Error::Kube)?;
+    Ok(Action::await_change())
 }
 
 async fn patch_status(
