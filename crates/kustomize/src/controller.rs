@@ -31,7 +31,7 @@ use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use gantry_runtime::trigger::Trigger;
 use gantry_source::artifact::ArtifactStore;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -769,18 +769,9 @@ async fn write_status(
 ) -> Result<(), Error> {
     let namespace = ks.namespace().unwrap_or_default();
     let api: Api<Kustomization> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": Kustomization::api_version(&()),
-        "kind": Kustomization::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &ks.name_any(),
-        &PatchParams::apply(KUSTOMIZE_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::Status(format!("{namespace}/{}", ks.name_any()), e))?;
+    gantry_runtime::status::apply(&api, &ks.name_any(), KUSTOMIZE_FIELD_MANAGER, status)
+        .await
+        .map_err(|e| Error::Status(format!("{namespace}/{}", ks.name_any()), e))?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - [`http`]: the outbound HTTP client (registries, alert providers) with system roots plus a
 //!   per-object CA, a proxy and a timeout.
 //! - [`finalizer`]: adding and removing a finalizer without dropping anyone else's.
+//! - [`status`]: the status write every controller makes (server-side apply as its manager).
 //! - [`backoff`]: Flux's retry timing: exponential on errors, jittered intervals on success.
 //! - [`trigger`]: in-process reconcile requests between controllers (no waiting for intervals).
 
@@ -15,4 +16,5 @@ pub mod events;
 pub mod finalizer;
 pub mod http;
 pub mod metrics;
+pub mod status;
 pub mod trigger;

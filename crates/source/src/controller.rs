@@ -31,7 +31,7 @@ use gantry_runtime::events::{Events, Severity};
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use gantry_runtime::trigger::Trigger;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -849,18 +849,9 @@ async fn patch_status(
     status: GitRepositoryStatus,
 ) -> Result<(), Error> {
     let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), namespace);
-    let body = serde_json::json!({
-        "apiVersion": GitRepository::api_version(&()),
-        "kind": GitRepository::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Status)?;
+    gantry_runtime::status::apply(&api, &obj.name_any(), FIELD_MANAGER, &status)
+        .await
+        .map_err(Error::Status)?;
     Ok(())
 }
 

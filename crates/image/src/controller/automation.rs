@@ -46,7 +46,7 @@ use gantry_source::git::push::{CommitPlan, PushOutcome, PushRequest, commit_and_
 use gantry_source::git::{Credentials, Reference};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -811,18 +811,9 @@ async fn write_status(
     obj: &ImageUpdateAutomation,
     status: &ImageUpdateAutomationStatus,
 ) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": ImageUpdateAutomation::api_version(&()),
-        "kind": ImageUpdateAutomation::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    gantry_runtime::status::apply(api, &obj.name_any(), FIELD_MANAGER, status)
+        .await
+        .map_err(Error::Kube)?;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use gantry_runtime::events::{Events, Severity};
 use gantry_runtime::finalizer;
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -516,18 +516,9 @@ async fn write_status(
     if before == after {
         return Ok(());
     }
-    let body = serde_json::json!({
-        "apiVersion": ImagePolicy::api_version(&()),
-        "kind": ImagePolicy::kind(&()),
-        "status": after,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    gantry_runtime::status::apply(api, &obj.name_any(), FIELD_MANAGER, after)
+        .await
+        .map_err(Error::Kube)?;
     Ok(())
 }
 

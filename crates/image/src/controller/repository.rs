@@ -31,7 +31,7 @@ use gantry_runtime::finalizer;
 use gantry_runtime::metrics::{Metrics, ResourceInfo};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -715,18 +715,9 @@ async fn patch_status(
     status: &ImageRepositoryStatus,
 ) -> Result<(), Error> {
     let api: Api<ImageRepository> = Api::namespaced(ctx.client.clone(), namespace);
-    let body = serde_json::json!({
-        "apiVersion": ImageRepository::api_version(&()),
-        "kind": ImageRepository::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    gantry_runtime::status::apply(&api, &obj.name_any(), FIELD_MANAGER, status)
+        .await
+        .map_err(Error::Kube)?;
     Ok(())
 }
 
