@@ -301,7 +301,7 @@ pub async fn reconcile(
                     &p.revision,
                 )
                 .await;
-                request_fetch(&ctx, &obj, &namespace, &p.branch).await;
+                request_fetch(&ctx, &obj, &namespace, &p.branch, &report.source_url).await;
             }
             if !report.failed_files.is_empty() {
                 tracing::warn!(%namespace, %name, "{message}");
@@ -368,6 +368,7 @@ pub fn error_policy(obj: Arc<ImageUpdateAutomation>, err: &Error, ctx: Arc<Conte
 
 // What one run did.
 struct Report {
+    source_url: String,
     policies: BTreeMap<String, ImageRef>,
     source_revision: String,
     pushed: Option<gantry_source::git::push::Pushed>,
@@ -544,6 +545,7 @@ async fn run(obj: &ImageUpdateAutomation, ctx: &Context, namespace: &str) -> Res
         }
     };
     Ok(Report {
+        source_url: repo.spec.url.clone(),
         policies: policies
             .into_iter()
             .map(|(k, v)| {
@@ -762,19 +764,21 @@ pub fn selector_string(selector: &LabelSelector) -> Result<String, String> {
     Ok(parts.join(","))
 }
 
-// Asks for a fetch of every GitRepository in the source's namespace that follows `branch` of
-// the same URL (the automation's own source included).
-async fn request_fetch(ctx: &Context, obj: &ImageUpdateAutomation, namespace: &str, branch: &str) {
+// Asks for a fetch of the automation's own source at once, then of every other GitRepository
+// in its namespace that follows `branch` of the same URL.
+async fn request_fetch(
+    ctx: &Context,
+    obj: &ImageUpdateAutomation,
+    namespace: &str,
+    branch: &str,
+    url: &str,
+) {
     let Some(trigger) = &ctx.sources else { return };
     let source_ns = obj.source_namespace().unwrap_or(namespace).to_owned();
-    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_ns);
     let source = obj.spec.source_ref.name.as_str();
-    let url = match repos.get_opt(source).await {
-        Ok(Some(r)) => r.spec.url.clone(),
-        _ => return,
-    };
+    trigger.request(source, &source_ns);
+    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_ns);
     let Ok(list) = repos.list(&ListParams::default()).await else {
-        trigger.request(source, &source_ns);
         return;
     };
     for repo in list {
@@ -782,7 +786,7 @@ async fn request_fetch(ctx: &Context, obj: &ImageUpdateAutomation, namespace: &s
             Reference::Branch(b) => b == branch,
             _ => false,
         };
-        if repo.spec.url == url && (follows || repo.name_any() == source) {
+        if repo.spec.url == url && follows && repo.name_any() != source {
             trigger.request(&repo.name_any(), &source_ns);
         }
     }
