@@ -142,3 +142,22 @@ pub const KUSTOMIZE_SUBSTITUTE_ANNOTATION: &str = "kustomize.toolkit.fluxcd.io/s
 pub const DISABLED_VALUE: &str = "disabled";
 /// Value of the per-object annotations that switch a behaviour on.
 pub const ENABLED_VALUE: &str = "enabled";
+
+/// What the controller harness reads of every Flux object: whether it is suspended and its
+/// status, so status writes, `gotk_*` metrics and events are handled in one place for all kinds.
+pub trait FluxObject {
+    /// The object's status type.
+    type Status: FluxStatus;
+    /// `spec.suspend`.
+    fn suspended(&self) -> bool;
+    /// `status`, absent before the first status write.
+    fn flux_status(&self) -> Option<&Self::Status>;
+}
+
+/// What every Flux status shows: kstatus conditions and the revision the object serves.
+pub trait FluxStatus: Serialize {
+    /// `status.conditions`.
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+    /// The revision `gotk_resource_info` reports (artifact, last applied, latest image).
+    fn revision(&self) -> Option<&str>;
+}

@@ -11,9 +11,11 @@ use gantry_api::meta::LocalObjectReference;
 use gantry_api::source::v1::{
     Artifact, GitRepository, GitRepositoryInclude, GitRepositoryRef, GitRepositorySpec,
 };
+use gantry_runtime::controller::{Controller, Shared};
 use gantry_runtime::metrics::Metrics;
+use gantry_runtime::trigger::Trigger;
+use gantry_source::GitRepositories;
 use gantry_source::artifact::ArtifactStore;
-use gantry_source::controller::{Context, error_policy, reconcile};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, SshKeyPair, SshServer, TestRepo, free_port};
 use gantry_testkit::{wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Secret;
@@ -21,16 +23,15 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Controller;
-use kube::runtime::watcher;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 // The controller, watching one namespace, for as long as this value lives.
 struct Running {
     task: tokio::task::JoinHandle<()>,
-    ctx: Arc<Context>,
+    store: ArtifactStore,
     metrics: Metrics,
+    // What the in-process "artifact stored" hand-off announced, in order.
     hooked: Arc<Mutex<Vec<(String, String)>>>,
     _storage: tempfile::TempDir,
 }
@@ -46,23 +47,24 @@ fn start_controller(client: &Client, ns: &str) -> Running {
     let store = ArtifactStore::new(storage.path(), "http://gantry.test/");
     let hooked = Arc::new(Mutex::new(Vec::new()));
     let seen = hooked.clone();
-    let metrics = Metrics::new();
-    let ctx = Arc::new(
-        Context::new(client.clone(), store)
-            .with_metrics(metrics.clone())
-            .with_artifact_hook(move |ns, name| {
-                seen.lock().unwrap().push((ns.to_owned(), name.to_owned()));
-            }),
-    );
-    let api: Api<GitRepository> = Api::namespaced(client.clone(), ns);
-    let task = tokio::spawn(
-        Controller::new(api, watcher::Config::default())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|_| async {}),
-    );
+    let (stored, mut announced) = Trigger::<GitRepository>::new();
+    tokio::spawn(async move {
+        while let Some(repo) = announced.next().await {
+            let ns = repo.namespace.clone().unwrap_or_default();
+            seen.lock().unwrap().push((ns, repo.name.clone()));
+        }
+    });
+    let shared = Shared::new(client.clone());
+    let metrics = shared.metrics.clone();
+    let controller = Controller::new(
+        GitRepositories::new(store.clone()).notify_stored(stored),
+        shared,
+    )
+    .namespace(Some(ns));
+    let task = tokio::spawn(controller.run(std::future::pending()));
     Running {
         task,
-        ctx,
+        store,
         metrics,
         hooked,
         _storage: storage,
@@ -259,7 +261,7 @@ async fn a_gitrepository_over_http_gets_an_artifact_and_flux_status() {
         assert!(info.contains("ready=\"True\"") && info.contains(&revision), "{info}");
 
         // The Kustomization controller's view: the artifact unpacked.
-        let tree = running.ctx.store.open(&artifact).unwrap();
+        let tree = running.store.open(&artifact).unwrap();
         assert_eq!(
             std::fs::read_to_string(tree.path().join("deploy/app.yaml")).unwrap(),
             "kind: ConfigMap\n"
@@ -646,7 +648,7 @@ async fn include_and_sparse_checkout_shape_the_artifact() {
             status.included_artifacts[0].revision,
             format!("main@sha1:{}", lib.head())
         );
-        let tree = running.ctx.store.open(&status.artifact.unwrap()).unwrap();
+        let tree = running.store.open(&status.artifact.unwrap()).unwrap();
         let p = tree.path();
         assert!(p.join("apps/a.yaml").is_file());
         assert!(!p.join("docs").exists(), "outside the sparse checkout");
@@ -677,15 +679,14 @@ async fn a_trigger_request_fetches_at_once_without_waiting_for_the_interval() {
         repo.push("HEAD:refs/heads/main");
         let server = GitHttpServer::start(root.path(), HttpAuth::None);
         let storage = tempfile::tempdir().unwrap();
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            ArtifactStore::new(storage.path(), "http://gantry.test/"),
-        ));
-        let trigger = ctx.trigger();
-        let watched = ns.clone();
-        let task = tokio::spawn(async move {
-            gantry_source::run_controller(ctx, Some(&watched), 2, std::future::pending()).await
-        });
+        let mut controller = Controller::new(
+            GitRepositories::new(ArtifactStore::new(storage.path(), "http://gantry.test/")),
+            Shared::new(client.clone()),
+        )
+        .namespace(Some(&ns))
+        .concurrency(2);
+        let trigger = controller.trigger();
+        let task = tokio::spawn(controller.run(std::future::pending()));
         let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
         // An interval long enough that only the trigger can explain a second fetch.
         api.create(
@@ -722,6 +723,81 @@ async fn a_trigger_request_fetches_at_once_without_waiting_for_the_interval() {
         // A request for an object that does not exist is harmless.
         trigger.request("missing", &ns);
         task.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_gitrepository_leaves_no_metrics_and_no_artifacts() {
+    with_namespace("gitrepo-delete", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("app.yaml", "a: 1\n").commit("first");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(root.path(), HttpAuth::None);
+        let running = start_controller(&client, &ns);
+        let api: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        api.create(
+            &PostParams::default(),
+            &GitRepository::new("doomed", spec(&server.url("app.git"), None, "main")),
+        )
+        .await
+        .unwrap();
+        let ready = wait_for(&api, "doomed", WAIT, is_ready).await.unwrap();
+        assert!(
+            ready
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == "finalizers.fluxcd.io")),
+            "the finalizer guards the artifacts: {:?}",
+            ready.metadata.finalizers
+        );
+        let dir =
+            running
+                .store
+                .object_dir(gantry_source::artifact::GIT_REPOSITORY_KIND, &ns, "doomed");
+        assert!(dir.is_dir(), "artifacts stored in {}", dir.display());
+
+        // Then it fails (Ready=False exported), as the object in the report did.
+        api.patch(
+            "doomed",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"url": server.url("missing.git")}})),
+        )
+        .await
+        .unwrap();
+        wait_for(&api, "doomed", WAIT, |r| {
+            r.and_then(|r| condition(r, "Ready"))
+                .is_some_and(|c| c.status == "False")
+        })
+        .await;
+        let series = |exported: &str| {
+            exported
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains("name=\"doomed\""))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        // Exported right after the status write the wait above saw: give it a moment.
+        let exported_failure = |exported: &str| {
+            series(exported).iter().any(|l| {
+                l.starts_with("gotk_reconcile_condition{") && l.contains("status=\"False\"")
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !exported_failure(&running.metrics.encode()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = running.metrics.encode();
+        assert!(exported_failure(&before), "{before}");
+
+        api.delete("doomed", &Default::default()).await.unwrap();
+        wait_for(&api, "doomed", WAIT, |r| r.is_none()).await;
+        assert!(!dir.exists(), "{} removed with the object", dir.display());
+        let after = running.metrics.encode();
+        assert_eq!(series(&after), Vec::<String>::new(), "{after}");
     })
     .await;
 }

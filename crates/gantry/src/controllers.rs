@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
+use gantry_api::source::v1::GitRepository;
+use gantry_runtime::controller::{Controller, Shared};
 use gantry_runtime::events::Events;
 use gantry_runtime::metrics::Metrics;
+use gantry_runtime::trigger::Trigger;
+use gantry_source::GitRepositories;
 use gantry_source::artifact::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 
@@ -42,13 +46,20 @@ pub async fn run(
         .await
         .context("reading the client configuration (for serviceAccountName impersonation)")?;
 
-    let source = gantry_source::controller::Context::new(client.clone(), store.clone())
-        .with_events(Events::new(
-            client.clone(),
-            "source-controller",
-            events_tx.clone(),
-        ))
-        .with_metrics(metrics.clone());
+    let shared = Shared {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        events: events_tx.clone(),
+    };
+    // A stored artifact wakes the Kustomizations that use it, in process.
+    let (artifact_stored, stored_artifacts) = Trigger::<GitRepository>::new();
+    let mut source = Controller::new(
+        GitRepositories::new(store.clone()).notify_stored(artifact_stored),
+        shared,
+    )
+    .namespace(settings.watch_namespace.as_deref())
+    .concurrency(settings.concurrency);
+    let source_trigger = source.trigger();
     // Image automation: a scan that changes a tag list runs its policies at once, a policy whose
     // latest image changes runs the automations of its namespace at once, and a pushed commit
     // makes the GitRepository fetch at once: no hop waits for an interval.
@@ -63,7 +74,7 @@ pub async fn run(
             events_tx.clone(),
         ))
         .with_metrics(metrics.clone())
-        .with_source_trigger(source.trigger())
+        .with_source_trigger(source_trigger)
         .with_workdirs(workdirs);
     let image_policies =
         gantry_image::controller::policy::Context::new(client.clone(), images.clone())
@@ -110,15 +121,11 @@ pub async fn run(
         "starting controllers"
     );
     let (_, _, _, _, _, notifications) = tokio::join!(
-        gantry_source::controller::run_controller(
-            std::sync::Arc::new(source),
-            namespace,
-            settings.concurrency,
-            async move { stop.cancelled().await },
-        ),
+        source.run(async move { stop.cancelled().await }),
         gantry_kustomize::controller::run_controller(
             kustomize,
             requests,
+            stored_artifacts,
             namespace,
             settings.concurrency,
             async move { stop2.cancelled().await },

@@ -59,6 +59,8 @@ pub struct Context {
     /// How often health waits poll.
     pub health_interval: Duration,
     dependents: Trigger<Kustomization>,
+    // Whether GitRepositories are watched too (the fallback to the in-process hand-off).
+    watch_sources: bool,
     store: OnceLock<Store<Kustomization>>,
     failures: Mutex<HashMap<(String, String), u32>>,
 }
@@ -87,6 +89,7 @@ impl Context {
             metrics: None,
             health_interval: Duration::from_millis(500),
             dependents,
+            watch_sources: true,
             store: OnceLock::new(),
             failures: Mutex::default(),
         };
@@ -112,6 +115,13 @@ impl Context {
     /// `spec.serviceAccountName` is unset.
     pub fn with_default_service_account(mut self, account: Option<String>) -> Self {
         self.default_service_account = account.filter(|a| !a.is_empty());
+        self
+    }
+
+    /// Rely on the source controller's in-process hand-off alone: no GitRepository watch. For
+    /// tests that prove the hand-off, and for a process that runs both controllers.
+    pub fn without_source_watch(mut self) -> Self {
+        self.watch_sources = false;
         self
     }
 
@@ -374,8 +384,11 @@ async fn run(
     let mut kustomize = ctx.kustomize.clone();
     kustomize.timeout = timeout;
     let path = ks.spec.path.clone();
+    // The source controller's store wakes this at once (no polling).
+    store
+        .wait_for(&artifact, timeout.min(ARTIFACT_PATIENCE))
+        .await;
     let built = tokio::task::spawn_blocking(move || {
-        wait_until_stored(&store, &artifact, timeout.min(ARTIFACT_PATIENCE));
         let dir = store.open(&artifact).map_err(|e| {
             Failure::new(
                 ARTIFACT_FAILED_REASON,
@@ -687,20 +700,9 @@ fn applier_for(ks: &Kustomization, ctx: &Context) -> Result<Applier, String> {
     Ok(ctx.applier.with_client(client))
 }
 
-/// How long a reconciliation waits for this process to store an artifact its source names.
+/// How long a reconciliation waits for this process to store an artifact its source names
+/// (just after a start or a leader handover, the source's status outlives the store).
 const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Waits (blocking, up to `patience`) until `artifact` is in the local store. A GitRepository's
-/// status outlives the process that stored its artifact: just after a start or a leader handover
-/// it names an artifact the source controller of this process is still fetching, and failing at
-/// once would leave the Kustomization failed until its retry interval (the revision does not
-/// change, so nothing else wakes it).
-fn wait_until_stored(store: &ArtifactStore, artifact: &Artifact, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline && store.local_path(artifact).is_ok_and(|path| !path.exists()) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn health_check_targets(ks: &Kustomization) -> Vec<InventoryEntry> {
     let namespace = ks.namespace().unwrap_or_default();
@@ -849,11 +851,15 @@ fn seed(ks: &Kustomization) -> u64 {
 }
 
 /// Runs the controller until `shutdown`: watches Kustomizations (spec changes, reconcile
-/// requests and deletions only: our own status writes do not retrigger), the GitRepositories they
-/// use (a new artifact triggers them at once) and in-process requests from dependencies.
+/// requests and deletions only: our own status writes do not retrigger) and takes in-process
+/// requests from dependencies (`requests`) and from the source controller (`stored`: a
+/// GitRepository whose new artifact was stored wakes the Kustomizations that use it at once).
+/// Unless [`Context::without_source_watch`], the GitRepositories are also watched, as a
+/// fallback for artifacts stored elsewhere.
 pub async fn run_controller(
     ctx: Context,
     requests: impl futures::Stream<Item = ObjectRef<Kustomization>> + Send + 'static,
+    stored: impl futures::Stream<Item = ObjectRef<GitRepository>> + Send + 'static,
     namespace: Option<&str>,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -879,26 +885,20 @@ pub async fn run_controller(
         .applied_objects()
         .predicate_filter(artifact_changed, Default::default());
     let store = reader.clone();
+    let stored = stored.flat_map(move |repo| futures::stream::iter(users_of(&store, &repo)));
+    let store = reader.clone();
+    let watch_sources = ctx.watch_sources;
     let ctx = Arc::new(ctx);
-    Controller::for_stream(kustomizations, reader)
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .watches_stream(artifacts, move |repo: GitRepository| {
-            let repo_ns = repo.namespace().unwrap_or_default();
-            let repo_name = repo.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|ks| {
-                    let ks_ns = ks.namespace().unwrap_or_default();
-                    let source = &ks.spec.source_ref;
-                    source.kind == SourceKind::GitRepository
-                        && source.name == repo_name
-                        && source.namespace.as_deref().unwrap_or(&ks_ns) == repo_ns
-                })
-                .map(|ks| ObjectRef::from_obj(ks.as_ref()))
-                .collect::<Vec<_>>()
-        })
+    let mut controller = Controller::for_stream(kustomizations, reader)
+        .with_config(ControllerConfig::default().concurrency(concurrency));
+    if watch_sources {
+        controller = controller.watches_stream(artifacts, move |repo: GitRepository| {
+            users_of(&store, &ObjectRef::from_obj(&repo))
+        });
+    }
+    controller
         .reconcile_on(requests)
+        .reconcile_on(stored)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -907,6 +907,26 @@ pub async fn run_controller(
             }
         })
         .await;
+}
+
+/// The Kustomizations whose source is the GitRepository `repo`.
+fn users_of(
+    store: &reflector::Store<Kustomization>,
+    repo: &ObjectRef<GitRepository>,
+) -> Vec<ObjectRef<Kustomization>> {
+    let repo_ns = repo.namespace.as_deref().unwrap_or_default();
+    store
+        .state()
+        .into_iter()
+        .filter(|ks| {
+            let ks_ns = ks.namespace().unwrap_or_default();
+            let source = &ks.spec.source_ref;
+            source.kind == SourceKind::GitRepository
+                && source.name == repo.name
+                && source.namespace.as_deref().unwrap_or(&ks_ns) == repo_ns
+        })
+        .map(|ks| ObjectRef::from_obj(ks.as_ref()))
+        .collect()
 }
 
 fn spec_or_request_changed(ks: &Kustomization) -> Option<u64> {

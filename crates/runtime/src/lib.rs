@@ -8,10 +8,13 @@
 //! - [`finalizer`]: adding and removing a finalizer without dropping anyone else's.
 //! - [`status`]: the status write every controller makes (server-side apply as its manager).
 //! - [`backoff`]: Flux's retry timing: exponential on errors, jittered intervals on success.
+//! - [`controller`]: the harness every controller runs on (watch, predicates, finalizer, backoff,
+//!   status, events, metrics); a controller implements only [`controller::Reconciler`].
 //! - [`trigger`]: in-process reconcile requests between controllers (no waiting for intervals).
 
 pub mod backoff;
 pub mod conditions;
+pub mod controller;
 pub mod events;
 pub mod finalizer;
 pub mod http;

@@ -68,6 +68,19 @@ pub struct ResourceInfo {
     pub revision: String,
 }
 
+/// Records the time from its creation to its drop into `gotk_reconcile_duration_seconds`.
+#[must_use = "the duration is recorded when the timer is dropped"]
+pub struct ReconcileTimer {
+    histogram: Histogram,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// All of Gantry's metrics. Cheap to clone; every controller records into the same registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -133,6 +146,22 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Starts timing one reconciliation; the duration is recorded when the timer is dropped,
+    /// however the reconciliation ends (success, error or cancellation).
+    pub fn reconcile_timer(&self, kind: &str, namespace: &str, name: &str) -> ReconcileTimer {
+        ReconcileTimer {
+            histogram: self
+                .reconcile_duration
+                .get_or_create(&ObjectLabels {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    namespace: namespace.to_string(),
+                })
+                .clone(),
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Publishes an object's current readiness, replacing what was exported for it before.
     pub fn set_resource(&self, info: &ResourceInfo) {
         let key = (info.kind.clone(), info.namespace.clone(), info.name.clone());
@@ -184,9 +213,14 @@ impl Metrics {
         }
     }
 
-    /// Forgets a deleted object.
+    /// Forgets a deleted object: every series that names it.
     pub fn remove_resource(&self, kind: &str, namespace: &str, name: &str) {
         self.set_stalled(kind, namespace, name, false);
+        self.reconcile_duration.remove(&ObjectLabels {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+        });
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         if let Some((info, condition)) = self.current.lock().expect("metrics lock").remove(&key) {
             self.info.remove(&info);

@@ -12,7 +12,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -21,6 +22,7 @@ use gantry_api::source::v1::Artifact;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use tokio::sync::Notify;
 
 use crate::sourceignore::SourceIgnore;
 
@@ -64,6 +66,8 @@ pub struct ArtifactStore {
     root: PathBuf,
     base_url: String,
     retention: usize,
+    // Woken after every store, for consumers in the process that wait for an artifact.
+    stored: Arc<Notify>,
 }
 
 impl ArtifactStore {
@@ -74,6 +78,7 @@ impl ArtifactStore {
             root: root.into(),
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             retention: DEFAULT_RETENTION,
+            stored: Arc::default(),
         }
     }
 
@@ -119,6 +124,23 @@ impl ArtifactStore {
         self.local_path(artifact).is_ok_and(|p| p.is_file())
     }
 
+    /// Waits until `artifact` is present, at most `patience`; whether it is. A source's status
+    /// outlives the process that stored its artifact: just after a start or a leader handover it
+    /// names an artifact this process's source controller is still fetching.
+    pub async fn wait_for(&self, artifact: &Artifact, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the check, so a store between the check and the wait wakes it.
+            let stored = self.stored.notified();
+            if self.exists(artifact) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, stored).await.is_err() {
+                return self.exists(artifact);
+            }
+        }
+    }
+
     /// Archives `dir` (minus what `ignore` excludes) as the artifact of `revision` for the object,
     /// then drops the object's oldest artifacts beyond the retention.
     pub fn store(
@@ -159,6 +181,7 @@ impl ArtifactStore {
             .set_modified(SystemTime::now())
             .map_err(storage_err(&path))?;
         self.garbage_collect(&object_dir, &path)?;
+        self.stored.notify_waiters();
         let rel = format!("{kind}/{namespace}/{name}/{file_name}");
         Ok(Artifact {
             url: format!("{}/{rel}", self.base_url),

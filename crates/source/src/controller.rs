@@ -8,35 +8,31 @@
 //! something changed: `NewArtifact` for a new artifact, the failure reason for a new failure.
 //! Success requeues after `interval` ±5%; failures back off exponentially (750 ms .. 15 min).
 //!
-//! The controller's own status writes come back as watch events; a small schedule per object
-//! turns those into no-ops until the object is due, its generation changes, a new
-//! `reconcile.fluxcd.io/requestedAt` arrives or something in the process asks through
-//! [`Context::trigger`] (image automation after a push, a webhook).
+//! Deleting a GitRepository removes its artifacts (the harness's finalizer calls
+//! [`Reconciler::cleanup`]). The harness ([`gantry_runtime::controller`]) owns scheduling,
+//! finalizer, backoff, metrics and events; this file only fetches, stores and reports.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use futures::StreamExt;
 use gantry_api::meta::{READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON};
 use gantry_api::source::v1::{
     ARTIFACT_IN_STORAGE_CONDITION, ARTIFACT_OUTDATED_CONDITION, Artifact, FETCH_FAILED_CONDITION,
     GitRepository, GitRepositoryInclude, GitRepositoryStatus, INCLUDE_UNAVAILABLE_CONDITION,
     STORAGE_OPERATION_FAILED_CONDITION, URL_INVALID_REASON,
 };
-use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions::{self, Status};
-use gantry_runtime::events::{Events, Severity};
-use gantry_runtime::metrics::{Metrics, ResourceInfo};
+#[cfg(doc)]
+use gantry_runtime::controller::Controller;
+use gantry_runtime::controller::{Cx, Reconciler, jittered};
+use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
 
 use crate::artifact::{ArtifactError, ArtifactStore, GIT_REPOSITORY_KIND};
 use crate::duration::parse_go_duration;
@@ -50,121 +46,34 @@ pub const NEW_ARTIFACT_REASON: &str = "NewArtifact";
 /// Reason when storing the artifact failed.
 pub const STORAGE_OPERATION_FAILED_REASON: &str = "StorageOperationFailed";
 
-/// Called with (namespace, name) of a GitRepository whenever a new artifact was stored, so other
-/// controllers in the process can react at once.
-pub type ArtifactHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
-/// What every reconciliation shares.
-pub struct Context {
-    /// Client for the API server.
-    pub client: Client,
-    /// Where artifacts go.
-    pub store: ArtifactStore,
-    /// Who the Kubernetes Events come from (`source-controller`).
-    pub reporter: Reporter,
-    hook: Option<ArtifactHook>,
-    events: Option<Events>,
-    metrics: Option<Metrics>,
-    schedule: Mutex<HashMap<(String, String), Schedule>>,
+/// The GitRepository controller's domain steps. Run it on the harness:
+/// `Controller::new(GitRepositories::new(store), shared)`; the controller's
+/// [`Controller::trigger`] fetches an object now, whatever its interval (image automation after
+/// a push, a webhook).
+pub struct GitRepositories {
+    store: ArtifactStore,
     // Objects whose fetch thread still runs. libgit2 cannot be given socket timeouts without
     // `unsafe`, so a server that stops answering can hold a thread past `spec.timeout`; one such
     // thread per object at most.
-    in_flight: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
-    trigger: Trigger<GitRepository>,
-    // The trigger's receiving end, until `run_controller` takes it.
-    requests: Mutex<Option<futures::stream::BoxStream<'static, ObjectRef<GitRepository>>>>,
-    // Objects asked for through the trigger and not reconciled since: they skip the schedule.
-    requested: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    stored: Option<Trigger<GitRepository>>,
 }
 
-// When an object is next due, and what it looked like when that was decided.
-#[derive(Clone, Debug)]
-struct Schedule {
-    // A recreated object (new uid) starts afresh.
-    uid: Option<String>,
-    generation: Option<i64>,
-    requested_at: Option<String>,
-    due: Instant,
-    failures: u32,
-}
-
-impl Context {
-    /// A context with a `source-controller` event reporter and no hook.
-    pub fn new(client: Client, store: ArtifactStore) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        let (trigger, requests) = Trigger::new();
-        Context {
-            reporter,
-            client,
+impl GitRepositories {
+    /// Stores artifacts in `store`.
+    pub fn new(store: ArtifactStore) -> Self {
+        Self {
             store,
-            hook: None,
-            events: None,
-            metrics: None,
-            schedule: Mutex::default(),
             in_flight: Arc::default(),
-            trigger,
-            requests: Mutex::new(Some(requests.boxed())),
-            requested: Arc::default(),
+            stored: None,
         }
     }
 
-    /// Asks the controller (once [`run_controller`] runs) to fetch a GitRepository now, whatever
-    /// its interval: `trigger.request(name, namespace)`. Cheap to clone; hand it to whatever
-    /// knows the remote changed (image automation after a push, a push webhook).
-    pub fn trigger(&self) -> Trigger<GitRepository> {
-        self.trigger.clone()
-    }
-
-    // Whether the object was asked for through the trigger; clears the request.
-    fn take_requested(&self, key: &(String, String)) -> bool {
-        self.requested.lock().is_ok_and(|mut set| set.remove(key))
-    }
-
-    /// Publishes events through the process's shared [`Events`] (so in-process subscribers such
-    /// as alerting see them) instead of a recorder of its own.
-    pub fn with_events(mut self, events: Events) -> Self {
-        self.events = Some(events);
+    /// Requests `trigger` with each GitRepository whose artifact was just stored: the in-process
+    /// hand-off to the Kustomizations that use it (the Kustomization controller maps it).
+    pub fn notify_stored(mut self, trigger: Trigger<GitRepository>) -> Self {
+        self.stored = Some(trigger);
         self
-    }
-
-    /// Records `gotk_reconcile_duration_seconds` and `gotk_resource_info` into `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Calls `hook(namespace, name)` after every new artifact.
-    pub fn with_artifact_hook(mut self, hook: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// Forgets a deleted GitRepository's schedule and removes its artifacts (call on delete
-    /// events; there is no finalizer).
-    pub fn forget(&self, namespace: &str, name: &str) -> Result<(), ArtifactError> {
-        if let Ok(mut map) = self.schedule.lock() {
-            map.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-        if let Ok(mut set) = self.requested.lock() {
-            set.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.remove_resource("GitRepository", namespace, name);
-        }
-        self.store.remove_all(GIT_REPOSITORY_KIND, namespace, name)
-    }
-
-    fn schedule_of(&self, key: &(String, String)) -> Option<Schedule> {
-        self.schedule.lock().ok()?.get(key).cloned()
-    }
-
-    fn set_schedule(&self, key: (String, String), s: Schedule) {
-        if let Ok(mut map) = self.schedule.lock() {
-            map.insert(key, s);
-        }
     }
 }
 
@@ -234,241 +143,118 @@ impl Error {
     }
 }
 
-/// Reconciles one GitRepository.
-pub async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let name = obj.name_any();
-    if obj.spec.suspend {
-        record_resource(&ctx, &obj, &namespace, &name, None);
-        return Ok(Action::await_change());
-    }
-    let started = Instant::now();
-    let result = reconcile_inner(&obj, &ctx, &namespace, &name).await;
-    if let Some(metrics) = &ctx.metrics
-        && !matches!(result, Ok(Outcome::NotDue(_)))
-    {
-        metrics.observe_reconcile("GitRepository", &namespace, &name, started.elapsed());
-    }
-    result.map(Outcome::action)
-}
+impl Reconciler for GitRepositories {
+    type Object = GitRepository;
+    type Error = Error;
+    const CONTROLLER: &'static str = FIELD_MANAGER;
 
-// Whether the reconciliation did anything (for metrics) and when to come back.
-enum Outcome {
-    NotDue(Action),
-    Done(Action),
-}
-
-impl Outcome {
-    fn action(self) -> Action {
-        match self {
-            Outcome::NotDue(a) | Outcome::Done(a) => a,
-        }
-    }
-}
-
-async fn reconcile_inner(
-    obj: &Arc<GitRepository>,
-    ctx: &Arc<Context>,
-    namespace: &str,
-    name: &str,
-) -> Result<Outcome, Error> {
-    let (obj, ctx) = (obj.as_ref(), ctx.as_ref());
-    let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    let key = (namespace.clone(), name.clone());
-    let generation = obj.metadata.generation;
-    let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
-    // Our own status write (or any other status-only change) is not a reason to fetch again.
-    let previous = ctx.schedule_of(&key).filter(|s| s.uid == obj.metadata.uid);
-    let triggered = ctx.take_requested(&key);
-    if let Some(s) = &previous
-        && !triggered
-        && s.generation == generation
-        && s.requested_at == requested_at
-        && s.due > Instant::now()
-    {
-        return Ok(Outcome::NotDue(Action::requeue(s.due - Instant::now())));
-    }
-    let failures = previous.map_or(0, |s| s.failures);
-
-    let interval = match parse_go_duration(&obj.spec.interval) {
-        Ok(d) if !d.is_zero() => d,
-        _ => {
-            let err = Error::InvalidSpec(format!("invalid interval '{}'", obj.spec.interval));
-            return stalled(obj, ctx, &namespace, err, requested_at)
-                .await
-                .map(Outcome::Done);
-        }
-    };
-    if !["http://", "https://", "ssh://"]
-        .iter()
-        .any(|s| obj.spec.url.starts_with(s))
-    {
-        let err = Error::InvalidSpec(format!(
-            "URL '{}' is not supported: use http://, https:// or ssh://",
-            obj.spec.url
-        ));
-        return stalled(obj, ctx, &namespace, err, requested_at)
-            .await
-            .map(Outcome::Done);
-    }
-
-    // The spec passed the checks that stall it.
-    if let Some(metrics) = &ctx.metrics {
-        metrics.set_stalled("GitRepository", &namespace, &name, false);
-    }
-    match run(obj, ctx, &namespace, &name).await {
-        Ok(outcome) => {
-            let previous = obj.status.clone().unwrap_or_default();
-            let artifact = outcome.artifact;
-            let status = success_status(
-                obj,
-                &previous,
-                artifact.clone(),
-                outcome.included,
-                requested_at.clone(),
-            );
-            patch_status(ctx, obj, &namespace, status).await?;
-            record_resource(
-                ctx,
-                obj,
-                &namespace,
-                &name,
-                Some((true, SUCCEEDED_REASON, &artifact)),
-            );
-            let changed = previous
-                .artifact
-                .as_ref()
-                .is_none_or(|a| a.revision != artifact.revision || a.digest != artifact.digest);
-            if changed {
-                tracing::info!(%namespace, %name, revision = %artifact.revision, "stored new artifact");
-                // The Kustomizations first: recording the event is one more API round trip.
-                if let Some(hook) = &ctx.hook {
-                    hook(&namespace, &name);
-                }
-                let note = match &outcome.subject {
-                    Some(s) => format!("stored artifact for commit '{s}'"),
-                    None => ready_message(&artifact.revision),
-                };
-                publish(
-                    ctx,
-                    obj,
-                    Severity::Info,
-                    NEW_ARTIFACT_REASON,
-                    note,
-                    Some(&artifact.revision),
-                )
-                .await;
+    async fn reconcile(
+        &self,
+        obj: Arc<GitRepository>,
+        cx: &Cx<GitRepository>,
+    ) -> Result<Action, Error> {
+        let obj = obj.as_ref();
+        let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+        let name = obj.name_any();
+        let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
+        let interval = match parse_go_duration(&obj.spec.interval) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                let err = Error::InvalidSpec(format!("invalid interval '{}'", obj.spec.interval));
+                return Err(stalled(obj, cx, err, requested_at).await);
             }
-            let wait = jittered(obj, interval);
-            ctx.set_schedule(
-                key,
-                Schedule {
-                    uid: obj.metadata.uid.clone(),
-                    generation,
-                    requested_at,
-                    due: Instant::now() + wait,
-                    failures: 0,
-                },
-            );
-            Ok(Outcome::Done(Action::requeue(wait)))
+        };
+        if !["http://", "https://", "ssh://"]
+            .iter()
+            .any(|s| obj.spec.url.starts_with(s))
+        {
+            let err = Error::InvalidSpec(format!(
+                "URL '{}' is not supported: use http://, https:// or ssh://",
+                obj.spec.url
+            ));
+            return Err(stalled(obj, cx, err, requested_at).await);
         }
-        Err(err) => {
-            let message = err.to_string();
-            tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
-            let previous = obj.status.clone().unwrap_or_default();
-            let status = failure_status(obj, &previous, &err, requested_at.clone());
-            patch_status(ctx, obj, &namespace, status).await?;
-            if let Some(artifact) = &previous.artifact {
-                record_resource(
-                    ctx,
+
+        let previous = obj.status.clone().unwrap_or_default();
+        match self.fetch(obj, cx, &namespace, &name).await {
+            Ok(outcome) => {
+                let artifact = outcome.artifact;
+                let status = success_status(
                     obj,
-                    &namespace,
-                    &name,
-                    Some((false, err.reason(), artifact)),
+                    &previous,
+                    artifact.clone(),
+                    outcome.included,
+                    requested_at,
                 );
+                cx.write_status(obj, &status).await.map_err(Error::Status)?;
+                let changed = previous
+                    .artifact
+                    .as_ref()
+                    .is_none_or(|a| a.revision != artifact.revision || a.digest != artifact.digest);
+                // Stored now (a fetch happened) even if the revision is the same: a new leader's
+                // empty store, which a Kustomization may be waiting on.
+                if changed || outcome.subject.is_some() {
+                    // The Kustomizations first: recording the event is one more API round trip.
+                    if let Some(stored) = &self.stored {
+                        stored.request(&name, &namespace);
+                    }
+                }
+                if changed {
+                    tracing::info!(%namespace, %name, revision = %artifact.revision, "stored new artifact");
+                    let note = match &outcome.subject {
+                        Some(s) => format!("stored artifact for commit '{s}'"),
+                        None => ready_message(&artifact.revision),
+                    };
+                    cx.event(
+                        obj,
+                        Severity::Info,
+                        NEW_ARTIFACT_REASON,
+                        &note,
+                        Some(&artifact.revision),
+                    )
+                    .await;
+                }
+                Ok(Action::requeue(jittered(obj, interval)))
             }
-            let was = conditions::get(&previous.conditions, READY_CONDITION);
-            if was.is_none_or(|c| c.status != "False" || c.message != message) {
-                publish(ctx, obj, Severity::Error, err.reason(), message, None).await;
+            Err(err) => {
+                let message = err.to_string();
+                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
+                let status = failure_status(obj, &previous, &err, requested_at);
+                cx.write_status(obj, &status).await.map_err(Error::Status)?;
+                let was = conditions::get(&previous.conditions, READY_CONDITION);
+                if was.is_none_or(|c| c.status != "False" || c.message != message) {
+                    cx.event(obj, Severity::Error, err.reason(), &message, None)
+                        .await;
+                }
+                Err(err)
             }
-            ctx.set_schedule(
-                key,
-                Schedule {
-                    uid: obj.metadata.uid.clone(),
-                    generation,
-                    requested_at,
-                    due: Instant::now() + after_failures(failures + 1),
-                    failures: failures + 1,
-                },
-            );
-            Err(err)
         }
     }
-}
 
-/// Requeues with exponential backoff after a failed reconciliation.
-pub fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-    match err {
-        Error::InvalidSpec(_) => Action::await_change(),
-        _ => {
-            let failures = ctx.schedule_of(&key).map_or(1, |s| s.failures.max(1));
-            Action::requeue(after_failures(failures))
-        }
+    async fn cleanup(&self, obj: Arc<GitRepository>, _cx: &Cx<GitRepository>) -> Result<(), Error> {
+        let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+        self.store
+            .remove_all(GIT_REPOSITORY_KIND, &namespace, &obj.name_any())
+            .map_err(Error::Artifact)
     }
-}
 
-/// Runs the GitRepository controller (in `namespace`, or all namespaces) with up to
-/// `concurrency` reconciliations at once, until `shutdown` completes. Requests sent through
-/// [`Context::trigger`] are reconciled at once, skipping the interval.
-pub async fn run_controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<GitRepository> = match namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let requests = ctx
-        .requests
-        .lock()
-        .ok()
-        .and_then(|mut r| r.take())
-        .unwrap_or_else(|| futures::stream::empty().boxed());
-    // Marked before the controller queues the request, so the reconcile it leads to fetches.
-    let requested = ctx.requested.clone();
-    let requests = requests.inspect(move |r| {
-        let key = (r.namespace.clone().unwrap_or_default(), r.name.clone());
-        if let Ok(mut set) = requested.lock() {
-            set.insert(key);
-        }
-    });
-    Controller::new(api, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .reconcile_on(requests)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("GitRepository reconcile: {e}");
-            }
-        })
-        .await;
+    fn retryable(error: &Error) -> bool {
+        !matches!(error, Error::InvalidSpec(_))
+    }
 }
 
 // Clears the object's in-flight mark when the fetch thread ends, however it ends.
 struct InFlight {
-    set: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    set: Arc<Mutex<HashSet<(String, String)>>>,
     key: (String, String),
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.set.lock() {
-            set.remove(&self.key);
-        }
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 
@@ -480,130 +266,138 @@ struct Stored {
     subject: Option<String>,
 }
 
-async fn run(
-    obj: &GitRepository,
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<Stored, Error> {
-    let credentials = match &obj.spec.secret_ref {
-        Some(r) => Credentials::from_secret_data(&secret_data(ctx, namespace, &r.name).await?),
-        None => Credentials::default(),
-    };
-    let proxy = match &obj.spec.proxy_secret_ref {
-        Some(r) => {
-            let data = secret_data(ctx, namespace, &r.name).await?;
-            Some(git::auth::proxy_url(&data).map_err(Error::Proxy)?)
-        }
-        None => None,
-    };
-    let includes = resolve_includes(obj, ctx, namespace).await?;
-    let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
-    let timeout = parse_go_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
-    let status = obj.status.clone().unwrap_or_default();
-    let same_includes = status.observed_include == obj.spec.include
-        && status.included_artifacts.len() == included.len()
-        && status
-            .included_artifacts
-            .iter()
-            .zip(&included)
-            .all(|(a, b)| a.revision == b.revision && a.digest == b.digest);
-    // Only a present artifact built with the same rules allows skipping the fetch.
-    let current = status.artifact.clone().filter(|a| {
-        ctx.store.exists(a)
-            && status.observed_ignore == obj.spec.ignore
-            && status.observed_sparse_checkout == obj.spec.sparse_checkout
-            && status.observed_recurse_submodules == obj.spec.recurse_submodules
-            && same_includes
-    });
-    let request = FetchRequest {
-        url: obj.spec.url.clone(),
-        reference: Reference::from_spec(obj.spec.r#ref.as_ref()),
-        credentials,
-        timeout,
-        last_revision: current.as_ref().map(|a| a.revision.clone()),
-        recurse_submodules: obj.spec.recurse_submodules,
-        proxy,
-    };
-    let store = ctx.store.clone();
-    let ignore = obj.spec.ignore.clone();
-    let sparse = obj.spec.sparse_checkout.clone();
-    let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    let url = obj.spec.url.clone();
-    let flight_key = (namespace.clone(), name.clone());
-    let newly = ctx
-        .in_flight
-        .lock()
-        .map(|mut set| set.insert(flight_key.clone()))
-        .unwrap_or(true);
-    if !newly {
-        return Err(Error::Git(GitError::Operation {
-            url,
-            cause: "the previous fetch has not finished yet (the server stopped answering)".into(),
-        }));
-    }
-    let landing = InFlight {
-        set: ctx.in_flight.clone(),
-        key: flight_key,
-    };
-    let work = tokio::task::spawn_blocking(move || -> Result<Option<Stored>, Error> {
-        let _landing = landing;
-        let dir = tempfile::Builder::new()
-            .prefix("gantry-git-")
-            .tempdir()
-            .map_err(|e| Error::Worker(format!("temporary directory: {e}")))?;
-        match git::fetch(&request, dir.path())? {
-            FetchOutcome::Unchanged { .. } => Ok(None),
-            FetchOutcome::Fetched(commit) => {
-                for (include, artifact) in &includes {
-                    copy_include(&store, include, artifact, dir.path())?;
-                }
-                // As in Flux, ignore files are read after the includes are in place, and a
-                // sparse checkout does not hide what was included.
-                let mut keep = sparse.clone();
-                if !keep.is_empty() {
-                    keep.extend(includes.iter().map(|(i, _)| i.to_path().to_owned()));
-                }
-                let rules = SourceIgnore::load(dir.path(), ignore.as_deref())?.only_in(&keep);
-                let artifact = store.store(
-                    GIT_REPOSITORY_KIND,
-                    &namespace,
-                    &name,
-                    dir.path(),
-                    &rules,
-                    &commit.revision,
-                )?;
-                Ok(Some(Stored {
-                    artifact,
-                    included: includes.into_iter().map(|(_, a)| a).collect(),
-                    subject: Some(commit.subject),
-                }))
+impl GitRepositories {
+    async fn fetch(
+        &self,
+        obj: &GitRepository,
+        cx: &Cx<GitRepository>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Stored, Error> {
+        let client = cx.client();
+        let credentials = match &obj.spec.secret_ref {
+            Some(r) => {
+                Credentials::from_secret_data(&secret_data(client, namespace, &r.name).await?)
             }
+            None => Credentials::default(),
+        };
+        let proxy = match &obj.spec.proxy_secret_ref {
+            Some(r) => {
+                let data = secret_data(client, namespace, &r.name).await?;
+                Some(git::auth::proxy_url(&data).map_err(Error::Proxy)?)
+            }
+            None => None,
+        };
+        let includes = resolve_includes(obj, client, &self.store, namespace).await?;
+        let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
+        let timeout = parse_go_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
+        let status = obj.status.clone().unwrap_or_default();
+        let same_includes = status.observed_include == obj.spec.include
+            && status.included_artifacts.len() == included.len()
+            && status
+                .included_artifacts
+                .iter()
+                .zip(&included)
+                .all(|(a, b)| a.revision == b.revision && a.digest == b.digest);
+        // Only a present artifact built with the same rules allows skipping the fetch.
+        let current = status.artifact.clone().filter(|a| {
+            self.store.exists(a)
+                && status.observed_ignore == obj.spec.ignore
+                && status.observed_sparse_checkout == obj.spec.sparse_checkout
+                && status.observed_recurse_submodules == obj.spec.recurse_submodules
+                && same_includes
+        });
+        let request = FetchRequest {
+            url: obj.spec.url.clone(),
+            reference: Reference::from_spec(obj.spec.r#ref.as_ref()),
+            credentials,
+            timeout,
+            last_revision: current.as_ref().map(|a| a.revision.clone()),
+            recurse_submodules: obj.spec.recurse_submodules,
+            proxy,
+        };
+        let store = self.store.clone();
+        let ignore = obj.spec.ignore.clone();
+        let sparse = obj.spec.sparse_checkout.clone();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let url = obj.spec.url.clone();
+        let flight_key = (namespace.clone(), name.clone());
+        let newly = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(flight_key.clone());
+        if !newly {
+            return Err(Error::Git(GitError::Operation {
+                url,
+                cause: "the previous fetch has not finished yet (the server stopped answering)"
+                    .into(),
+            }));
         }
-    });
-    // The blocking side also watches the deadline; this bounds a connect that hangs.
-    let grace = Duration::from_secs(5);
-    let outcome = match tokio::time::timeout(timeout + grace, work).await {
-        Ok(joined) => joined.map_err(|e| Error::Worker(e.to_string()))??,
-        Err(_) => return Err(Error::Git(GitError::Timeout { url, timeout })),
-    };
-    match outcome {
-        Some(stored) => Ok(stored),
-        None => Ok(Stored {
-            // `current` is Some: Unchanged is only returned when a last revision was given.
-            artifact: current.ok_or_else(|| Error::Worker("unchanged without artifact".into()))?,
-            included,
-            subject: None,
-        }),
+        let landing = InFlight {
+            set: self.in_flight.clone(),
+            key: flight_key,
+        };
+        let work = tokio::task::spawn_blocking(move || -> Result<Option<Stored>, Error> {
+            let _landing = landing;
+            let dir = tempfile::Builder::new()
+                .prefix("gantry-git-")
+                .tempdir()
+                .map_err(|e| Error::Worker(format!("temporary directory: {e}")))?;
+            match git::fetch(&request, dir.path())? {
+                FetchOutcome::Unchanged { .. } => Ok(None),
+                FetchOutcome::Fetched(commit) => {
+                    for (include, artifact) in &includes {
+                        copy_include(&store, include, artifact, dir.path())?;
+                    }
+                    // As in Flux, ignore files are read after the includes are in place, and a
+                    // sparse checkout does not hide what was included.
+                    let mut keep = sparse.clone();
+                    if !keep.is_empty() {
+                        keep.extend(includes.iter().map(|(i, _)| i.to_path().to_owned()));
+                    }
+                    let rules = SourceIgnore::load(dir.path(), ignore.as_deref())?.only_in(&keep);
+                    let artifact = store.store(
+                        GIT_REPOSITORY_KIND,
+                        &namespace,
+                        &name,
+                        dir.path(),
+                        &rules,
+                        &commit.revision,
+                    )?;
+                    Ok(Some(Stored {
+                        artifact,
+                        included: includes.into_iter().map(|(_, a)| a).collect(),
+                        subject: Some(commit.subject),
+                    }))
+                }
+            }
+        });
+        // The blocking side also watches the deadline; this bounds a connect that hangs.
+        let grace = Duration::from_secs(5);
+        let outcome = match tokio::time::timeout(timeout + grace, work).await {
+            Ok(joined) => joined.map_err(|e| Error::Worker(e.to_string()))??,
+            Err(_) => return Err(Error::Git(GitError::Timeout { url, timeout })),
+        };
+        match outcome {
+            Some(stored) => Ok(stored),
+            None => Ok(Stored {
+                // `current` is Some: Unchanged is only returned when a last revision was given.
+                artifact: current
+                    .ok_or_else(|| Error::Worker("unchanged without artifact".into()))?,
+                included,
+                subject: None,
+            }),
+        }
     }
 }
 
 async fn secret_data(
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
     name: &str,
 ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets.get(name).await.map_err(|source| Error::Secret {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -620,10 +414,11 @@ async fn secret_data(
 // The artifacts of `spec.include`, each checked to exist and be stored.
 async fn resolve_includes(
     obj: &GitRepository,
-    ctx: &Context,
+    client: &Client,
+    store: &ArtifactStore,
     namespace: &str,
 ) -> Result<Vec<(GitRepositoryInclude, Artifact)>, Error> {
-    let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<GitRepository> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for include in &obj.spec.include {
         let name = &include.repository.name;
@@ -648,7 +443,7 @@ async fn resolve_includes(
         let artifact = dep
             .status
             .and_then(|s| s.artifact)
-            .filter(|a| ctx.store.exists(a))
+            .filter(|a| store.exists(a))
             .ok_or_else(|| Error::Include {
                 reason: "NoArtifact",
                 message: format!("no artifact available for include '{name}'"),
@@ -810,19 +605,19 @@ fn failure_status(
     }
 }
 
+// Reports a spec that cannot work (Ready=False, Stalled=True: only a change helps) and hands
+// the error back for the harness, which then waits for a change.
 async fn stalled(
     obj: &GitRepository,
-    ctx: &Context,
-    namespace: &str,
+    cx: &Cx<GitRepository>,
     err: Error,
     requested_at: Option<String>,
-) -> Result<Action, Error> {
+) -> Error {
     let previous = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
     let message = err.to_string();
     let reason = err.reason();
     let mut conds = previous.conditions.clone();
-    // Ready=False, Stalled=True: only a change of the spec helps.
     conditions::failed(&mut conds, generation, reason, &message, true);
     let status = GitRepositoryStatus {
         observed_generation: generation,
@@ -831,121 +626,14 @@ async fn stalled(
             .or_else(|| previous.last_handled_reconcile_at.clone()),
         ..previous.clone()
     };
-    patch_status(ctx, obj, namespace, status).await?;
-    if let Some(metrics) = &ctx.metrics {
-        metrics.set_stalled("GitRepository", namespace, &obj.name_any(), true);
+    if let Err(e) = cx.write_status(obj, &status).await {
+        return Error::Status(e);
     }
     let was = conditions::get(&previous.conditions, READY_CONDITION);
     if was.is_none_or(|c| c.message != message) {
-        publish(ctx, obj, Severity::Error, reason, message, None).await;
+        cx.event(obj, Severity::Error, reason, &message, None).await;
     }
-    Ok(Action::await_change())
-}
-
-async fn patch_status(
-    ctx: &Context,
-    obj: &GitRepository,
-    namespace: &str,
-    status: GitRepositoryStatus,
-) -> Result<(), Error> {
-    let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), namespace);
-    gantry_runtime::status::apply(&api, &obj.name_any(), FIELD_MANAGER, &status)
-        .await
-        .map_err(Error::Status)?;
-    Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    obj: &GitRepository,
-    severity: Severity,
-    reason: &str,
-    note: String,
-    revision: Option<&str>,
-) {
-    if let Some(events) = &ctx.events {
-        let metadata = revision
-            .map(|r| ("source.toolkit.fluxcd.io/revision".to_owned(), r.to_owned()))
-            .into_iter()
-            .collect();
-        events
-            .publish(obj.object_ref(&()), severity, reason, &note, metadata)
-            .await;
-        return;
-    }
-    let event = Event {
-        type_: match severity {
-            Severity::Info => EventType::Normal,
-            Severity::Error => EventType::Warning,
-        },
-        reason: reason.to_owned(),
-        // The events API caps notes at 1 kB.
-        note: Some(truncate(note, 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // A fresh recorder per event: kube's recorder folds events that differ only in their note
-    // into one series, which would hide each new revision's message. Events are only emitted on
-    // change, so there is nothing to deduplicate.
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!("publishing event {reason}: {e}");
-    }
-}
-
-// `gotk_resource_info` / `gotk_reconcile_condition` for the object; `state` is (ready, reason,
-// artifact), `None` while suspended (last known state kept, marked suspended).
-fn record_resource(
-    ctx: &Context,
-    obj: &GitRepository,
-    namespace: &str,
-    name: &str,
-    state: Option<(bool, &str, &Artifact)>,
-) {
-    let Some(metrics) = &ctx.metrics else { return };
-    let status = obj.status.clone().unwrap_or_default();
-    let ready = conditions::get(&status.conditions, READY_CONDITION);
-    let (ready, reason, revision) = match state {
-        Some((ok, reason, artifact)) => (
-            if ok { "True" } else { "False" }.to_owned(),
-            reason.to_owned(),
-            artifact.revision.clone(),
-        ),
-        None => (
-            ready.map_or("Unknown".into(), |c| c.status.clone()),
-            ready.map_or(String::new(), |c| c.reason.clone()),
-            status.artifact.map(|a| a.revision).unwrap_or_default(),
-        ),
-    };
-    metrics.set_resource(&ResourceInfo {
-        group: "source.toolkit.fluxcd.io".into(),
-        kind: "GitRepository".into(),
-        version: "v1".into(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        ready,
-        reason,
-        suspended: obj.spec.suspend,
-        revision,
-    });
-}
-
-// The interval with Flux's ±5% jitter, seeded per object and per run.
-fn jittered(obj: &GitRepository, interval: Duration) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let seed = RandomState::new().hash_one((obj.metadata.uid.as_deref(), Instant::now()));
-    gantry_runtime::backoff::jittered(interval, seed)
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
+    err
 }
 
 #[cfg(test)]

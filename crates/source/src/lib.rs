@@ -8,8 +8,8 @@
 //!   opened again by consumers in the same process ([`ArtifactStore::open`]).
 //! - [`sourceignore`]: Flux's `.sourceignore` / `spec.ignore` rules and default exclusions,
 //!   `spec.sparseCheckout`.
-//! - [`controller`]: the GitRepository controller (`Context`, `reconcile`, `error_policy`,
-//!   `run_controller`), with `spec.include`, status, conditions and events as Flux writes them.
+//! - [`controller`]: the GitRepository controller's domain steps ([`GitRepositories`], run on
+//!   the shared harness), with `spec.include`, status, conditions and events as Flux writes them.
 
 pub mod artifact;
 pub mod controller;
@@ -18,4 +18,4 @@ pub mod git;
 pub mod sourceignore;
 
 pub use artifact::{ArtifactError, ArtifactStore};
-pub use controller::{Context, error_policy, reconcile, run_controller};
+pub use controller::GitRepositories;

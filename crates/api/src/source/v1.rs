@@ -319,6 +319,28 @@ impl GitRepository {
     }
 }
 
+impl crate::meta::FluxObject for GitRepository {
+    type Status = GitRepositoryStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&GitRepositoryStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for GitRepositoryStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn revision(&self) -> Option<&str> {
+        self.artifact.as_ref().map(|a| a.revision.as_str())
+    }
+}
+
 impl JsonSchema for GitRepository {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         crate::schema::name("GitRepository")
