@@ -51,6 +51,8 @@ impl Gantry {
             .env("POD_NAME", identity)
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg(format!("--health-addr=127.0.0.1:{health_port}"))
+            // Loopback and a port of its own: replicas of parallel tests must not collide.
+            .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
@@ -725,6 +727,120 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
             "one leader at a time, no flapping"
         );
         drop(second);
+    })
+    .await;
+}
+
+impl Gantry {
+    /// Sends SIGTERM (as Kubernetes does on a rollout or drain) and waits up to 30 s for the
+    /// process to exit: how long it took and whether it exited successfully.
+    fn terminate(&mut self) -> (Duration, bool) {
+        let sent = Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(killed.success());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for gantry run") {
+                return (sent.elapsed(), status.success());
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "gantry run still runs 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_during_an_apply_exits_promptly_and_the_standby_finishes_the_work() {
+    with_namespace("gitops-sigterm", |client, ns| async move {
+        install_crds(&client).await;
+        // 500 objects: long enough an apply to be interrupted.
+        let many: String = (0..500)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\ndata:\n  n: \"{i}\"\n"
+                )
+            })
+            .collect();
+        let source = Source::new(&[("deploy/many.yaml", &many)]);
+        let mut first = Gantry::replica(&ns, "replica-a");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        wait_for(&leases, LEASE, WAIT, |l| holder(l) == "replica-a").await;
+        let second = Gantry::replica(&ns, "replica-b");
+
+        create_source(&client, &ns, &source.server.url("app.git"), "10m").await;
+        let mut spec = kustomization_spec("./deploy", &ns);
+        spec.wait = false;
+        create_kustomization(&client, &ns, "app", spec).await;
+        let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        // SIGTERM once the apply has begun (the first objects exist), before it is done.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let n = config_maps.list(&ListParams::default()).await.unwrap().items.len();
+            if n > 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the apply never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (took, success) = first.terminate();
+        let exited = Instant::now();
+        eprintln!("gantry run exited {took:?} after SIGTERM during the apply");
+        assert!(success, "a graceful exit is a successful one");
+        assert!(took < Duration::from_secs(10), "exit took {took:?}");
+
+        // The Lease was released on the way out: the standby takes it at once, not at expiry.
+        wait_for(&leases, LEASE, Duration::from_secs(15), |l| {
+            holder(l) == "replica-b"
+        })
+        .await;
+        let handover = exited.elapsed();
+        eprintln!("the standby led {handover:?} after the graceful exit");
+        assert!(handover < Duration::from_secs(2), "handover took {handover:?}");
+
+        // Nothing half-written: the new leader applies the whole revision.
+        let revision = source.revision();
+        wait_for(&kustomizations, "app", WAIT, applied(&revision)).await;
+        let applied_maps = config_maps.list(&ListParams::default()).await.unwrap().items;
+        let ours = applied_maps
+            .iter()
+            .filter(|cm| cm.name_any().starts_with("cm-"))
+            .count();
+        assert_eq!(ours, 500);
+        drop(second);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_after_an_idle_period_exits_promptly_and_releases_the_lease() {
+    with_namespace("gitops-idle-exit", |client, ns| async move {
+        install_crds(&client).await;
+        let source = Source::new(&[("deploy/config.yaml", CONFIG)]);
+        let mut gantry = Gantry::replica(&ns, "only");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        wait_for(&leases, LEASE, WAIT, |l| holder(l) == "only").await;
+        create_source(&client, &ns, &source.server.url("app.git"), "10m").await;
+        create_kustomization(&client, &ns, "app", kustomization_spec("./deploy", &ns)).await;
+        let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+        wait_for(&kustomizations, "app", WAIT, applied(&source.revision())).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let (took, success) = gantry.terminate();
+        eprintln!("gantry run exited {took:?} after SIGTERM when idle");
+        assert!(success);
+        assert!(took < Duration::from_secs(10), "exit took {took:?}");
+        let lease = leases.get(LEASE).await.unwrap();
+        assert_eq!(
+            holder(Some(&lease)),
+            "",
+            "released on the way out: {lease:?}"
+        );
     })
     .await;
 }

@@ -401,7 +401,7 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
         }
     }
     // Leader election: Leases in Gantry's own namespace only.
-    for verb in ["get", "create", "patch"] {
+    for verb in ["get", "list", "watch", "create", "patch"] {
         if !allowed(&gantry, verb, "coordination.k8s.io", "leases", Some(&ns)).await {
             missing.push(format!("{verb} leases in {ns}"));
         }

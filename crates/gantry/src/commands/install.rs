@@ -308,14 +308,14 @@ fn service_account_subject(namespace: &str, account: &str) -> Subject {
 }
 
 /// Leader election only needs Leases in Gantry's own namespace: read, created once, renewed and
-/// taken over by patch.
+/// taken over by patch, and watched by standbys so a released Lease is taken at once.
 fn leader_election_role(namespace: &str) -> Role {
     Role {
         metadata: meta(&format!("{NAME}-leader-election"), Some(namespace)),
         rules: Some(vec![rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "create", "patch"],
+            &["get", "list", "watch", "create", "patch"],
         )]),
     }
 }

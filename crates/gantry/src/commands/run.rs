@@ -79,7 +79,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args))?;
+    let result = runtime.block_on(serve(args));
+    // A blocking task still running (a git fetch stuck on a dead server, a kustomize build) must
+    // not keep the process alive: Kubernetes sends SIGTERM on every rollout and drain.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,8 +178,21 @@ async fn serve(args: &RunArgs) -> Result<()> {
             default_service_account: args.default_service_account.clone(),
         };
         let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
+        let controllers = controllers::run(client.clone(), metrics, settings, shutdown.clone());
+        tokio::pin!(controllers);
         tokio::select! {
-            result = controllers::run(client.clone(), metrics, settings, shutdown.clone()) => result,
+            result = &mut controllers => result,
+            _ = shutdown.cancelled() => {
+                // Reconciles in flight get a bounded time to finish their step (each object is
+                // applied whole or not at all); what is cut off, the next leader applies again.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown were stopped");
+                        Ok(())
+                    }
+                }
+            }
             _ = async {
                 match leadership_lost {
                     Some(lost) => lost.cancelled().await,
@@ -192,13 +209,19 @@ async fn serve(args: &RunArgs) -> Result<()> {
     if let Some(lease) = lease {
         lease.release().await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = health_server.await;
         let _ = metrics_server.await;
     })
     .await;
+    tracing::info!("stopped");
     result
 }
+
+/// How long reconciles in flight may take to finish after SIGTERM. With the Lease release and the
+/// servers' own bounds, `gantry run` exits well within Kubernetes' default 30 s grace period
+/// (and within 10 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     if health.ready.load(Ordering::SeqCst) {
@@ -245,9 +268,59 @@ struct Leadership {
 }
 
 impl Leadership {
+    /// Gives the Lease up, so a standby takes over at once instead of when it expires.
     async fn release(self) {
         let _ = self.release.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.manager).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.manager).await;
+    }
+}
+
+/// What a lease manager is built from (again, when the Lease is released).
+struct LeaseSettings {
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    identity: String,
+}
+
+impl LeaseSettings {
+    async fn manager(
+        &self,
+    ) -> Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError> {
+        kube_lease_manager::LeaseManagerBuilder::new(self.client.clone(), &self.name)
+            .with_namespace(&self.namespace)
+            .with_identity(&self.identity)
+            .with_duration(LEASE_DURATION_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
+            .with_field_manager("gantry")
+            .build()
+            .await
+    }
+}
+
+/// Notifies `released` whenever the Lease has no holder (another replica released it).
+async fn watch_release(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    released: Arc<tokio::sync::Notify>,
+) {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(leases, config).default_backoff().applied_objects());
+    while let Some(event) = events.next().await {
+        let free = event.ok().is_some_and(|lease| {
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_none_or(|h| h.is_empty())
+        });
+        if free {
+            released.notify_one();
+        }
     }
 }
 
@@ -267,19 +340,29 @@ async fn acquire_leadership(
     // The standby sleeps until the lease expires, then takes it (after up to 1 s of jitter): a
     // killed leader is replaced at most LEASE_DURATION + ~1 s after its last renewal, well within
     // 15 s. Renewing LEASE_GRACE s early leaves a slow API server time to answer.
-    let manager =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.leader_election_id)
-            .with_namespace(&args.leader_election_namespace)
-            .with_identity(&identity)
-            .with_duration(LEASE_DURATION_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
-            .with_field_manager("gantry")
-            .build()
-            .await
-            .context("setting up leader election")?;
+    let lease = LeaseSettings {
+        client: client.clone(),
+        namespace: args.leader_election_namespace.clone(),
+        name: args.leader_election_id.clone(),
+        identity: identity.clone(),
+    };
+    let mut manager = lease
+        .manager()
+        .await
+        .context("setting up leader election")?;
     tracing::info!(lease = %args.leader_election_id, %identity, "waiting to become the leader");
 
     let lost = CancellationToken::new();
+    // The lease manager's standby sleeps until the Lease expires; a watch of the Lease wakes it
+    // the moment the leader releases it (graceful exit), so the handover takes a round trip, not
+    // the rest of the lease duration.
+    let released = Arc::new(tokio::sync::Notify::new());
+    let watch = tokio::spawn(watch_release(
+        client.clone(),
+        args.leader_election_namespace.clone(),
+        args.leader_election_id.clone(),
+        released.clone(),
+    ));
     let (became_leader_tx, became_leader) = tokio::sync::oneshot::channel();
     let (release, mut release_rx) = tokio::sync::oneshot::channel::<()>();
     let lost_signal = lost.clone();
@@ -304,7 +387,17 @@ async fn acquire_leadership(
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
+                // Dropping `changed()` only cuts the standby's sleep; the next call re-reads the Lease.
+                _ = released.notified(), if became_leader_tx.is_some() => {
+                    // The manager trusts its copy of the Lease until that expires; a new one
+                    // reads it again and takes it.
+                    match lease.manager().await {
+                        Ok(fresh) => manager = fresh,
+                        Err(err) => tracing::warn!(%err, "re-reading the released lease"),
+                    }
+                }
                 _ = &mut release_rx => {
+                    watch.abort();
                     if let Err(err) = manager.release().await {
                         tracing::warn!(%err, "releasing the leader-election lease");
                     }
