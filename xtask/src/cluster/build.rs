@@ -56,6 +56,20 @@ pub fn ensure(cache: &Path, versions: &Versions) -> Result<Binaries> {
     })
 }
 
+/// Whether every binary of `versions` is already in `cache` (nothing to build, no Go needed).
+pub fn is_built(cache: &Path, versions: &Versions) -> bool {
+    [
+        cache.join(format!(
+            "kubernetes-{}/bin/kube-apiserver",
+            versions.kubernetes
+        )),
+        cache.join(format!("etcd-{}/bin/etcd", versions.etcd)),
+        cache.join(format!("kwok-{}/bin/kwok", versions.kwok)),
+    ]
+    .iter()
+    .all(|bin| bin.exists())
+}
+
 /// Runs `build` in a scratch directory next to `dest` and renames it into place on success.
 fn build_once(dest: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut work = dest.as_os_str().to_owned();

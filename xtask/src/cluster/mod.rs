@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
 
-pub use build::Binaries;
+pub use build::{Binaries, is_built};
 use process::Running;
 
 /// The pinned versions; each can be overridden by an environment variable for trying another.
