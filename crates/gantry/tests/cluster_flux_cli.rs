@@ -68,6 +68,21 @@ fn text(out: &Output) -> String {
 /// Applies `gantry install --namespace flux-system` server-side. The cluster-scoped RBAC gets a
 /// suffix so it cannot collide with other tests' installs; everything else is as printed.
 async fn install(client: &Client) {
+    // A namespace still terminating from an earlier run accepts no new Pods.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while namespaces
+        .get_opt(NAMESPACE)
+        .await
+        .unwrap()
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{NAMESPACE} is stuck terminating"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args([
             "install",
@@ -220,24 +235,179 @@ async fn flux_check_version_and_logs_find_an_installed_gantry() {
     }
 
     // flux logs: finds the Deployment and its Pod by the same label and asks the API server for
-    // the `manager` container's log. Under kwok no container runs and no kubelet serves logs, so
-    // the request for that very pod fails at the API server's kubelet proxy; on a real cluster
-    // this is where the log would come back.
+    // the `manager` container's log, which the kubelet serves. kwok plays the kubelet and runs no
+    // container, so the log it serves for that container is the output of a real `gantry run`
+    // with the installed Deployment's log format (GANTRY_LOG_FORMAT=flux), reconciling a
+    // GitRepository in flux-system.
     let pod_name = pod.metadata.name.clone().unwrap();
-    let out = flux(&["logs", "-n", NAMESPACE, "--flux-namespace", NAMESPACE]);
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_file = gantry_log_of_a_reconcile(&client, log_dir.path()).await;
+    serve_as_container_log(&client, &pod_name, &log_file).await;
+
+    let out = flux(&[
+        "logs",
+        "-n",
+        NAMESPACE,
+        "--flux-namespace",
+        NAMESPACE,
+        "--kind",
+        "GitRepository",
+        "--name",
+        "podinfo",
+    ]);
     let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !report.contains("no Flux pods found"),
-        "the CLI did not find Gantry's pod:\n{report}"
+        printed
+            .lines()
+            .any(|l| l.contains(" info GitRepository/podinfo.flux-system - stored new artifact")),
+        "flux logs did not print Gantry's reconcile:\n{report}"
     );
-    let asked = format!("containerLogs/{NAMESPACE}/{pod_name}/manager");
-    assert!(
-        out.status.success() || report.contains(&asked),
-        "flux logs did not ask for {asked}:\n{report}"
-    );
-    eprintln!("flux logs reached pod {pod_name}");
+    // Its filters work on Gantry's keys: another namespace, another kind, a level.
+    let out = flux(&["logs", "-n", "default", "--flux-namespace", NAMESPACE]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("podinfo"));
+    let out = flux(&[
+        "logs",
+        "-n",
+        NAMESPACE,
+        "--flux-namespace",
+        NAMESPACE,
+        "--kind",
+        "Kustomization",
+    ]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("podinfo"));
+    let out = flux(&[
+        "logs",
+        "-n",
+        NAMESPACE,
+        "--flux-namespace",
+        NAMESPACE,
+        "--level",
+        "error",
+    ]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("stored new artifact"));
 
     uninstall(&client).await;
+}
+
+/// Runs `gantry run --log-format flux` until it has fetched a GitRepository `podinfo` in
+/// flux-system from a local git server, and returns the file holding its output.
+async fn gantry_log_of_a_reconcile(client: &Client, dir: &std::path::Path) -> PathBuf {
+    use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
+    use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
+    use std::process::Stdio;
+
+    let root = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new(root.path(), "podinfo");
+    repo.write(
+        "deploy/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+    );
+    repo.commit("initial");
+    repo.push("HEAD:refs/heads/main");
+    let server = GitHttpServer::start(root.path(), HttpAuth::None);
+
+    let output = dir.join("gantry.out");
+    let storage = tempfile::tempdir().unwrap();
+    let mut gantry = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "run",
+            "--log-format",
+            "flux",
+            "--leader-elect=false",
+            "--watch-namespace",
+            NAMESPACE,
+        ])
+        .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+        .arg("--storage-path")
+        .arg(storage.path())
+        .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
+        .env_remove("GANTRY_LOG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&output).unwrap())
+        .spawn()
+        .expect("starting gantry run");
+
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), NAMESPACE);
+    let spec = GitRepositorySpec {
+        url: server.url("podinfo.git"),
+        interval: "10m".into(),
+        r#ref: Some(GitRepositoryRef {
+            branch: Some("main".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    repos
+        .patch(
+            "podinfo",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&GitRepository::new("podinfo", spec)),
+        )
+        .await
+        .unwrap();
+    // The line is written once the artifact is stored, just before the status says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .contains("stored new artifact")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gantry run logged no stored artifact:\n{}",
+            std::fs::read_to_string(&output).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Deleted while gantry still runs, so a finalizer of its own cannot keep it (and with it the
+    // namespace) alive.
+    let _ = repos.delete("podinfo", &Default::default()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while repos.get_opt("podinfo").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GitRepository podinfo was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = gantry.kill();
+    let _ = gantry.wait();
+    output
+}
+
+/// Makes kwok serve `output` as the `manager` container's log of `pod`: the file is rewritten in
+/// the kubelet's CRI log format and named in a kwok `Logs` object.
+async fn serve_as_container_log(client: &Client, pod: &str, output: &std::path::Path) {
+    let cri = output.with_extension("cri.log");
+    let stamp = "2026-01-01T00:00:00.000000000Z";
+    let text: String = std::fs::read_to_string(output)
+        .unwrap()
+        .lines()
+        .map(|line| format!("{stamp} stdout F {line}\n"))
+        .collect();
+    std::fs::write(&cri, text).unwrap();
+    let gvk = GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "logs");
+    let logs: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let object = serde_json::json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": pod, "namespace": NAMESPACE},
+        "spec": {"logs": [{"containers": ["manager"], "logsFile": cri}]},
+    });
+    logs.patch(
+        pod,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .expect("kwok's Logs API (the local control plane of `cargo xtask cluster up`)");
+    // kwok picks the object up from its watch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Removes what `install` added, except the CRDs (shared with the other tests).

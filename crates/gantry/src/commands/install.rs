@@ -430,6 +430,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             // Leader election identity and lease namespace.
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // Flux's log keys, so `flux logs` reads the pod's log as it reads Flux's.
+            EnvVar {
+                name: "GANTRY_LOG_FORMAT".into(),
+                value: Some("flux".into()),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -906,10 +912,17 @@ mod tests {
             deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"],
             "flux"
         );
-        // `flux logs` picks the container named `manager` when a pod has several.
-        assert_eq!(
-            deployment["spec"]["template"]["spec"]["containers"][0]["name"],
-            "manager"
+        // `flux logs` picks the container named `manager` when a pod has several, and reads
+        // Flux's log keys.
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["name"], "manager");
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "GANTRY_LOG_FORMAT" && e["value"] == "flux"),
+            "{container}"
         );
         let git = documents
             .iter()
