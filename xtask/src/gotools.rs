@@ -33,6 +33,17 @@ pub fn binary_path(cache: &Path, name: &str, version: &str) -> PathBuf {
     cache.join(format!("{name}-{version}/bin/{name}"))
 }
 
+/// Where the `flux` CLI of the chosen version is (or will be) cached.
+pub fn flux_path(cache: &Path) -> PathBuf {
+    binary_path(cache, "flux", &version("GANTRY_FLUX_VERSION", FLUX_VERSION))
+}
+
+/// Where `actionlint` of the chosen version is (or will be) cached.
+pub fn actionlint_path(cache: &Path) -> PathBuf {
+    let version = version("GANTRY_ACTIONLINT_VERSION", ACTIONLINT_VERSION);
+    binary_path(cache, "actionlint", &version)
+}
+
 /// The cached `actionlint`, built with `go install` first if missing.
 pub fn actionlint(cache: &Path) -> Result<PathBuf> {
     let version = version("GANTRY_ACTIONLINT_VERSION", ACTIONLINT_VERSION);

@@ -352,21 +352,8 @@ fn go_needed(
         kustomize::binary_path(cache, &kustomize::version()),
     );
     let tools = test_tools
-        && (missing(
-            "GANTRY_FLUX",
-            gotools::binary_path(
-                cache,
-                "flux",
-                &gotools::version("GANTRY_FLUX_VERSION", gotools::FLUX_VERSION),
-            ),
-        ) || missing(
-            "GANTRY_ACTIONLINT",
-            gotools::binary_path(
-                cache,
-                "actionlint",
-                &gotools::version("GANTRY_ACTIONLINT_VERSION", gotools::ACTIONLINT_VERSION),
-            ),
-        ));
+        && (missing("GANTRY_FLUX", gotools::flux_path(cache))
+            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache)));
     control_plane || kustomize || tools
 }
 
