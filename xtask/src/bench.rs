@@ -146,7 +146,7 @@ pub fn build_release(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("Building gantry (release)...");
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--package", "gantry"])
+        .args(["build", "--release", "--quiet", "--bin", "gantry"])
         .current_dir(workspace)
         .status()?;
     if !status.success() {

@@ -4,12 +4,15 @@
 //! - `sandbox up|down|push-image`: the reference pipeline (registry, git server, `gantry run`,
 //!   staging and production) on that control plane (see `sandbox`).
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
+//! - `prerequisites`: the Debian packages and Go the two above need (they check it first).
+//! - `tool flux|actionlint|kustomize`: the path of a Go tool the tests use, built if missing.
 
 mod bench;
 mod bench_pipeline;
 mod cluster;
-// Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
+mod gotools;
 mod kustomize;
+mod prerequisites;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +63,28 @@ enum Task {
     /// Benchmarks that print figures (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchTask),
+    /// Check the Debian packages and Go that `sandbox` and `test` need (they run this first);
+    /// as root, install missing packages.
+    Prerequisites {
+        /// Only report what is missing, never install.
+        #[arg(long)]
+        check: bool,
+        /// Print the Debian packages, one a line, and exit.
+        #[arg(long, conflicts_with = "check")]
+        list: bool,
+    },
+    /// Print the path of a Go tool the tests use, building it first if it is not cached.
+    Tool {
+        #[arg(value_enum)]
+        tool: GoTool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GoTool {
+    Flux,
+    Actionlint,
+    Kustomize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +216,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let paths = paths(&cli.global)?;
     let versions = cluster::Versions::from_env();
+    // Everything the machine must provide is checked before anything is built, so a missing
+    // package stops the command in seconds rather than after a long build.
+    match &cli.task {
+        Task::Sandbox {
+            task: None | Some(SandboxTask::Up),
+        } => prerequisites::ensure(
+            go_needed(&cli.global, &paths, &versions, false),
+            prerequisites::Missing::InstallAsRoot,
+        )?,
+        Task::Test(_) => prerequisites::ensure(
+            go_needed(&cli.global, &paths, &versions, true),
+            prerequisites::Missing::InstallAsRoot,
+        )?,
+        _ => {}
+    }
     match cli.task {
         Task::Cluster(ClusterTask::Up(args)) => {
             if let Some(kubeconfig) = &cli.global.kubeconfig {
@@ -268,7 +308,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Prerequisites { list: true, .. } => {
+            for package in prerequisites::package_names() {
+                println!("{package}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Prerequisites { check, .. } => {
+            let on_missing = if check {
+                prerequisites::Missing::Report
+            } else {
+                prerequisites::Missing::InstallAsRoot
+            };
+            prerequisites::ensure(true, on_missing)?;
+            eprintln!("All prerequisites are installed.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Tool { tool } => {
+            let path = match tool {
+                GoTool::Flux => gotools::flux(&paths.cache)?,
+                GoTool::Actionlint => gotools::actionlint(&paths.cache)?,
+                GoTool::Kustomize => kustomize::ensure(&paths.cache)?,
+            };
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Whether something must still be built with Go: the control plane (unless an existing cluster
+/// is used) and the Go tools not given by their `GANTRY_*` variable nor cached.
+fn go_needed(
+    global: &Global,
+    paths: &cluster::Paths,
+    versions: &cluster::Versions,
+    test_tools: bool,
+) -> bool {
+    let missing = |var: &str, path: PathBuf| std::env::var_os(var).is_none() && !path.is_file();
+    let cache = &paths.cache;
+    let control_plane = global.kubeconfig.is_none() && !cluster::is_built(cache, versions);
+    let kustomize = missing(
+        "GANTRY_KUSTOMIZE",
+        kustomize::binary_path(cache, &kustomize::version()),
+    );
+    let tools = test_tools
+        && (missing("GANTRY_FLUX", gotools::flux_path(cache))
+            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache)));
+    control_plane || kustomize || tools
 }
 
 fn use_existing(kubeconfig: &Path) -> Result<()> {
@@ -311,6 +397,16 @@ fn test(
         Some(path) => PathBuf::from(path),
         None => kustomize::ensure(&paths.cache)?,
     };
+    // The real `flux` CLI (its operational commands against an installed Gantry) and actionlint
+    // (the workflows), both from the Go module proxy.
+    let flux_bin = match std::env::var_os("GANTRY_FLUX") {
+        Some(path) => PathBuf::from(path),
+        None => gotools::flux(&paths.cache)?,
+    };
+    let actionlint_bin = match std::env::var_os("GANTRY_ACTIONLINT") {
+        Some(path) => PathBuf::from(path),
+        None => gotools::actionlint(&paths.cache)?,
+    };
     eprintln!(
         "Control plane ready after {:.0?}; running the test suite.",
         started.elapsed()
@@ -327,6 +423,8 @@ fn test(
         .args(&args.cargo_args)
         .env("GANTRY_KUBECONFIG", &kubeconfig)
         .env("GANTRY_KUSTOMIZE", &kustomize_bin)
+        .env("GANTRY_FLUX", &flux_bin)
+        .env("GANTRY_ACTIONLINT", &actionlint_bin)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");

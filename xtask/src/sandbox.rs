@@ -920,8 +920,8 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
     println!(
         "  cargo xtask sandbox push-image 1.1.0                  # production follows releases"
     );
-    println!("  cargo run -p gantry -- get all -A");
-    println!("  cargo run -p gantry -- tree staging -n {NAMESPACE}");
+    println!("  cargo run --bin gantry -- get all -A");
+    println!("  cargo run --bin gantry -- tree staging -n {NAMESPACE}");
     let authed = r.git_url.replacen(
         "http://",
         &format!("http://{}:{}@", r.git_user, r.git_password),
@@ -937,13 +937,7 @@ pub fn install_crds(workspace: &Path, kubeconfig: &Path) -> Result<Vec<String>> 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .args([
-            "run",
-            "--quiet",
-            "--package",
-            "gantry",
-            "--",
-            "install",
-            "--crds",
+            "run", "--quiet", "--bin", "gantry", "--", "install", "--crds",
         ])
         .current_dir(workspace)
         .stderr(Stdio::inherit())

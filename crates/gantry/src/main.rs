@@ -2,6 +2,7 @@
 
 mod commands;
 mod controllers;
+mod flux_log;
 
 use std::process::ExitCode;
 

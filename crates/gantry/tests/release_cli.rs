@@ -312,9 +312,9 @@ fn init_ci_github_writes_the_workflows_once() {
     let dir = tempfile::TempDir::new().unwrap();
     let out = gantry(dir.path(), &["init", "ci", "--github"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    for (name, contents) in gantry_release::workflows::GITHUB_WORKFLOWS {
+    for (name, contents) in gantry_release::workflows::github_workflows() {
         let path = dir.path().join(".github/workflows").join(name);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), *contents, "{name}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), contents, "{name}");
         assert!(stdout(&out).contains(name));
     }
     let again = gantry(dir.path(), &["init", "ci", "--github"]);

@@ -9,8 +9,40 @@ use thiserror::Error;
 /// Where GitHub looks for workflows, relative to the repository root.
 pub const GITHUB_WORKFLOWS_DIR: &str = ".github/workflows";
 
-/// File name and contents of each workflow.
-pub const GITHUB_WORKFLOWS: &[(&str, &str)] = &[
+/// Where Gantry is published: the repository of the workspace manifest. The generated workflows
+/// install Gantry from here, at the tag of the version that wrote them.
+pub const REPOSITORY: &str = env!("CARGO_PKG_REPOSITORY");
+/// The version that writes the workflows (and that they install).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The package of the `gantry` binary. Not `gantry`: that name on crates.io is an unrelated
+/// project, and a workflow installing it would run a stranger's program next to the team's
+/// credentials. (`crates/gantry`'s tests hold this to its manifest.)
+pub const PACKAGE: &str = "gantry-gitops";
+
+/// Stands for [`install_command`] in the templates.
+const INSTALL_PLACEHOLDER: &str = "@@GANTRY_INSTALL@@";
+
+/// The step that installs the Gantry that wrote the workflows: built from its own repository at
+/// its own release tag, with its lock file.
+pub fn install_command() -> String {
+    format!("cargo install --git {REPOSITORY} --tag v{VERSION} --locked {PACKAGE}")
+}
+
+/// File name and contents of each workflow, as written.
+pub fn github_workflows() -> Vec<(&'static str, String)> {
+    GITHUB_TEMPLATES
+        .iter()
+        .map(|(name, template)| {
+            (
+                *name,
+                template.replace(INSTALL_PLACEHOLDER, &install_command()),
+            )
+        })
+        .collect()
+}
+
+/// File name and template of each workflow.
+const GITHUB_TEMPLATES: &[(&str, &str)] = &[
     ("test.yaml", include_str!("../templates/github/test.yaml")),
     (
         "staging-image.yaml",
@@ -50,10 +82,8 @@ fn list(paths: &[PathBuf]) -> String {
 /// when any of them exists, so a half-customised pipeline is never partly replaced.
 pub fn write_github(root: &Path, force: bool) -> Result<Vec<PathBuf>, WorkflowError> {
     let dir = root.join(GITHUB_WORKFLOWS_DIR);
-    let paths: Vec<PathBuf> = GITHUB_WORKFLOWS
-        .iter()
-        .map(|(name, _)| dir.join(name))
-        .collect();
+    let workflows = github_workflows();
+    let paths: Vec<PathBuf> = workflows.iter().map(|(name, _)| dir.join(name)).collect();
     let existing: Vec<PathBuf> = paths.iter().filter(|p| p.exists()).cloned().collect();
     if !force && !existing.is_empty() {
         return Err(WorkflowError::Exists(existing));
@@ -62,7 +92,7 @@ pub fn write_github(root: &Path, force: bool) -> Result<Vec<PathBuf>, WorkflowEr
         path: dir.clone(),
         source,
     })?;
-    for ((_, contents), path) in GITHUB_WORKFLOWS.iter().zip(&paths) {
+    for ((_, contents), path) in workflows.iter().zip(&paths) {
         std::fs::write(path, contents).map_err(|source| WorkflowError::Write {
             path: path.clone(),
             source,

@@ -26,6 +26,8 @@ pub struct Binaries {
     pub kwok: PathBuf,
     /// kwok's stage definitions (node and pod lifecycles), concatenated into one config file.
     pub kwok_stages: PathBuf,
+    /// kwok's `Logs` CRD: a `Logs` object names the file kwok serves as a Pod's container log.
+    pub kwok_logs_crd: PathBuf,
 }
 
 /// Builds whatever is missing for `versions` under `cache`, printing progress, and returns the paths.
@@ -43,7 +45,7 @@ pub fn ensure(cache: &Path, versions: &Versions) -> Result<Binaries> {
     if !etcd_dir.join("bin/etcd").exists() {
         build_once(&etcd_dir, |work| go.build_etcd(work, &versions.etcd))?;
     }
-    if !kwok_dir.join("bin/kwok").exists() {
+    if !kwok_dir.join("bin/kwok").exists() || !kwok_dir.join(KWOK_LOGS_CRD).exists() {
         build_once(&kwok_dir, |work| go.build_kwok(work, &versions.kwok))?;
     }
     Ok(Binaries {
@@ -53,7 +55,23 @@ pub fn ensure(cache: &Path, versions: &Versions) -> Result<Binaries> {
         kube_scheduler: k8s_dir.join("bin/kube-scheduler"),
         kwok: kwok_dir.join("bin/kwok"),
         kwok_stages: kwok_dir.join("stages.yaml"),
+        kwok_logs_crd: kwok_dir.join(KWOK_LOGS_CRD),
     })
+}
+
+/// Whether every binary of `versions` is already in `cache` (nothing to build, no Go needed).
+pub fn is_built(cache: &Path, versions: &Versions) -> bool {
+    [
+        cache.join(format!(
+            "kubernetes-{}/bin/kube-apiserver",
+            versions.kubernetes
+        )),
+        cache.join(format!("etcd-{}/bin/etcd", versions.etcd)),
+        cache.join(format!("kwok-{}/bin/kwok", versions.kwok)),
+        cache.join(format!("kwok-{}/{KWOK_LOGS_CRD}", versions.kwok)),
+    ]
+    .iter()
+    .all(|bin| bin.exists())
 }
 
 /// Runs `build` in a scratch directory next to `dest` and renames it into place on success.
@@ -317,9 +335,16 @@ impl Go {
             &["install", "-v", "-trimpath", "-ldflags", "-s -w", &spec],
             &[("GOBIN", bin.as_os_str())],
         )?;
-        write_kwok_stages(&module_dir, &work.join("stages.yaml"))
+        write_kwok_stages(&module_dir, &work.join("stages.yaml"))?;
+        let crd = module_dir.join("kustomize/crd/bases/kwok.x-k8s.io_logs.yaml");
+        fs::copy(&crd, work.join(KWOK_LOGS_CRD))
+            .with_context(|| format!("copying {}", crd.display()))?;
+        Ok(())
     }
 }
+
+/// File name of kwok's `Logs` CRD in its cache directory.
+const KWOK_LOGS_CRD: &str = "logs-crd.yaml";
 
 /// The stages that make kwok behave like a fast kubelet: nodes become Ready and keep a lease,
 /// pods become Ready (or Complete), and deleted pods go away instead of hanging in Terminating.

@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
 
-pub use build::Binaries;
+pub use build::{Binaries, is_built};
 use process::Running;
 
 /// The pinned versions; each can be overridden by an environment variable for trying another.
@@ -302,9 +302,21 @@ fn start(
         scheduler.log.clone(),
     ));
 
+    // kwok also plays the kubelet's server: the API server asks it for container logs (at the
+    // node's port, over TLS it does not verify, as it has no --kubelet-certificate-authority),
+    // and it serves the file a `Logs` object names, so `kubectl logs` and `flux logs` work.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = runtime.block_on(client(&admin))?;
+    runtime.block_on(install_kwok_logs_crd(&client, &bin.kwok_logs_crd))?;
     let kwok_args = vec![
         format!("--kubeconfig={}", s(&admin)),
         format!("--config={}", s(&bin.kwok_stages)),
+        "--enable-crds=Logs".to_string(),
+        format!("--node-port={kwok_port}"),
+        format!("--tls-cert-file={}", s(&pki.serving_cert)),
+        format!("--tls-private-key-file={}", s(&pki.serving_key)),
         "--manage-all-nodes=true".to_string(),
         "--cidr=10.244.0.0/16".to_string(),
         "--node-ip=127.0.0.1".to_string(),
@@ -323,10 +335,6 @@ fn start(
     })?;
     components.extend([kcm, scheduler]);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = runtime.block_on(client(&admin))?;
     let nodes = opts.nodes.max(1);
     for i in 0..nodes {
         runtime.block_on(create_node(&client, &format!("kwok-node-{i}")))?;
@@ -488,6 +496,29 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
         .await
         .with_context(|| format!("loading kubeconfig {}", kubeconfig.display()))?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Creates kwok's `Logs` CRD and waits until it is served, before kwok starts watching it.
+async fn install_kwok_logs_crd(client: &kube::Client, file: &Path) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a CRD", file.display()))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .context("creating kwok's Logs CRD")?;
+    let gvk = kube::core::GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "logs");
+    let logs: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logs.list(&Default::default()).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("kwok's Logs CRD was not served within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn create_node(client: &kube::Client, name: &str) -> Result<()> {

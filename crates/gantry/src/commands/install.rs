@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -78,7 +79,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
 /// The multi-document YAML stream `gantry install` prints.
 pub fn render(args: &InstallArgs) -> anyhow::Result<String> {
     let mut documents = Vec::new();
-    for crd in gantry_api::crds() {
+    for crd in crds() {
         documents.push(to_value(&crd)?);
     }
     if !args.crds {
@@ -146,15 +147,35 @@ fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(objects)
 }
 
+/// The labels of every object. `part-of: flux` is what the `flux` CLI selects on: `flux check`,
+/// `flux version` and `flux logs` find the controllers' Deployments (and through them their
+/// Pods) and the CRDs by `app.kubernetes.io/part-of=flux`, in `flux-system` unless told `-n`.
+/// (`flux uninstall` selects the same label, so it removes Gantry too.)
 fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), NAME.into()),
-        ("app.kubernetes.io/part-of".into(), NAME.into()),
+        ("app.kubernetes.io/part-of".into(), "flux".into()),
         (
             "app.kubernetes.io/version".into(),
             env!("CARGO_PKG_VERSION").into(),
         ),
     ])
+}
+
+/// Gantry's CRDs, labelled for the `flux` CLI. `flux check` and `flux version` print the
+/// GitRepository CRD's `part-of` and `version` labels as the distribution; a version of
+/// `gantry-v<version>` makes that `flux-gantry-v0.1.0` rather than a Flux release number.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = gantry_api::crds();
+    for crd in &mut crds {
+        let mut labels = labels();
+        labels.insert(
+            "app.kubernetes.io/version".into(),
+            concat!("gantry-v", env!("CARGO_PKG_VERSION")).into(),
+        );
+        crd.metadata.labels.get_or_insert_default().extend(labels);
+    }
+    crds
 }
 
 fn selector_labels() -> BTreeMap<String, String> {
@@ -409,6 +430,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             // Leader election identity and lease namespace.
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // Flux's log keys, so `flux logs` reads the pod's log as it reads Flux's.
+            EnvVar {
+                name: "GANTRY_LOG_FORMAT".into(),
+                value: Some("flux".into()),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -549,7 +576,7 @@ mod tests {
         // `cargo xtask sandbox` reads the stream back as typed CRDs.
         let typed: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             serde_saphyr::from_str_multiple(&stream).expect("typed CRDs");
-        assert_eq!(typed, gantry_api::crds());
+        assert_eq!(typed, crds());
         let documents = parse(&stream);
         assert!(
             kinds(&documents)
@@ -604,7 +631,7 @@ mod tests {
     /// or number (`"True"`, `"*"`, `"8080"`), nothing lost.
     #[test]
     fn yaml_round_trips_to_the_typed_objects() {
-        let mut expected: Vec<Value> = gantry_api::crds()
+        let mut expected: Vec<Value> = crds()
             .iter()
             .map(|c| serde_json::to_value(c).unwrap())
             .collect();
@@ -867,5 +894,43 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.install.default_service_account, "x");
+    }
+
+    /// What the `flux` CLI selects on (see `labels`); `cluster_flux_cli` runs the real CLI.
+    #[test]
+    fn flux_cli_labels_are_on_the_crds_deployment_and_pods() {
+        let documents = parse(&render(&args(false)).unwrap());
+        let part_of = |d: &Value| d["metadata"]["labels"]["app.kubernetes.io/part-of"].clone();
+        for document in &documents {
+            assert_eq!(part_of(document), "flux", "{}", document["kind"]);
+        }
+        let deployment = documents
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .unwrap();
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "flux"
+        );
+        // `flux logs` picks the container named `manager` when a pod has several, and reads
+        // Flux's log keys.
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["name"], "manager");
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "GANTRY_LOG_FORMAT" && e["value"] == "flux"),
+            "{container}"
+        );
+        let git = documents
+            .iter()
+            .find(|d| d["metadata"]["name"] == "gitrepositories.source.toolkit.fluxcd.io")
+            .unwrap();
+        assert_eq!(
+            git["metadata"]["labels"]["app.kubernetes.io/version"],
+            concat!("gantry-v", env!("CARGO_PKG_VERSION"))
+        );
     }
 }

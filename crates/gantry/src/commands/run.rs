@@ -25,6 +25,8 @@ use crate::controllers;
 pub enum LogFormat {
     Text,
     Json,
+    /// JSON with the keys of Flux's controllers, which `flux logs` reads.
+    Flux,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +96,7 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Flux => builder.event_format(crate::flux_log::FluxJson).init(),
     }
 }
 
