@@ -11,7 +11,7 @@
 //!
 //! It runs on the harness ([`gantry_runtime::controller`]), which owns the watch, the finalizer,
 //! backoff, status writes, events and metrics. Here are only the domain steps:
-//! - [`decide`]: the decisions (the status a failure gives, when to announce, whether a revision
+//! - `decide`: the decisions (the status a failure gives, when to announce, whether a revision
 //!   is applied, whether a dependency is ready), pure and unit-tested;
 //! - `steps`: what talks to the cluster (source, dependencies, build, apply, prune, health).
 
@@ -35,7 +35,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::apply::{self, Applier};
 use crate::build::Kustomize;
 
-pub mod decide;
+mod decide;
 mod steps;
 
 /// How the Kustomization controller works in this process.
