@@ -62,42 +62,9 @@ impl Kustomizations {
             }
         }
 
-        let store = self.settings.artifacts.clone();
-        let spec = ks.spec.clone();
-        let vars = substitute_from(ks, cx.client()).await?;
-        let mut kustomize = self.settings.kustomize.clone();
-        kustomize.timeout = timeout;
-        let path = ks.spec.path.clone();
-        // The source controller's store wakes this at once (no polling).
-        store
-            .wait_for(&artifact, timeout.min(ARTIFACT_PATIENCE))
-            .await;
-        let built = tokio::task::spawn_blocking(move || {
-            let dir = store.open(&artifact).map_err(|e| {
-                Failure::new(
-                    ARTIFACT_FAILED_REASON,
-                    format!("artifact of '{source_id}': {e}"),
-                )
-            })?;
-            let root = build::resolve_path(dir.path(), path.as_deref());
-            if !root.is_dir() {
-                return Err(Failure::new(
-                    ARTIFACT_FAILED_REASON,
-                    format!(
-                        "kustomization path not found: {} is not a directory in revision {}",
-                        path.as_deref().unwrap_or("./"),
-                        artifact.revision
-                    ),
-                ));
-            }
-            // Name files as they are in the repository, not in the scratch directory.
-            let scratch = format!("{}/", dir.path().display());
-            build::build(&root, &spec, &vars, &kustomize, true)
-                .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, "")))
-        })
-        .await
-        .map_err(|e| Failure::new(BUILD_FAILED_REASON, format!("build task failed: {e}")))??;
-
+        let built = self
+            .build(ks, cx.client(), artifact, &source_id, timeout)
+            .await?;
         let applier = self
             .applier_for(ks, cx)
             .map_err(|m| Failure::new(RECONCILIATION_FAILED_REASON, m))?;
@@ -161,6 +128,54 @@ impl Kustomizations {
                 .await;
         }
         Ok(revision)
+    }
+
+    /// The manifests of the revision: its artifact (waiting for this process's source controller
+    /// to store it, if need be), built at `spec.path` with the spec's transforms and substitutions.
+    async fn build(
+        &self,
+        ks: &Kustomization,
+        client: &Client,
+        artifact: Artifact,
+        source_id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, Failure> {
+        let store = self.settings.artifacts.clone();
+        let spec = ks.spec.clone();
+        let vars = substitute_from(ks, client).await?;
+        let mut kustomize = self.settings.kustomize.clone();
+        kustomize.timeout = timeout;
+        let path = ks.spec.path.clone();
+        // The source controller's store wakes this at once (no polling).
+        store
+            .wait_for(&artifact, timeout.min(ARTIFACT_PATIENCE))
+            .await;
+        let source_id = source_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let dir = store.open(&artifact).map_err(|e| {
+                Failure::new(
+                    ARTIFACT_FAILED_REASON,
+                    format!("artifact of '{source_id}': {e}"),
+                )
+            })?;
+            let root = build::resolve_path(dir.path(), path.as_deref());
+            if !root.is_dir() {
+                return Err(Failure::new(
+                    ARTIFACT_FAILED_REASON,
+                    format!(
+                        "kustomization path not found: {} is not a directory in revision {}",
+                        path.as_deref().unwrap_or("./"),
+                        artifact.revision
+                    ),
+                ));
+            }
+            // Name files as they are in the repository, not in the scratch directory.
+            let scratch = format!("{}/", dir.path().display());
+            build::build(&root, &spec, &vars, &kustomize, true)
+                .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, "")))
+        })
+        .await
+        .map_err(|e| Failure::new(BUILD_FAILED_REASON, format!("build task failed: {e}")))?
     }
 
     /// Every dependency must be ready ([`decide::dependency_blocks`]), read from the harness's
