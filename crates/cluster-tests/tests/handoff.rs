@@ -41,24 +41,17 @@ async fn a_new_artifact_reaches_its_kustomization_in_process_without_a_source_wa
         )
         .namespace(Some(&ns));
         let fetch_now = source.trigger();
-        let (kustomize, requests) =
-            gantry_kustomize::controller::Context::new(client.clone(), store);
         // No GitRepository watch: only the in-process hand-off can tell it about a new artifact.
-        let kustomize = kustomize.without_source_watch();
-        let watched = ns.clone();
+        let kustomize = gantry_kustomize::controller::controller(
+            gantry_kustomize::controller::Settings::new(store).without_source_watch(),
+            shared,
+            stored_requests,
+            Some(&ns),
+        )
+        .concurrency(2);
         let tasks = [
             tokio::spawn(source.run(std::future::pending())),
-            tokio::spawn(async move {
-                gantry_kustomize::controller::run_controller(
-                    kustomize,
-                    requests,
-                    stored_requests,
-                    Some(&watched),
-                    2,
-                    std::future::pending(),
-                )
-                .await
-            }),
+            tokio::spawn(kustomize.run(std::future::pending())),
         ];
 
         // Long intervals: nothing but a hand-off explains a second apply within the test.

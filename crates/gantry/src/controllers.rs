@@ -55,7 +55,7 @@ pub async fn run(
     let (artifact_stored, stored_artifacts) = Trigger::<GitRepository>::new();
     let mut source = Controller::new(
         GitRepositories::new(store.clone()).notify_stored(artifact_stored),
-        shared,
+        shared.clone(),
     )
     .namespace(settings.watch_namespace.as_deref())
     .concurrency(settings.concurrency);
@@ -94,18 +94,16 @@ pub async fn run(
             ))
             .with_metrics(metrics.clone())
             .with_scan_hook(image_policies.repository_changed());
-    let (kustomize, requests) = gantry_kustomize::controller::Context::new(client.clone(), store);
-    let kustomize = kustomize
-        .with_events(Events::new(
-            client.clone(),
-            "kustomize-controller",
-            events_tx,
-        ))
-        .with_metrics(metrics)
-        .with_config(config)
-        .with_default_service_account(settings.default_service_account.clone());
-
     let namespace = settings.watch_namespace.as_deref();
+    let kustomize = gantry_kustomize::controller::controller(
+        gantry_kustomize::controller::Settings::new(store)
+            .with_config(config)
+            .with_default_service_account(settings.default_service_account.clone()),
+        shared,
+        stored_artifacts,
+        namespace,
+    )
+    .concurrency(settings.concurrency);
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
     let stop3 = shutdown.clone();
@@ -122,14 +120,7 @@ pub async fn run(
     );
     let (_, _, _, _, _, notifications) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
-        gantry_kustomize::controller::run_controller(
-            kustomize,
-            requests,
-            stored_artifacts,
-            namespace,
-            settings.concurrency,
-            async move { stop2.cancelled().await },
-        ),
+        kustomize.run(async move { stop2.cancelled().await }),
         gantry_image::controller::repository::run_controller(
             std::sync::Arc::new(image_repositories),
             namespace,

@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject};
 use tracing::debug;
 
-use crate::apply::{Applier, Resolver};
+use crate::discovery::Resolver;
 
 /// How many objects are read at the same time.
 const CONCURRENCY: usize = 16;
@@ -190,17 +190,6 @@ pub async fn wait(
         }
         debug!(waiting_for = unhealthy.len(), "health check");
         tokio::time::sleep(opts.interval.min(deadline - now)).await;
-    }
-}
-
-impl Applier {
-    /// [`wait`] with this applier's client and discovery cache.
-    pub async fn wait(
-        &self,
-        targets: &[InventoryEntry],
-        opts: &WaitOptions,
-    ) -> Result<(), HealthError> {
-        wait(self.client(), self.resolver(), targets, opts).await
     }
 }
 

@@ -4,10 +4,12 @@
 //!   spec's transforms and postBuild substitution.
 //! - `apply`: server-side apply in stages, dry-run first, drift detection, owner labels, Flux's
 //!   per-object annotations, inventory and prune.
-//! - `health`: kstatus health waits with Flux's messages.
+//! - `health`: kstatus health waits with Flux's messages (used by `apply`; it knows only
+//!   [`discovery`], so the arrows run apply → health → discovery).
 //! - [`controller`]: the Kustomization controller tying them together.
 
 pub mod apply;
 pub mod build;
 pub mod controller;
+pub mod discovery;
 pub mod health;

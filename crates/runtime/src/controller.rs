@@ -251,6 +251,29 @@ struct Inner<R: Reconciler> {
 impl<R: Reconciler> Controller<R> {
     pub fn new(reconciler: R, shared: Shared) -> Self {
         let (store, writer) = reflector::store();
+        Self::assemble(reconciler, shared, store, writer)
+    }
+
+    /// [`new`](Self::new) for a reconciler that reads the cache of its own kind or wakes objects
+    /// of its own kind (a Kustomization becoming Ready wakes those that depend on it): `make`
+    /// gets this controller's [`store`](Self::store) and a [`trigger`](Self::trigger).
+    pub fn new_with(
+        shared: Shared,
+        make: impl FnOnce(Store<R::Object>, Trigger<R::Object>) -> R,
+    ) -> Self {
+        let (store, writer) = reflector::store();
+        let (trigger, requests) = Trigger::new();
+        let mut controller = Self::assemble(make(store.clone(), trigger), shared, store, writer);
+        controller.requests.push(requests.boxed());
+        controller
+    }
+
+    fn assemble(
+        reconciler: R,
+        shared: Shared,
+        store: Store<R::Object>,
+        writer: reflector::store::Writer<R::Object>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 reconciler,

@@ -510,6 +510,28 @@ impl Kustomization {
     }
 }
 
+impl crate::meta::FluxObject for Kustomization {
+    type Status = KustomizationStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&KustomizationStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for KustomizationStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn revision(&self) -> Option<&str> {
+        self.last_applied_revision.as_deref()
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, kube::core::duration::ParseError> {
     text.parse::<kube::core::Duration>().map(Duration::from)
 }

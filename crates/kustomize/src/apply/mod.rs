@@ -30,7 +30,6 @@
 //! into the `kustomize-controller` Apply entry, so fields that were removed from git are really
 //! removed instead of staying owned by a stale kubectl entry.
 
-mod discovery;
 mod meta;
 
 use std::collections::{BTreeSet, HashSet};
@@ -44,7 +43,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-pub use discovery::{Resolved, Resolver};
+pub use crate::discovery::{Resolved, Resolver};
+use crate::health::{self, HealthError, WaitOptions};
 pub use meta::{
     FORCE_ANNOTATION, LAST_APPLIED_ANNOTATION, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL,
     PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, comparable,
@@ -360,6 +360,15 @@ impl Applier {
         &self.resolver
     }
 
+    /// [`health::wait`] with this applier's client and discovery cache.
+    pub async fn wait(
+        &self,
+        targets: &[InventoryEntry],
+        opts: &WaitOptions,
+    ) -> Result<(), HealthError> {
+        health::wait(&self.client, &self.resolver, targets, opts).await
+    }
+
     /// Applies a revision's objects; see the module docs for the steps. On error nothing of
     /// the stages after the failing object's is written, and a dry-run rejection found before
     /// the first write means nothing at all was written.
@@ -427,12 +436,12 @@ impl Applier {
                         version: desired[i].version.clone(),
                     })
                     .collect();
-                let wait = crate::health::WaitOptions {
+                let wait = WaitOptions {
                     timeout: opts.wait_timeout,
                     interval: opts.wait_interval,
                     fail_fast: true,
                 };
-                crate::health::wait(&self.client, &self.resolver, &targets, &wait)
+                health::wait(&self.client, &self.resolver, &targets, &wait)
                     .await
                     .map_err(|e| ApplyError::Wait {
                         message: format!("cluster definitions not ready: {e}"),

@@ -1,0 +1,375 @@
+//! The steps of a Kustomization run that talk to the cluster: source, dependencies, build,
+//! apply, prune, health; and the deletion of what it applied.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gantry_api::kustomize::v1::{
+    ARTIFACT_FAILED_REASON, BUILD_FAILED_REASON, DeletionPolicy, HEALTH_CHECK_FAILED_REASON,
+    Kustomization, KustomizationStatus, PRUNE_FAILED_REASON, RECONCILIATION_FAILED_REASON,
+    RECONCILIATION_SUCCEEDED_REASON, SourceKind, SubstituteKind,
+};
+use gantry_api::meta::{DEPENDENCY_NOT_READY_REASON, HEALTHY_CONDITION, KUSTOMIZE_FIELD_MANAGER};
+use gantry_api::source::v1::{Artifact, GitRepository};
+use gantry_core::inventory::{Inventory, InventoryEntry};
+use gantry_runtime::conditions::{self, Status};
+use gantry_runtime::controller::Cx;
+use gantry_runtime::events::Severity;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use super::decide::{self, Failure};
+use super::{Error, Kustomizations};
+use crate::apply::{self, Applier, ApplyOptions, Owner};
+use crate::build::{self, SourceData, SubstituteSource};
+use crate::health::WaitOptions;
+
+/// How long a reconciliation waits for this process to store an artifact its source names
+/// (just after a start or a leader handover, the source's status outlives the store).
+const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Kustomizations {
+    /// The reconciliation proper; returns the applied revision. Writes progress into `status`.
+    pub(super) async fn run(
+        &self,
+        ks: &Kustomization,
+        cx: &Cx<Kustomization>,
+        status: &mut KustomizationStatus,
+    ) -> Result<String, Failure> {
+        let namespace = ks.namespace().unwrap_or_default();
+        let name = ks.name_any();
+        // Read once: the dependency check needs the source's revision too.
+        let source = source_artifact(ks, cx.client()).await;
+        let source_revision = source.as_ref().ok().map(|(a, _)| a.revision.as_str());
+        self.check_dependencies(ks, cx.client(), source_revision)
+            .await?;
+        let (artifact, source_id) = source?;
+        let revision = artifact.revision.clone();
+        status.last_attempted_revision = Some(revision.clone());
+        let timeout = ks.timeout().unwrap_or(Duration::from_secs(60));
+
+        // A new revision or spec: say so before building, applying and waiting (which may take
+        // the whole timeout), so `Ready` never vouches for the old revision meanwhile.
+        // Drift-correction runs of an applied revision write nothing here.
+        if !decide::already_applied(ks, &revision) {
+            let message = decide::progress_message(&revision, timeout);
+            conditions::progressing(&mut status.conditions, ks.metadata.generation, &message);
+            if let Err(err) = cx.write_status(ks, status).await {
+                // Progress is informative; the final status write will report any real problem.
+                tracing::debug!(kustomization = %name, %namespace, "writing progress: {err}");
+            }
+        }
+
+        let built = self
+            .build(ks, cx.client(), artifact, &source_id, timeout)
+            .await?;
+        let applier = self
+            .applier_for(ks, cx)
+            .map_err(|m| Failure::new(RECONCILIATION_FAILED_REASON, m))?;
+        let owner = Owner::new(&name, &namespace);
+        let mut options = ApplyOptions::new(owner.clone());
+        options.force = ks.spec.force;
+        options.wait_timeout = timeout;
+        let changes = applier
+            .apply(built, &options)
+            .await
+            .map_err(|e| Failure::new(RECONCILIATION_FAILED_REASON, e.to_string()))?;
+        let current = changes.to_inventory();
+        let old = status
+            .inventory
+            .as_ref()
+            .map(apply::inventory_from_status)
+            .transpose()
+            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut summary = changes.summary();
+        if ks.spec.prune {
+            let pruned = applier
+                .prune(&old, &current, &owner)
+                .await
+                .map_err(|e| Failure::new(PRUNE_FAILED_REASON, e.to_string()))?;
+            summary = [summary, pruned.summary()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        status.inventory = Some(apply::inventory_to_status(&current));
+
+        let targets = if ks.spec.wait {
+            changes.health_targets()
+        } else {
+            decide::health_check_targets(ks)
+        };
+        if !targets.is_empty() {
+            let mut wait = WaitOptions::new(timeout);
+            wait.interval = self.settings.health_interval;
+            let waited = Instant::now();
+            if let Err(err) = applier.wait(&targets, &wait).await {
+                let mut failure = Failure::new(HEALTH_CHECK_FAILED_REASON, err.to_string());
+                failure.healthy = Some(false);
+                return Err(failure);
+            }
+            conditions::set(
+                &mut status.conditions,
+                HEALTHY_CONDITION,
+                Status::True,
+                "Succeeded",
+                &format!("Health check passed in {:.1?}", waited.elapsed()),
+                ks.metadata.generation,
+            );
+        }
+
+        if !summary.is_empty() {
+            let reason = RECONCILIATION_SUCCEEDED_REASON;
+            cx.event(ks, Severity::Info, reason, &summary, Some(&revision))
+                .await;
+        }
+        Ok(revision)
+    }
+
+    /// The manifests of the revision: its artifact (waiting for this process's source controller
+    /// to store it, if need be), built at `spec.path` with the spec's transforms and substitutions.
+    async fn build(
+        &self,
+        ks: &Kustomization,
+        client: &Client,
+        artifact: Artifact,
+        source_id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, Failure> {
+        let store = self.settings.artifacts.clone();
+        let spec = ks.spec.clone();
+        let vars = substitute_from(ks, client).await?;
+        let mut kustomize = self.settings.kustomize.clone();
+        kustomize.timeout = timeout;
+        let path = ks.spec.path.clone();
+        // The source controller's store wakes this at once (no polling).
+        store
+            .wait_for(&artifact, timeout.min(ARTIFACT_PATIENCE))
+            .await;
+        let source_id = source_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let dir = store.open(&artifact).map_err(|e| {
+                Failure::new(
+                    ARTIFACT_FAILED_REASON,
+                    format!("artifact of '{source_id}': {e}"),
+                )
+            })?;
+            let root = build::resolve_path(dir.path(), path.as_deref());
+            if !root.is_dir() {
+                return Err(Failure::new(
+                    ARTIFACT_FAILED_REASON,
+                    format!(
+                        "kustomization path not found: {} is not a directory in revision {}",
+                        path.as_deref().unwrap_or("./"),
+                        artifact.revision
+                    ),
+                ));
+            }
+            // Name files as they are in the repository, not in the scratch directory.
+            let scratch = format!("{}/", dir.path().display());
+            build::build(&root, &spec, &vars, &kustomize, true)
+                .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, "")))
+        })
+        .await
+        .map_err(|e| Failure::new(BUILD_FAILED_REASON, format!("build task failed: {e}")))?
+    }
+
+    /// Every dependency must be ready ([`decide::dependency_blocks`]), read from the harness's
+    /// cache; a cycle can never become ready: it is a terminal failure.
+    async fn check_dependencies(
+        &self,
+        ks: &Kustomization,
+        client: &Client,
+        source_revision: Option<&str>,
+    ) -> Result<(), Failure> {
+        if ks.spec.depends_on.is_empty() {
+            return Ok(());
+        }
+        let cached = |ns: &str, name: &str| self.cache.get(&ObjectRef::new(name).within(ns));
+        if let Some(cycle) = decide::dependency_cycle(ks, cached) {
+            return Err(Failure::new(
+                DEPENDENCY_NOT_READY_REASON,
+                format!("dependency cycle detected: {}", cycle.join(" -> ")),
+            )
+            .terminal());
+        }
+        let namespace = ks.namespace().unwrap_or_default();
+        for dep in &ks.spec.depends_on {
+            let dep_ns = dep.namespace.as_deref().unwrap_or(&namespace);
+            let found = cached(dep_ns, &dep.name);
+            if decide::dependency_blocks(ks, found.as_deref(), source_revision).is_none() {
+                continue;
+            }
+            // A dependency wakes us right after its status write, which the cache may not have
+            // seen yet: ask the API server before waiting for the retry interval.
+            let live = Api::<Kustomization>::namespaced(client.clone(), dep_ns)
+                .get_opt(&dep.name)
+                .await
+                .map_err(|err| {
+                    Failure::dependency(dep_ns, &dep.name, &format!("could not be read: {err}"))
+                })?;
+            if let Some(why) = decide::dependency_blocks(ks, live.as_ref(), source_revision) {
+                return Err(Failure::dependency(dep_ns, &dep.name, why));
+            }
+        }
+        Ok(())
+    }
+
+    /// `spec.serviceAccountName`, else the default account: apply as that account of the
+    /// Kustomization's namespace (impersonation), as Flux does for tenants.
+    fn applier_for(&self, ks: &Kustomization, cx: &Cx<Kustomization>) -> Result<Applier, String> {
+        let applier = self
+            .applier
+            .get_or_init(|| Applier::new(cx.client().clone(), KUSTOMIZE_FIELD_MANAGER));
+        let account = ks
+            .spec
+            .service_account_name
+            .as_ref()
+            .filter(|a| !a.is_empty())
+            .or(self.settings.default_service_account.as_ref());
+        let Some(account) = account else {
+            return Ok(applier.clone());
+        };
+        let Some(config) = &self.settings.config else {
+            return Err(
+                "spec.serviceAccountName needs the controller's client configuration".into(),
+            );
+        };
+        let mut config = config.clone();
+        config.auth_info.impersonate = Some(format!(
+            "system:serviceaccount:{}:{account}",
+            ks.namespace().unwrap_or_default()
+        ));
+        let client =
+            Client::try_from(config).map_err(|e| format!("impersonating {account}: {e}"))?;
+        Ok(applier.with_client(client))
+    }
+
+    /// Deletes what the Kustomization applied, as its `deletionPolicy` says (nothing while it is
+    /// suspended), waiting for termination under `WaitForTermination`.
+    pub(super) async fn delete_applied(
+        &self,
+        ks: &Kustomization,
+        cx: &Cx<Kustomization>,
+    ) -> Result<(), Error> {
+        if ks.spec.suspend || !ks.deletes_on_removal() {
+            return Ok(());
+        }
+        let inventory: Inventory = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .map(apply::inventory_from_status)
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("status.inventory: {e}")))?
+            .unwrap_or_default();
+        if inventory.is_empty() {
+            return Ok(());
+        }
+        let owner = Owner::new(ks.name_any(), ks.namespace().unwrap_or_default());
+        let applier = self.applier_for(ks, cx).map_err(Error::Invalid)?;
+        let deleted = applier
+            .delete_all(&inventory, &owner)
+            .await
+            .map_err(Error::Cleanup)?;
+        if ks.deletion_policy() == DeletionPolicy::WaitForTermination {
+            let entries: Vec<InventoryEntry> = inventory.deletion_order();
+            let timeout = ks.timeout().unwrap_or(Duration::from_secs(60));
+            applier
+                .wait_for_termination(&entries, timeout, self.settings.health_interval)
+                .await
+                .map_err(Error::Cleanup)?;
+        }
+        let summary = deleted.summary();
+        if !summary.is_empty() {
+            cx.event(ks, Severity::Info, "Pruned", &summary, None).await;
+        }
+        Ok(())
+    }
+}
+
+/// The artifact of the Kustomization's source, and the source's id for messages.
+async fn source_artifact(
+    ks: &Kustomization,
+    client: &Client,
+) -> Result<(Artifact, String), Failure> {
+    let source = &ks.spec.source_ref;
+    if source.kind != SourceKind::GitRepository {
+        return Err(Failure::new(
+            ARTIFACT_FAILED_REASON,
+            format!(
+                "source kind {:?} is not supported by Gantry yet (only GitRepository)",
+                source.kind
+            ),
+        )
+        .terminal());
+    }
+    let source_namespace = decide::source_namespace(ks);
+    let source_id = format!("GitRepository/{source_namespace}/{}", source.name);
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), &source_namespace);
+    let repo = match repos.get_opt(&source.name).await {
+        Ok(Some(repo)) => repo,
+        Ok(None) => {
+            let message = format!("Source '{source_id}' not found");
+            return Err(Failure::new(ARTIFACT_FAILED_REASON, message).waiting(None));
+        }
+        Err(err) => {
+            let message = format!("reading {source_id}: {err}");
+            return Err(Failure::new(ARTIFACT_FAILED_REASON, message));
+        }
+    };
+    match repo.status.and_then(|s| s.artifact) {
+        Some(artifact) => Ok((artifact, source_id)),
+        None => Err(Failure::new(
+            ARTIFACT_FAILED_REASON,
+            format!("Source '{source_id}' is not ready, artifact not found"),
+        )
+        .waiting(None)),
+    }
+}
+
+/// `postBuild.substituteFrom`: ConfigMaps and Secrets of the Kustomization's namespace, in order.
+async fn substitute_from(
+    ks: &Kustomization,
+    client: &Client,
+) -> Result<BTreeMap<String, String>, Failure> {
+    let Some(post_build) = &ks.spec.post_build else {
+        return Ok(BTreeMap::new());
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let mut sources = Vec::new();
+    for reference in &post_build.substitute_from {
+        let data = match reference.kind {
+            SubstituteKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+                .get_opt(&reference.name)
+                .await
+                .map(|cm| cm.map(|cm| SourceData::Plain(cm.data.unwrap_or_default()))),
+            SubstituteKind::Secret => Api::<Secret>::namespaced(client.clone(), &namespace)
+                .get_opt(&reference.name)
+                .await
+                .map(|s| {
+                    let data = s.map(|s| s.data.unwrap_or_default().into_iter());
+                    data.map(|d| SourceData::Bytes(d.map(|(k, v)| (k, v.0)).collect()))
+                }),
+        }
+        .map_err(|e| {
+            let message = format!(
+                "substituteFrom {:?} {}: {e}",
+                reference.kind, reference.name
+            );
+            Failure::new(BUILD_FAILED_REASON, message)
+        })?;
+        sources.push(SubstituteSource {
+            kind: reference.kind,
+            name: reference.name.clone(),
+            optional: reference.optional,
+            data,
+        });
+    }
+    build::merge_substitute_from(&sources)
+        .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string()))
+}
