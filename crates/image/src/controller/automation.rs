@@ -8,22 +8,24 @@
 //! race (someone pushed first) is redone on the new tip at once, never force-pushed.
 //!
 //! Runs happen on `interval`, on a spec change or `reconcile.fluxcd.io/requestedAt`, and at once
-//! when a policy's `latestRef` changes (in process). After a push, the GitRepositories that
-//! follow the pushed branch are asked to fetch at once, so the new commit reaches the
-//! Kustomizations without waiting for an interval.
+//! when a policy's `latestRef` changes: the policy controller's trigger, mapped to the
+//! automations of its namespace by [`in_namespace_of`]. After a push, the GitRepositories that
+//! follow the pushed branch are asked to fetch at once (the trigger given to
+//! [`ImageUpdateAutomations::notify_pushed`]), so the new commit reaches the Kustomizations
+//! without waiting for an interval.
 //!
 //! Status as Flux writes it: `lastAutomationRunTime`, `lastPushCommit`, `lastPushTime`,
 //! `observedPolicies`, `observedSourceRevision`; Ready `Succeeded` with `pushed commit '<short>'
 //! to branch '<branch>'` or `repository up-to-date`. A file that is not valid YAML is left
 //! untouched and named in a `Ready=False` (`UpdateFailed`) message, while the other files are
-//! still committed.
+//! still committed. Work trees live under `<workdirs>/<namespace>/<name>/`, removed when the
+//! object is deleted ([`Reconciler::cleanup`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
 use gantry_api::image::v1::{
     DEFAULT_COMMIT_MESSAGE, GIT_OPERATION_FAILED_REASON, INVALID_POLICY_SELECTOR_REASON,
     INVALID_SOURCE_CONFIG_REASON, ImagePolicy, ImageRef, ImageUpdateAutomation,
@@ -31,118 +33,54 @@ use gantry_api::image::v1::{
     UPDATE_FAILED_REASON,
 };
 use gantry_api::meta::{
-    FINALIZER, INVALID_SPEC_REASON, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON,
+    INVALID_SPEC_REASON, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON,
 };
 use gantry_api::source::v1::GitRepository;
 use gantry_core::gotemplate::{self, Value};
 use gantry_core::image::setters::{self, Change, ObjectId, Policies, SetterError};
-use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
-use gantry_runtime::events::{Events, Severity};
-use gantry_runtime::finalizer;
-use gantry_runtime::metrics::{Metrics, ResourceInfo};
+use gantry_runtime::controller::{Cx, Reconciler};
+use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
-use gantry_source::git::push::{CommitPlan, PushOutcome, PushRequest, commit_and_push};
+use gantry_source::git::push::{CommitPlan, PushOutcome, PushRequest, Pushed, commit_and_push};
 use gantry_source::git::{Credentials, Reference};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use tokio::sync::mpsc;
+use kube::{Client, ResourceExt};
 
 /// Field manager of status writes and reporter of events: Flux's controller name.
 pub const FIELD_MANAGER: &str = "image-automation-controller";
-const KIND: &str = "ImageUpdateAutomation";
-const GROUP: &str = "image.toolkit.fluxcd.io";
 
-/// What every run shares.
-pub struct Context {
-    pub client: Client,
-    events: Events,
-    metrics: Option<Metrics>,
-    sources: Option<Trigger<GitRepository>>,
-    schedule: Mutex<HashMap<(String, String), Schedule>>,
-    // Automations asked to run now (by a policy change).
-    requested: Mutex<HashSet<(String, String)>>,
-    changed_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
-    changed_tx: mpsc::UnboundedSender<(String, String)>,
+/// The ImageUpdateAutomation controller's domain steps; run it with
+/// `Controller::new(ImageUpdateAutomations::new(workdirs), shared)`.
+pub struct ImageUpdateAutomations {
     workdirs: PathBuf,
+    pushed: Option<Trigger<GitRepository>>,
 }
 
-#[derive(Clone, Debug)]
-struct Schedule {
-    uid: Option<String>,
-    generation: Option<i64>,
-    requested_at: Option<String>,
-    due: Instant,
-    failures: u32,
-}
-
-impl Context {
-    /// A context publishing Kubernetes Events as `image-automation-controller`; work trees are
-    /// made under the system temporary directory.
-    pub fn new(client: Client) -> Self {
-        let (sender, _) = tokio::sync::broadcast::channel(16);
-        let (changed_tx, rx) = mpsc::unbounded_channel();
-        Context {
-            events: Events::new(client.clone(), FIELD_MANAGER, sender),
-            client,
-            metrics: None,
-            sources: None,
-            schedule: Mutex::default(),
-            requested: Mutex::default(),
-            changed_rx: Mutex::new(Some(rx)),
-            changed_tx,
-            workdirs: std::env::temp_dir(),
+impl ImageUpdateAutomations {
+    /// Work trees go under `workdirs` (e.g. the storage path).
+    pub fn new(workdirs: impl Into<PathBuf>) -> Self {
+        Self {
+            workdirs: workdirs.into(),
+            pushed: None,
         }
     }
 
-    pub fn with_events(mut self, events: Events) -> Self {
-        self.events = events;
+    /// After a push, requests `trigger` (the GitRepository controller's) with the automation's
+    /// source and every GitRepository of its namespace following the pushed branch.
+    pub fn notify_pushed(mut self, trigger: Trigger<GitRepository>) -> Self {
+        self.pushed = Some(trigger);
         self
     }
 
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// After a push, asks the GitRepository controller to fetch the pushed branch at once.
-    pub fn with_source_trigger(mut self, trigger: Trigger<GitRepository>) -> Self {
-        self.sources = Some(trigger);
-        self
-    }
-
-    /// Work trees go under `dir` (e.g. the storage path) instead of the temporary directory.
-    pub fn with_workdirs(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.workdirs = dir.into();
-        self
-    }
-
-    /// A function for the ImagePolicy controller's latest-ref hook: the automations of that
-    /// namespace run at once.
-    pub fn policy_changed(&self) -> impl Fn(&str, &str) + Send + Sync + 'static {
-        let tx = self.changed_tx.clone();
-        move |namespace, name| {
-            let _ = tx.send((namespace.to_owned(), name.to_owned()));
-        }
-    }
-
-    fn schedule_of(&self, key: &(String, String)) -> Option<Schedule> {
-        self.schedule.lock().ok()?.get(key).cloned()
-    }
-
-    fn set_schedule(&self, key: (String, String), s: Schedule) {
-        if let Ok(mut map) = self.schedule.lock() {
-            map.insert(key, s);
-        }
-    }
-
-    fn take_requested(&self, key: &(String, String)) -> bool {
-        self.requested.lock().is_ok_and(|mut set| set.remove(key))
+    /// Where the work trees of `namespace/name` are made.
+    pub fn workdir_of(&self, namespace: &str, name: &str) -> PathBuf {
+        self.workdirs.join(namespace).join(name)
     }
 }
 
@@ -169,7 +107,10 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
-    /// Writing status or the finalizer failed.
+    /// Removing the work trees of a deleted object failed.
+    #[error("removing the work trees: {0}")]
+    Cleanup(#[source] std::io::Error),
+    /// Writing status failed.
     #[error("failed to update the object: {0}")]
     Kube(#[source] kube::Error),
 }
@@ -190,180 +131,182 @@ impl Error {
 #[error("{0}")]
 struct TemplateFailure(String);
 
-/// Reconciles one ImageUpdateAutomation.
-pub async fn reconcile(
-    obj: Arc<ImageUpdateAutomation>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let name = obj.name_any();
-    let api: Api<ImageUpdateAutomation> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = (namespace.clone(), name.clone());
-    if obj.metadata.deletion_timestamp.is_some() {
-        if let Some(metrics) = &ctx.metrics {
-            metrics.remove_resource(KIND, &namespace, &name);
-        }
-        if let Ok(mut map) = ctx.schedule.lock() {
-            map.remove(&key);
-        }
-        finalizer::remove(&api, &*obj, FINALIZER)
-            .await
-            .map_err(Error::Kube)?;
-        return Ok(Action::await_change());
-    }
-    finalizer::add(&api, &*obj, FINALIZER)
-        .await
-        .map_err(Error::Kube)?;
-    if obj.spec.suspend {
-        return Ok(Action::await_change());
-    }
-    let generation = obj.metadata.generation;
-    let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
-    // Our own status writes come back as watch events: not a reason to run again.
-    let previous = ctx.schedule_of(&key).filter(|s| s.uid == obj.metadata.uid);
-    let asked = ctx.take_requested(&key);
-    if let Some(s) = &previous
-        && !asked
-        && s.generation == generation
-        && s.requested_at == requested_at
-        && s.due > Instant::now()
-    {
-        return Ok(Action::requeue(s.due - Instant::now()));
-    }
-    let failures = previous.as_ref().map_or(0, |s| s.failures);
-    let started = Instant::now();
-    let status = obj.status.clone().unwrap_or_default();
-    let mut new_status = ImageUpdateAutomationStatus {
-        last_handled_reconcile_at: requested_at
-            .clone()
-            .or_else(|| status.last_handled_reconcile_at.clone()),
-        ..status.clone()
-    };
-    let interval = obj.interval().unwrap_or(Duration::from_secs(60));
-    let schedule = |due: Duration, failures: u32| Schedule {
-        uid: obj.metadata.uid.clone(),
-        generation,
-        requested_at: requested_at.clone(),
-        due: Instant::now() + due,
-        failures,
-    };
+impl Reconciler for ImageUpdateAutomations {
+    type Object = ImageUpdateAutomation;
+    type Error = Error;
+    const CONTROLLER: &'static str = FIELD_MANAGER;
 
-    match run(&obj, &ctx, &namespace).await {
-        Ok(report) => {
-            new_status.observed_generation = generation;
-            new_status.last_automation_run_time = Some(Time(jiff::Timestamp::now()));
-            new_status.observed_policies = report.policies.clone();
-            new_status.observed_source_revision = Some(report.source_revision.clone());
-            let mut message = match &report.pushed {
-                Some(p) => {
-                    new_status.last_push_commit = Some(p.id.clone());
-                    new_status.last_push_time = Some(Time(jiff::Timestamp::now()));
-                    let short = &p.id[..p.id.len().min(7)];
-                    let mut m = format!("pushed commit '{short}' to branch '{}'", p.branch);
-                    if let Some(refspec) = &p.refspec {
-                        m.push_str(&format!(" and refspec '{refspec}'"));
-                    }
-                    m
+    async fn reconcile(
+        &self,
+        obj: Arc<ImageUpdateAutomation>,
+        cx: &Cx<ImageUpdateAutomation>,
+    ) -> Result<Action, Error> {
+        let obj = obj.as_ref();
+        let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+        let name = obj.name_any();
+        let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
+        let previous = obj.status.clone().unwrap_or_default();
+        let report = match self.run(obj, cx.client(), &namespace).await {
+            Ok(report) => report,
+            Err(err) => {
+                let message = err.to_string();
+                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
+                let status = failed_status(obj, &err, requested_at);
+                cx.write_status(obj, &status).await.map_err(Error::Kube)?;
+                if failure_is_news(&previous, &message) {
+                    cx.event(obj, Severity::Error, err.reason(), &message, None)
+                        .await;
                 }
-                None => "repository up-to-date".to_string(),
-            };
-            if report.failed_files.is_empty() {
-                conditions::succeeded(
-                    &mut new_status.conditions,
-                    generation,
-                    SUCCEEDED_REASON,
-                    &message,
-                );
-            } else {
-                message = format!(
-                    "{}; not updated: {}",
-                    message,
-                    report.failed_files.join("; ")
-                );
-                conditions::failed(
-                    &mut new_status.conditions,
-                    generation,
-                    UPDATE_FAILED_REASON,
-                    &message,
-                    false,
-                );
+                return Err(err);
             }
-            write_status(&api, &obj, &new_status).await?;
-            if let Some(p) = &report.pushed {
-                tracing::info!(%namespace, %name, commit = %p.id, branch = %p.branch, attempts = p.attempts, "{message}");
-                let event = format!("{message}\n{}", report.commit_message);
-                publish(
-                    &ctx,
-                    &obj,
-                    Severity::Info,
-                    SUCCEEDED_REASON,
-                    &event,
-                    &p.revision,
-                )
-                .await;
-                request_fetch(&ctx, &obj, &namespace, &p.branch, &report.source_url).await;
+        };
+        let (status, message) = run_status(obj, &report, requested_at, Timestamp::now());
+        cx.write_status(obj, &status).await.map_err(Error::Kube)?;
+        if let Some(p) = &report.pushed {
+            tracing::info!(%namespace, %name, commit = %p.id, branch = %p.branch, attempts = p.attempts, "{message}");
+            // The sources first: the event is one more API round trip.
+            if let Some(sources) = &self.pushed {
+                let pushed = (report.source_url.as_str(), p.branch.as_str());
+                request_fetch(sources, cx.client(), obj, &namespace, pushed).await;
             }
-            if !report.failed_files.is_empty() {
-                tracing::warn!(%namespace, %name, "{message}");
-                let was = conditions::get(&status.conditions, READY_CONDITION);
-                if was.is_none_or(|c| c.message != message) {
-                    publish(
-                        &ctx,
-                        &obj,
-                        Severity::Error,
-                        UPDATE_FAILED_REASON,
-                        &message,
-                        "",
-                    )
+            let note = format!("{message}\n{}", report.commit_message);
+            cx.event(
+                obj,
+                Severity::Info,
+                SUCCEEDED_REASON,
+                &note,
+                Some(&p.revision),
+            )
+            .await;
+        }
+        if !report.failed_files.is_empty() {
+            tracing::warn!(%namespace, %name, "{message}");
+            let was = conditions::get(&previous.conditions, READY_CONDITION);
+            if was.is_none_or(|c| c.message != message) {
+                cx.event(obj, Severity::Error, UPDATE_FAILED_REASON, &message, None)
                     .await;
-                }
             }
-            if let Some(metrics) = &ctx.metrics {
-                metrics.observe_reconcile(KIND, &namespace, &name, started.elapsed());
-            }
-            record_resource(&ctx, &obj, &new_status, &namespace, &name);
-            ctx.set_schedule(key, schedule(interval, 0));
-            Ok(Action::requeue(interval))
         }
-        Err(err) => {
-            let message = err.to_string();
-            let reason = err.reason();
-            let stalled = matches!(err, Error::InvalidSpec { .. });
-            tracing::warn!(%namespace, %name, reason, "{message}");
-            if stalled {
-                new_status.observed_generation = generation;
-            }
-            conditions::failed(
-                &mut new_status.conditions,
-                generation,
-                reason,
-                &message,
-                stalled,
-            );
-            write_status(&api, &obj, &new_status).await?;
-            let was = conditions::get(&status.conditions, READY_CONDITION);
-            if was.is_none_or(|c| c.status != "False" || c.message != message) {
-                publish(&ctx, &obj, Severity::Error, reason, &message, "").await;
-            }
-            record_resource(&ctx, &obj, &new_status, &namespace, &name);
-            if stalled {
-                ctx.set_schedule(key, schedule(Duration::from_secs(365 * 24 * 3600), 0));
-                return Ok(Action::await_change());
-            }
-            ctx.set_schedule(key, schedule(after_failures(failures + 1), failures + 1));
-            Err(err)
+        Ok(Action::requeue(
+            obj.interval().unwrap_or(Duration::from_secs(60)),
+        ))
+    }
+
+    async fn cleanup(
+        &self,
+        obj: Arc<ImageUpdateAutomation>,
+        _cx: &Cx<ImageUpdateAutomation>,
+    ) -> Result<(), Error> {
+        let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+        match std::fs::remove_dir_all(self.workdir_of(&namespace, &obj.name_any())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Cleanup(e)),
+            _ => Ok(()),
         }
+    }
+
+    fn retryable(error: &Error) -> bool {
+        !matches!(error, Error::InvalidSpec { .. })
     }
 }
 
-/// Requeues with exponential backoff; a bad spec waits for a change.
-pub fn error_policy(obj: Arc<ImageUpdateAutomation>, err: &Error, ctx: Arc<Context>) -> Action {
-    if matches!(err, Error::InvalidSpec { .. } | Error::NoNamespace) {
-        return Action::await_change();
+/// The automations among `automations` that a new `latestRef` of `policy` may concern: those
+/// of its namespace (the label selector is checked by the run itself; one run too many costs a
+/// no-op).
+pub fn in_namespace_of(
+    policy: &ObjectRef<ImagePolicy>,
+    automations: &[Arc<ImageUpdateAutomation>],
+) -> Vec<ObjectRef<ImageUpdateAutomation>> {
+    automations
+        .iter()
+        .filter(|a| a.metadata.namespace == policy.namespace)
+        .map(|a| ObjectRef::from_obj(a.as_ref()))
+        .collect()
+}
+
+/// The status after a run, and its Ready message: `Succeeded`, or `UpdateFailed` when files
+/// could not be updated (the others are still committed).
+fn run_status(
+    obj: &ImageUpdateAutomation,
+    report: &Report,
+    requested_at: Option<String>,
+    now: Timestamp,
+) -> (ImageUpdateAutomationStatus, String) {
+    let previous = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let mut status = ImageUpdateAutomationStatus {
+        observed_generation: generation,
+        last_automation_run_time: Some(Time(now)),
+        observed_policies: report.policies.clone(),
+        observed_source_revision: Some(report.source_revision.clone()),
+        last_handled_reconcile_at: requested_at.or(previous.last_handled_reconcile_at.clone()),
+        ..previous
+    };
+    let mut message = match &report.pushed {
+        Some(p) => {
+            status.last_push_commit = Some(p.id.clone());
+            status.last_push_time = Some(Time(now));
+            let short = &p.id[..p.id.len().min(7)];
+            let mut m = format!("pushed commit '{short}' to branch '{}'", p.branch);
+            if let Some(refspec) = &p.refspec {
+                m.push_str(&format!(" and refspec '{refspec}'"));
+            }
+            m
+        }
+        None => "repository up-to-date".to_string(),
+    };
+    if report.failed_files.is_empty() {
+        conditions::succeeded(
+            &mut status.conditions,
+            generation,
+            SUCCEEDED_REASON,
+            &message,
+        );
+    } else {
+        message = format!("{message}; not updated: {}", report.failed_files.join("; "));
+        conditions::failed(
+            &mut status.conditions,
+            generation,
+            UPDATE_FAILED_REASON,
+            &message,
+            false,
+        );
     }
-    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let failures = ctx.schedule_of(&key).map_or(1, |s| s.failures.max(1));
-    Action::requeue(after_failures(failures))
+    (status, message)
+}
+
+/// The status after a failed run: `Stalled` (and the generation observed) for a spec that
+/// cannot work, `Ready=False` with a retry otherwise.
+fn failed_status(
+    obj: &ImageUpdateAutomation,
+    err: &Error,
+    requested_at: Option<String>,
+) -> ImageUpdateAutomationStatus {
+    let previous = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let stalled = !ImageUpdateAutomations::retryable(err);
+    let mut status = ImageUpdateAutomationStatus {
+        observed_generation: if stalled {
+            generation
+        } else {
+            previous.observed_generation
+        },
+        last_handled_reconcile_at: requested_at.or(previous.last_handled_reconcile_at.clone()),
+        ..previous
+    };
+    conditions::failed(
+        &mut status.conditions,
+        generation,
+        err.reason(),
+        &err.to_string(),
+        stalled,
+    );
+    status
+}
+
+// A failure is announced once, not on every retry.
+fn failure_is_news(previous: &ImageUpdateAutomationStatus, message: &str) -> bool {
+    conditions::get(&previous.conditions, READY_CONDITION)
+        .is_none_or(|c| c.status != "False" || c.message != message)
 }
 
 // What one run did.
@@ -371,195 +314,212 @@ struct Report {
     source_url: String,
     policies: BTreeMap<String, ImageRef>,
     source_revision: String,
-    pushed: Option<gantry_source::git::push::Pushed>,
+    pushed: Option<Pushed>,
     commit_message: String,
     failed_files: Vec<String>,
 }
 
-async fn run(obj: &ImageUpdateAutomation, ctx: &Context, namespace: &str) -> Result<Report, Error> {
-    let invalid = |reason, message: String| Error::InvalidSpec { reason, message };
-    if obj.spec.source_ref.kind != "GitRepository" {
-        return Err(invalid(
-            INVALID_SOURCE_CONFIG_REASON,
-            format!(
-                "source kind '{}' not supported: invalid source configuration",
-                obj.spec.source_ref.kind
-            ),
-        ));
-    }
-    let Some(git) = obj.spec.git.clone() else {
-        return Err(invalid(
+impl ImageUpdateAutomations {
+    async fn run(
+        &self,
+        obj: &ImageUpdateAutomation,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<Report, Error> {
+        let invalid = |reason, message: String| Error::InvalidSpec { reason, message };
+        if obj.spec.source_ref.kind != "GitRepository" {
+            return Err(invalid(
+                INVALID_SOURCE_CONFIG_REASON,
+                format!(
+                    "source kind '{}' not supported: invalid source configuration",
+                    obj.spec.source_ref.kind
+                ),
+            ));
+        }
+        let Some(git) = obj.spec.git.clone() else {
+            return Err(invalid(
             INVALID_SOURCE_CONFIG_REASON,
             "source kind 'GitRepository' necessitates field .spec.git: invalid source configuration"
                 .into(),
         ));
-    };
-    let update_path = obj.update_path().unwrap_or("").to_owned();
-    let relative = safe_relative(&update_path).ok_or_else(|| {
-        invalid(
-            INVALID_SPEC_REASON,
-            format!("spec.update.path '{update_path}' leaves the repository"),
-        )
-    })?;
-    let template = git
-        .commit
-        .message_template
-        .clone()
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| DEFAULT_COMMIT_MESSAGE.to_owned());
-    check_template(&template)?;
-
-    let source_ns = obj.source_namespace().unwrap_or(namespace).to_owned();
-    let source_name = obj.spec.source_ref.name.clone();
-    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_ns);
-    let repo = repos
-        .get_opt(&source_name)
-        .await
-        .map_err(|e| {
-            Error::Source(format!(
-                "failed to get GitRepository '{source_ns}/{source_name}': {e}"
-            ))
-        })?
-        .ok_or_else(|| {
-            Error::Source(format!(
-                "failed to get GitRepository '{source_ns}/{source_name}': not found"
-            ))
-        })?;
-    let credentials = match &repo.spec.secret_ref {
-        Some(r) => Credentials::from_secret_data(&secret_data(ctx, &source_ns, &r.name).await?),
-        None => Credentials::default(),
-    };
-    let proxy = match &repo.spec.proxy_secret_ref {
-        Some(r) => Some(
-            gantry_source::git::auth::proxy_url(&secret_data(ctx, &source_ns, &r.name).await?)
-                .map_err(Error::Source)?,
-        ),
-        None => None,
-    };
-    let policies = select_policies(ctx, obj, namespace).await?;
-
-    let checkout_ref = git
-        .checkout
-        .as_ref()
-        .map(|c| c.reference.clone())
-        .or_else(|| repo.spec.r#ref.clone());
-    let mut req = PushRequest::new(
-        repo.spec.url.clone(),
-        Reference::from_spec(checkout_ref.as_ref()),
-        credentials,
-    );
-    req.push_branch = git.push.as_ref().and_then(|p| p.branch.clone());
-    req.refspec = git.push.as_ref().and_then(|p| p.refspec.clone());
-    req.push_options = git
-        .push
-        .as_ref()
-        .map(|p| p.options.clone())
-        .unwrap_or_default();
-    req.proxy = proxy;
-    req.timeout = gantry_source::duration::parse_go_duration(repo.timeout())
-        .unwrap_or(Duration::from_secs(60));
-
-    let setter_policies: Policies = policies
-        .iter()
-        .map(|(key, r)| {
-            (
-                key.clone(),
-                setters::ImageRef {
-                    name: r.name.clone(),
-                    tag: r.tag.clone(),
-                    digest: r.digest.clone().filter(|d| !d.is_empty()),
-                },
+        };
+        let update_path = obj.update_path().unwrap_or("").to_owned();
+        let relative = safe_relative(&update_path).ok_or_else(|| {
+            invalid(
+                INVALID_SPEC_REASON,
+                format!("spec.update.path '{update_path}' leaves the repository"),
             )
-        })
-        .collect();
-    let author_name = git.commit.author.name.clone().unwrap_or_default();
-    let author_email = git.commit.author.email.clone();
-    let values = git.commit.message_template_values.clone();
-    let automation = (namespace.to_owned(), obj.name_any());
-    let workdir = tempfile::Builder::new()
-        .prefix("gantry-automation-")
-        .tempdir_in(&ctx.workdirs)
-        .map_err(|e| Error::Git {
-            reason: GIT_OPERATION_FAILED_REASON,
-            message: format!("creating a work tree: {e}"),
         })?;
+        let template = git
+            .commit
+            .message_template
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| DEFAULT_COMMIT_MESSAGE.to_owned());
+        check_template(&template)?;
 
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut failed_files = Vec::new();
-        let mut message = String::new();
-        let result = commit_and_push(&req, workdir.path(), |tree: &Path| {
-            failed_files.clear();
-            let root = tree.join(&relative);
-            let reports = match setters::update_path(&root, &setter_policies, true) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(TemplateFailure(format!(
-                        "spec.update.path '{}': {e}",
-                        relative.display()
-                    )));
-                }
-            };
-            let mut changes: Vec<Change> = Vec::new();
-            for report in reports {
-                match report.outcome {
-                    Ok(updated) => changes.extend(updated.changes),
-                    Err(e) => failed_files.push(describe(&e)),
-                }
+        let source_ns = obj.source_namespace().unwrap_or(namespace).to_owned();
+        let source_name = obj.spec.source_ref.name.clone();
+        let repos: Api<GitRepository> = Api::namespaced(client.clone(), &source_ns);
+        let repo = repos
+            .get_opt(&source_name)
+            .await
+            .map_err(|e| {
+                Error::Source(format!(
+                    "failed to get GitRepository '{source_ns}/{source_name}': {e}"
+                ))
+            })?
+            .ok_or_else(|| {
+                Error::Source(format!(
+                    "failed to get GitRepository '{source_ns}/{source_name}': not found"
+                ))
+            })?;
+        let credentials = match &repo.spec.secret_ref {
+            Some(r) => {
+                Credentials::from_secret_data(&secret_data(client, &source_ns, &r.name).await?)
             }
-            if changes.is_empty() {
-                return Ok(None);
-            }
-            let data = template_data(&automation, &changes, &values);
-            message = gotemplate::render(&template, &data)
-                .map_err(|e| TemplateFailure(format!("failed to run template from spec: {e}")))?;
-            Ok(Some(CommitPlan {
-                message: message.clone(),
-                author_name: author_name.clone(),
-                author_email: author_email.clone(),
-            }))
-        });
-        drop(workdir);
-        (result, failed_files, message)
-    })
-    .await
-    .map_err(|e| Error::Git {
-        reason: GIT_OPERATION_FAILED_REASON,
-        message: format!("the automation run panicked: {e}"),
-    })?;
-    let (result, failed_files, commit_message) = outcome;
-    let outcome = result.map_err(|e| match e {
-        gantry_source::git::push::PushError::Edit(t) => Error::InvalidSpec {
-            reason: INVALID_SPEC_REASON,
-            message: t.0,
-        },
-        other => Error::Git {
-            reason: other.reason(),
-            message: other.to_string(),
-        },
-    })?;
-    let (pushed, source_revision) = match outcome {
-        PushOutcome::NothingToCommit { revision } => (None, revision),
-        PushOutcome::Pushed(p) => {
-            let rev = p.checkout_revision.clone();
-            (Some(p), rev)
-        }
-    };
-    Ok(Report {
-        source_url: repo.spec.url.clone(),
-        policies: policies
-            .into_iter()
-            .map(|(k, v)| {
+            None => Credentials::default(),
+        };
+        let proxy = match &repo.spec.proxy_secret_ref {
+            Some(r) => Some(
+                gantry_source::git::auth::proxy_url(
+                    &secret_data(client, &source_ns, &r.name).await?,
+                )
+                .map_err(Error::Source)?,
+            ),
+            None => None,
+        };
+        let policies = select_policies(client, obj, namespace).await?;
+
+        let checkout_ref = git
+            .checkout
+            .as_ref()
+            .map(|c| c.reference.clone())
+            .or_else(|| repo.spec.r#ref.clone());
+        let mut req = PushRequest::new(
+            repo.spec.url.clone(),
+            Reference::from_spec(checkout_ref.as_ref()),
+            credentials,
+        );
+        req.push_branch = git.push.as_ref().and_then(|p| p.branch.clone());
+        req.refspec = git.push.as_ref().and_then(|p| p.refspec.clone());
+        req.push_options = git
+            .push
+            .as_ref()
+            .map(|p| p.options.clone())
+            .unwrap_or_default();
+        req.proxy = proxy;
+        req.timeout = gantry_source::duration::parse_go_duration(repo.timeout())
+            .unwrap_or(Duration::from_secs(60));
+
+        let setter_policies: Policies = policies
+            .iter()
+            .map(|(key, r)| {
                 (
-                    k.split_once(':').map_or(k.clone(), |(_, n)| n.to_owned()),
-                    v,
+                    key.clone(),
+                    setters::ImageRef {
+                        name: r.name.clone(),
+                        tag: r.tag.clone(),
+                        digest: r.digest.clone().filter(|d| !d.is_empty()),
+                    },
                 )
             })
-            .collect(),
-        source_revision,
-        pushed,
-        commit_message,
-        failed_files,
-    })
+            .collect();
+        let author_name = git.commit.author.name.clone().unwrap_or_default();
+        let author_email = git.commit.author.email.clone();
+        let values = git.commit.message_template_values.clone();
+        let automation = (namespace.to_owned(), obj.name_any());
+        // Under a folder of the object's own, which its cleanup removes with whatever a crash left.
+        let parent = self.workdir_of(namespace, &obj.name_any());
+        let workdir = std::fs::create_dir_all(&parent)
+            .and_then(|()| {
+                tempfile::Builder::new()
+                    .prefix("gantry-automation-")
+                    .tempdir_in(&parent)
+            })
+            .map_err(|e| Error::Git {
+                reason: GIT_OPERATION_FAILED_REASON,
+                message: format!("creating a work tree in {}: {e}", parent.display()),
+            })?;
+
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut failed_files = Vec::new();
+            let mut message = String::new();
+            let result = commit_and_push(&req, workdir.path(), |tree: &Path| {
+                failed_files.clear();
+                let root = tree.join(&relative);
+                let reports = match setters::update_path(&root, &setter_policies, true) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Err(TemplateFailure(format!(
+                            "spec.update.path '{}': {e}",
+                            relative.display()
+                        )));
+                    }
+                };
+                let mut changes: Vec<Change> = Vec::new();
+                for report in reports {
+                    match report.outcome {
+                        Ok(updated) => changes.extend(updated.changes),
+                        Err(e) => failed_files.push(describe(&e)),
+                    }
+                }
+                if changes.is_empty() {
+                    return Ok(None);
+                }
+                let data = template_data(&automation, &changes, &values);
+                message = gotemplate::render(&template, &data).map_err(|e| {
+                    TemplateFailure(format!("failed to run template from spec: {e}"))
+                })?;
+                Ok(Some(CommitPlan {
+                    message: message.clone(),
+                    author_name: author_name.clone(),
+                    author_email: author_email.clone(),
+                }))
+            });
+            drop(workdir);
+            (result, failed_files, message)
+        })
+        .await
+        .map_err(|e| Error::Git {
+            reason: GIT_OPERATION_FAILED_REASON,
+            message: format!("the automation run panicked: {e}"),
+        })?;
+        let (result, failed_files, commit_message) = outcome;
+        let outcome = result.map_err(|e| match e {
+            gantry_source::git::push::PushError::Edit(t) => Error::InvalidSpec {
+                reason: INVALID_SPEC_REASON,
+                message: t.0,
+            },
+            other => Error::Git {
+                reason: other.reason(),
+                message: other.to_string(),
+            },
+        })?;
+        let (pushed, source_revision) = match outcome {
+            PushOutcome::NothingToCommit { revision } => (None, revision),
+            PushOutcome::Pushed(p) => {
+                let rev = p.checkout_revision.clone();
+                (Some(p), rev)
+            }
+        };
+        Ok(Report {
+            source_url: repo.spec.url.clone(),
+            policies: policies
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.split_once(':').map_or(k.clone(), |(_, n)| n.to_owned()),
+                        v,
+                    )
+                })
+                .collect(),
+            source_revision,
+            pushed,
+            commit_message,
+            failed_files,
+        })
+    }
 }
 
 fn describe(e: &SetterError) -> String {
@@ -714,7 +674,7 @@ pub fn template_data(
 
 // The automation's policies that have chosen an image, by `<namespace>:<name>`.
 async fn select_policies(
-    ctx: &Context,
+    client: &Client,
     obj: &ImageUpdateAutomation,
     namespace: &str,
 ) -> Result<BTreeMap<String, ImageRef>, Error> {
@@ -728,7 +688,7 @@ async fn select_policies(
             params = params.labels(&expr);
         }
     }
-    let api: Api<ImagePolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<ImagePolicy> = Api::namespaced(client.clone(), namespace);
     let list = api.list(&params).await.map_err(Error::Policies)?;
     Ok(list
         .into_iter()
@@ -767,37 +727,38 @@ pub fn selector_string(selector: &LabelSelector) -> Result<String, String> {
 // Asks for a fetch of the automation's own source at once, then of every other GitRepository
 // in its namespace that follows `branch` of the same URL.
 async fn request_fetch(
-    ctx: &Context,
+    sources: &Trigger<GitRepository>,
+    client: &Client,
     obj: &ImageUpdateAutomation,
     namespace: &str,
-    branch: &str,
-    url: &str,
+    pushed: (&str, &str),
 ) {
-    let Some(trigger) = &ctx.sources else { return };
     let source_ns = obj.source_namespace().unwrap_or(namespace).to_owned();
     let source = obj.spec.source_ref.name.as_str();
-    trigger.request(source, &source_ns);
-    let repos: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &source_ns);
+    sources.request(source, &source_ns);
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), &source_ns);
     let Ok(list) = repos.list(&ListParams::default()).await else {
         return;
     };
     for repo in list {
-        let follows = match Reference::from_spec(repo.spec.r#ref.as_ref()) {
-            Reference::Branch(b) => b == branch,
-            _ => false,
-        };
-        if repo.spec.url == url && follows && repo.name_any() != source {
-            trigger.request(&repo.name_any(), &source_ns);
+        if follows(&repo, pushed) && repo.name_any() != source {
+            sources.request(&repo.name_any(), &source_ns);
         }
     }
 }
 
+/// Whether `repo` follows the `(url, branch)` a commit was pushed to.
+fn follows(repo: &GitRepository, (url, branch): (&str, &str)) -> bool {
+    repo.spec.url == url
+        && matches!(Reference::from_spec(repo.spec.r#ref.as_ref()), Reference::Branch(b) if b == branch)
+}
+
 async fn secret_data(
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets
         .get(name)
         .await
@@ -808,114 +769,6 @@ async fn secret_data(
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect())
-}
-
-async fn write_status(
-    api: &Api<ImageUpdateAutomation>,
-    obj: &ImageUpdateAutomation,
-    status: &ImageUpdateAutomationStatus,
-) -> Result<(), Error> {
-    gantry_runtime::status::apply(api, &obj.name_any(), FIELD_MANAGER, status)
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    obj: &ImageUpdateAutomation,
-    severity: Severity,
-    reason: &str,
-    message: &str,
-    revision: &str,
-) {
-    let metadata = (!revision.is_empty())
-        .then(|| (format!("{GROUP}/revision"), revision.to_owned()))
-        .into_iter()
-        .collect();
-    ctx.events
-        .publish(obj.object_ref(&()), severity, reason, message, metadata)
-        .await;
-}
-
-fn record_resource(
-    ctx: &Context,
-    obj: &ImageUpdateAutomation,
-    status: &ImageUpdateAutomationStatus,
-    namespace: &str,
-    name: &str,
-) {
-    let Some(metrics) = &ctx.metrics else { return };
-    let ready = conditions::get(&status.conditions, READY_CONDITION);
-    metrics.set_resource(&ResourceInfo {
-        group: GROUP.into(),
-        kind: KIND.into(),
-        version: "v1".into(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        ready: ready.map_or("Unknown".into(), |c| c.status.clone()),
-        reason: ready.map_or(String::new(), |c| c.reason.clone()),
-        suspended: obj.spec.suspend,
-        revision: status.last_push_commit.clone().unwrap_or_default(),
-    });
-    metrics.set_stalled(
-        KIND,
-        namespace,
-        name,
-        conditions::is_true(&status.conditions, "Stalled"),
-    );
-}
-
-/// Runs the ImageUpdateAutomation controller until `shutdown` completes.
-pub async fn run_controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<ImageUpdateAutomation> = match namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let controller = Controller::new(api, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(concurrency));
-    let store = controller.store();
-    let changes = ctx
-        .changed_rx
-        .lock()
-        .ok()
-        .and_then(|mut r| r.take())
-        .expect("run_controller is called once per Context");
-    let requester = ctx.clone();
-    // A policy's new latestRef runs every automation of its namespace that selects it (the
-    // label selector is checked by the run itself; running one too many costs a no-op).
-    let requests = futures::stream::unfold(changes, |mut rx| async move {
-        rx.recv().await.map(|policy| (policy, rx))
-    })
-    .flat_map(move |(policy_ns, _policy)| {
-        let refs: Vec<ObjectRef<ImageUpdateAutomation>> = store
-            .state()
-            .iter()
-            .filter(|a| a.namespace().as_deref() == Some(policy_ns.as_str()))
-            .map(|a| ObjectRef::from_obj(a.as_ref()))
-            .collect();
-        if let Ok(mut set) = requester.requested.lock() {
-            for r in &refs {
-                set.insert((r.namespace.clone().unwrap_or_default(), r.name.clone()));
-            }
-        }
-        futures::stream::iter(refs)
-    });
-    controller
-        .reconcile_on(requests)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("ImageUpdateAutomation reconcile: {e}");
-            }
-        })
-        .await;
 }
 
 #[cfg(test)]
@@ -937,6 +790,154 @@ mod tests {
                 name: name.into(),
             },
         }
+    }
+
+    fn automation(ns: &str, name: &str) -> ImageUpdateAutomation {
+        let mut obj = ImageUpdateAutomation::new(name, Default::default());
+        obj.metadata.namespace = Some(ns.into());
+        obj.metadata.generation = Some(4);
+        obj
+    }
+
+    fn report(pushed: Option<Pushed>, failed_files: &[&str]) -> Report {
+        Report {
+            source_url: "http://127.0.0.1/fleet.git".into(),
+            policies: BTreeMap::new(),
+            source_revision: "main@sha1:1111111111".into(),
+            pushed,
+            commit_message: "Update".into(),
+            failed_files: failed_files.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    fn pushed(branch: &str) -> Pushed {
+        Pushed {
+            id: "abcdef0123456789abcdef0123456789abcdef01".into(),
+            branch: branch.into(),
+            revision: format!("{branch}@sha1:abcdef0123456789abcdef0123456789abcdef01"),
+            checkout_revision: "main@sha1:1111111111".into(),
+            refspec: None,
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_run_reports_its_push_or_that_nothing_changed() {
+        let obj = automation("apps", "auto");
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (status, message) = run_status(&obj, &report(None, &[]), None, now);
+        assert_eq!(message, "repository up-to-date");
+        assert_eq!(
+            status.last_push_commit, None,
+            "no commit needed, none pushed"
+        );
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(
+            status.observed_source_revision.as_deref(),
+            Some("main@sha1:1111111111")
+        );
+        assert_eq!(status.last_automation_run_time, Some(Time(now)));
+        assert!(conditions::is_true(&status.conditions, READY_CONDITION));
+
+        let mut obj = obj;
+        obj.status = Some(status);
+        let (status, message) = run_status(&obj, &report(Some(pushed("main")), &[]), None, now);
+        assert_eq!(message, "pushed commit 'abcdef0' to branch 'main'");
+        assert_eq!(
+            status.last_push_commit.as_deref(),
+            Some("abcdef0123456789abcdef0123456789abcdef01")
+        );
+        assert_eq!(status.last_push_time, Some(Time(now)));
+
+        // An up-to-date run later keeps what was pushed last.
+        obj.status = Some(status);
+        let (later, _) = run_status(&obj, &report(None, &[]), None, now);
+        assert_eq!(later.last_push_commit, obj.status.unwrap().last_push_commit);
+    }
+
+    #[test]
+    fn files_that_cannot_be_updated_fail_the_run_without_stalling() {
+        let obj = automation("apps", "auto");
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (status, message) = run_status(
+            &obj,
+            &report(Some(pushed("main")), &["a.yaml: bad YAML"]),
+            None,
+            now,
+        );
+        assert_eq!(
+            message,
+            "pushed commit 'abcdef0' to branch 'main'; not updated: a.yaml: bad YAML"
+        );
+        let ready = conditions::get(&status.conditions, READY_CONDITION).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", UPDATE_FAILED_REASON)
+        );
+        assert!(!conditions::is_true(&status.conditions, "Stalled"));
+        assert!(
+            status.last_push_commit.is_some(),
+            "the other files were pushed"
+        );
+    }
+
+    #[test]
+    fn only_an_invalid_spec_stalls_and_failures_are_announced_once() {
+        let obj = automation("apps", "auto");
+        let git = Error::Git {
+            reason: GIT_OPERATION_FAILED_REASON,
+            message: "push refused".into(),
+        };
+        assert!(ImageUpdateAutomations::retryable(&git));
+        let status = failed_status(&obj, &git, Some("asked".into()));
+        assert!(!conditions::is_true(&status.conditions, "Stalled"));
+        assert_eq!(status.observed_generation, None, "retried: not observed");
+        assert_eq!(status.last_handled_reconcile_at.as_deref(), Some("asked"));
+        assert!(failure_is_news(
+            &ImageUpdateAutomationStatus::default(),
+            "push refused"
+        ));
+        assert!(!failure_is_news(&status, "push refused"));
+        assert!(failure_is_news(&status, "another cause"));
+
+        let invalid = check_template("{{ .Updated }}").unwrap_err();
+        assert!(!ImageUpdateAutomations::retryable(&invalid));
+        let status = failed_status(&obj, &invalid, None);
+        assert!(conditions::is_true(&status.conditions, "Stalled"));
+        assert_eq!(status.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn a_policy_wakes_the_automations_of_its_namespace_and_a_push_its_followers() {
+        let automations = [
+            Arc::new(automation("apps", "one")),
+            Arc::new(automation("other", "two")),
+            Arc::new(automation("apps", "three")),
+        ];
+        let woken = in_namespace_of(&ObjectRef::new("web").within("apps"), &automations);
+        let names: Vec<_> = woken.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["one", "three"]);
+
+        let repo = |url: &str, branch: Option<&str>| {
+            GitRepository::new(
+                "r",
+                gantry_api::source::v1::GitRepositorySpec {
+                    url: url.into(),
+                    r#ref: branch.map(|b| gantry_api::source::v1::GitRepositoryRef {
+                        branch: Some(b.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        };
+        let url = "http://127.0.0.1/fleet.git";
+        assert!(follows(&repo(url, Some("main")), (url, "main")));
+        assert!(!follows(&repo(url, Some("staging")), (url, "main")));
+        assert!(!follows(
+            &repo("http://127.0.0.1/other.git", Some("main")),
+            (url, "main")
+        ));
     }
 
     #[test]
