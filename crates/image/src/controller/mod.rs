@@ -22,6 +22,7 @@ use crate::tags::TagStore;
 pub mod automation;
 pub mod policy;
 pub mod repository;
+mod secrets;
 
 pub use automation::ImageUpdateAutomations;
 pub use policy::ImagePolicies;

@@ -35,7 +35,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 
-use super::repository;
+use super::secrets;
 use crate::registry::{Reference, RegistryClient};
 use crate::tags::TagStore;
 
@@ -480,7 +480,7 @@ async fn digest(
     tag: &str,
 ) -> Result<String, String> {
     let reference = Reference::parse(&repo.spec.image).map_err(|e| e.to_string())?;
-    let config = repository::client_config(repo, client, repo_ns)
+    let config = secrets::client_config(repo, client, repo_ns)
         .await
         .map_err(|e| e.to_string())?;
     let timeout = repo.timeout().unwrap_or(Duration::from_secs(60));

@@ -16,7 +16,6 @@
 //! the object removes its stored list ([`Reconciler::cleanup`]); the harness
 //! ([`gantry_runtime::controller`]) owns watch, finalizer, backoff, metrics and events.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +31,13 @@ use gantry_runtime::controller::{Cx, Reconciler};
 use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
 use regex::Regex;
 
-use crate::registry::{ClientConfig, Credentials, Reference, RegistryClient, RegistryError};
+use super::secrets;
+use crate::registry::{Reference, RegistryClient, RegistryError};
 use crate::tags::{TagStore, TagSummary};
 
 /// Field manager of status writes and reporter of events: Flux's controller name.
@@ -407,7 +405,7 @@ impl ImageRepositories {
         namespace: &str,
         name: &str,
     ) -> Result<TagSummary, Error> {
-        let mut config = client_config(obj, cx.client(), namespace).await?;
+        let mut config = secrets::client_config(obj, cx.client(), namespace).await?;
         config.page_size = self.page_size;
         config.request_timeout = spec.timeout;
         let client = RegistryClient::new(&spec.reference, config).map_err(|e| match e {
@@ -440,136 +438,6 @@ impl ImageRepositories {
             .map_err(|e| store_error(std::io::Error::other(e.to_string())))?
             .map_err(store_error)
     }
-}
-
-/// How to reach the repository's registry: credentials, TLS material and proxy from the
-/// referenced Secrets (the ImagePolicy controller resolves digests with the same).
-pub(crate) async fn client_config(
-    obj: &ImageRepository,
-    client: &Client,
-    namespace: &str,
-) -> Result<ClientConfig, Error> {
-    let mut config = ClientConfig {
-        insecure: obj.spec.insecure,
-        ..ClientConfig::default()
-    };
-    let registry = Reference::parse(&obj.spec.image)
-        .map(|r| r.registry)
-        .unwrap_or_default();
-    if let Some(secret_ref) = &obj.spec.secret_ref {
-        let data = secret_data(client, namespace, &secret_ref.name).await?;
-        config.credentials = credentials_from_secret(&data, &registry, &secret_ref.name)?;
-    }
-    if let Some(cert_ref) = &obj.spec.cert_secret_ref {
-        let data = secret_data(client, namespace, &cert_ref.name).await?;
-        let get = |keys: &[&str]| keys.iter().find_map(|k| data.get(*k).cloned());
-        config.ca_pem = get(&["ca.crt", "caFile"]);
-        match (get(&["tls.crt", "certFile"]), get(&["tls.key", "keyFile"])) {
-            (Some(cert), Some(key)) => config.client_cert_pem = Some((cert, key)),
-            (None, None) => {}
-            _ => {
-                return Err(Error::Auth(format!(
-                    "secret '{}': 'tls.crt' and 'tls.key' must be given together",
-                    cert_ref.name
-                )));
-            }
-        }
-        if config.ca_pem.is_none() && config.client_cert_pem.is_none() {
-            return Err(Error::Auth(format!(
-                "secret '{}' has none of 'ca.crt', 'tls.crt', 'tls.key'",
-                cert_ref.name
-            )));
-        }
-    }
-    if let Some(proxy_ref) = &obj.spec.proxy_secret_ref {
-        let data = secret_data(client, namespace, &proxy_ref.name).await?;
-        config.proxy = Some(proxy_url(&data).map_err(Error::Auth)?);
-    }
-    Ok(config)
-}
-
-/// Credentials for `registry` from a docker-registry Secret's data (`.dockerconfigjson`, or the
-/// legacy `.dockercfg`, whose content is the `auths` map itself).
-pub fn credentials_from_secret(
-    data: &BTreeMap<String, Vec<u8>>,
-    registry: &str,
-    secret: &str,
-) -> Result<Option<Credentials>, Error> {
-    let json = if let Some(json) = data.get(".dockerconfigjson") {
-        json.clone()
-    } else if let Some(legacy) = data.get(".dockercfg") {
-        let mut wrapped = b"{\"auths\":".to_vec();
-        wrapped.extend_from_slice(legacy);
-        wrapped.push(b'}');
-        wrapped
-    } else {
-        return Err(Error::Auth(format!(
-            "secret '{secret}' has no '.dockerconfigjson' (create it with `kubectl create secret docker-registry`)"
-        )));
-    };
-    let creds = Credentials::from_docker_config(&json, registry)
-        .map_err(|e| Error::Auth(format!("secret '{secret}': {e}")))?;
-    if creds.is_none() {
-        tracing::debug!(
-            secret,
-            registry,
-            "no credentials for this registry in the secret"
-        );
-    }
-    Ok(creds)
-}
-
-// `address` with optional `username`/`password` as a proxy URL.
-fn proxy_url(data: &BTreeMap<String, Vec<u8>>) -> Result<String, String> {
-    let get = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    let address = get("address").ok_or("invalid proxy secret: 'address' field not found")?;
-    let (scheme, rest) = address.split_once("://").ok_or_else(|| {
-        format!("invalid proxy address '{address}': expected http(s)://host:port")
-    })?;
-    Ok(match get("username") {
-        Some(user) => {
-            let password = get("password").unwrap_or_default();
-            let enc = |s: &str| {
-                s.bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                            (b as char).to_string()
-                        }
-                        _ => format!("%{b:02X}"),
-                    })
-                    .collect::<String>()
-            };
-            format!("{scheme}://{}:{}@{rest}", enc(&user), enc(&password))
-        }
-        None => address,
-    })
-}
-
-async fn secret_data(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<BTreeMap<String, Vec<u8>>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        Error::Auth(format!(
-            "failed to get secret '{namespace}/{name}': {}",
-            match &e {
-                kube::Error::Api(s) => s.message.clone(),
-                other => other.to_string(),
-            }
-        ))
-    })?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
 }
 
 #[cfg(test)]
@@ -791,37 +659,5 @@ mod tests {
                 .starts_with("invalid exclusionList pattern '('"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn docker_secrets_need_a_docker_config() {
-        let mut data = BTreeMap::new();
-        let err = credentials_from_secret(&data, "r:5000", "creds").unwrap_err();
-        assert_eq!(err.reason(), AUTHENTICATION_FAILED_REASON);
-        assert!(
-            err.to_string().contains("has no '.dockerconfigjson'"),
-            "{err}"
-        );
-        data.insert(
-            ".dockercfg".into(),
-            br#"{"r:5000": {"username": "u", "password": "p"}}"#.to_vec(),
-        );
-        let creds = credentials_from_secret(&data, "r:5000", "creds")
-            .unwrap()
-            .unwrap();
-        assert_eq!(creds.username, "u");
-        data.insert(".dockerconfigjson".into(), b"{".to_vec());
-        assert!(credentials_from_secret(&data, "r:5000", "creds").is_err());
-    }
-
-    #[test]
-    fn proxy_urls_carry_encoded_credentials() {
-        let mut data = BTreeMap::new();
-        data.insert("address".into(), b"http://proxy:3128".to_vec());
-        assert_eq!(proxy_url(&data).unwrap(), "http://proxy:3128");
-        data.insert("username".into(), b"u@x".to_vec());
-        data.insert("password".into(), b"p:w".to_vec());
-        assert_eq!(proxy_url(&data).unwrap(), "http://u%40x:p%3Aw@proxy:3128");
-        assert!(proxy_url(&BTreeMap::new()).is_err());
     }
 }
