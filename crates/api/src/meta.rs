@@ -160,4 +160,9 @@ pub trait FluxStatus: Serialize {
     fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
     /// The revision `gotk_resource_info` reports (artifact, last applied, latest image).
     fn revision(&self) -> Option<&str>;
+    /// [`revision`](Self::revision) as the `revision` label shows it; statuses that compose it
+    /// from several fields (ImagePolicy's `name:tag@digest`) override this.
+    fn revision_label(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.revision().map(std::borrow::Cow::Borrowed)
+    }
 }

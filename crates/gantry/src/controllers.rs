@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use gantry_api::source::v1::GitRepository;
+use gantry_image::controller::ImageControllers;
+use gantry_image::tags::TagStore;
 use gantry_runtime::controller::{Controller, Shared};
-use gantry_runtime::events::Events;
 use gantry_runtime::metrics::Metrics;
 use gantry_runtime::trigger::Trigger;
 use gantry_source::GitRepositories;
@@ -63,37 +64,19 @@ pub async fn run(
     // Image automation: a scan that changes a tag list runs its policies at once, a policy whose
     // latest image changes runs the automations of its namespace at once, and a pushed commit
     // makes the GitRepository fetch at once: no hop waits for an interval.
-    let images = gantry_image::tags::TagStore::new(settings.storage_path.join("images"));
     let workdirs = settings.storage_path.join("automation");
     std::fs::create_dir_all(&workdirs)
         .with_context(|| format!("creating {}", workdirs.display()))?;
-    let image_automations = gantry_image::controller::automation::Context::new(client.clone())
-        .with_events(Events::new(
-            client.clone(),
-            gantry_image::controller::automation::FIELD_MANAGER,
-            events_tx.clone(),
-        ))
-        .with_metrics(metrics.clone())
-        .with_source_trigger(source_trigger)
-        .with_workdirs(workdirs);
-    let image_policies =
-        gantry_image::controller::policy::Context::new(client.clone(), images.clone())
-            .with_events(Events::new(
-                client.clone(),
-                gantry_image::controller::policy::FIELD_MANAGER,
-                events_tx.clone(),
-            ))
-            .with_metrics(metrics.clone())
-            .with_latest_hook(image_automations.policy_changed());
-    let image_repositories =
-        gantry_image::controller::repository::Context::new(client.clone(), images)
-            .with_events(Events::new(
-                client.clone(),
-                gantry_image::controller::repository::FIELD_MANAGER,
-                events_tx.clone(),
-            ))
-            .with_metrics(metrics.clone())
-            .with_scan_hook(image_policies.repository_changed());
+    let images = ImageControllers::new(
+        shared.clone(),
+        gantry_image::controller::Settings {
+            tags: TagStore::new(settings.storage_path.join("images")),
+            workdirs,
+            sources: Some(source_trigger),
+            namespace: settings.watch_namespace.clone(),
+            concurrency: settings.concurrency,
+        },
+    );
     let namespace = settings.watch_namespace.as_deref();
     let kustomize = gantry_kustomize::controller::controller(
         gantry_kustomize::controller::Settings::new(store)
@@ -107,8 +90,6 @@ pub async fn run(
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
     let stop3 = shutdown.clone();
-    let stop4 = shutdown.clone();
-    let stop5 = shutdown.clone();
     let notification = gantry_notification::Settings {
         receiver_addr: settings.receiver_addr,
         namespace: settings.watch_namespace.clone(),
@@ -118,27 +99,10 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, _, _, _, notifications) = tokio::join!(
+    let (_, _, _, notifications) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
-        gantry_image::controller::repository::run_controller(
-            std::sync::Arc::new(image_repositories),
-            namespace,
-            settings.concurrency,
-            async move { stop3.cancelled().await },
-        ),
-        gantry_image::controller::policy::run_controller(
-            std::sync::Arc::new(image_policies),
-            namespace,
-            settings.concurrency,
-            async move { stop4.cancelled().await },
-        ),
-        gantry_image::controller::automation::run_controller(
-            std::sync::Arc::new(image_automations),
-            namespace,
-            settings.concurrency,
-            async move { stop5.cancelled().await },
-        ),
+        images.run(async move { stop3.cancelled().await }),
         gantry_notification::run(client.clone(), alert_events, notification, shutdown.clone()),
     );
     notifications.with_context(|| {

@@ -1,10 +1,9 @@
-//! Image automation, the registry half: a client for the OCI distribution API ([`registry`]),
-//! the on-disk store of each ImageRepository's tags ([`tags`]) and the ImageRepository
-//! controller ([`controller::repository`]) that scans registries into it.
-//!
-//! The ImagePolicy controller reads the store with [`tags::TagStore::for_each_tag`] and is
-//! woken in-process through [`controller::repository::Context::with_scan_hook`] whenever a scan
-//! changed a repository's tag list.
+//! Image automation: a client for the OCI distribution API ([`registry`]), the on-disk store of
+//! each ImageRepository's tags ([`tags`]) and the three image controllers ([`controller`]): the
+//! ImageRepository controller scans registries into the store, the ImagePolicy controller
+//! chooses from it and is woken in-process whenever a scan changed a repository's tag list, and
+//! the ImageUpdateAutomation controller commits the choices to git
+//! ([`controller::ImageControllers`] wires the three).
 
 pub mod controller;
 pub mod registry;

@@ -3,7 +3,6 @@
 //! end up, by policy, as a commit in git; bad policies, bad files, refused pushes and racing
 //! automations are reported as Flux reports them. Nothing is mocked.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_api::image::v1::{
@@ -14,8 +13,10 @@ use gantry_api::image::v1::{
 };
 use gantry_api::meta::NamespacedObjectReference;
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
-use gantry_image::controller::{automation, policy, repository};
+use gantry_image::controller::{ImageControllers, Settings};
 use gantry_image::tags::TagStore;
+use gantry_runtime::controller::Shared;
+use gantry_runtime::metrics::Metrics;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, git};
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use k8s_openapi::api::core::v1::Secret;
@@ -45,63 +46,45 @@ spec:
 /// The three image controllers, wired as `gantry run` wires them, until dropped.
 struct Controllers {
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
+    tags: TagStore,
+    workdirs: std::path::PathBuf,
     _storage: tempfile::TempDir,
 }
 
 impl Drop for Controllers {
     fn drop(&mut self) {
         self.stop.cancel();
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 
 fn start(client: &Client, namespace: &str) -> Controllers {
     let storage = tempfile::tempdir().unwrap();
     let tags = TagStore::new(storage.path().join("images"));
-    let automations = Arc::new(automation::Context::new(client.clone()));
-    let policies = Arc::new(
-        policy::Context::new(client.clone(), tags.clone())
-            .with_latest_hook(automations.policy_changed()),
-    );
-    let repositories = Arc::new(
-        repository::Context::new(client.clone(), tags)
-            .with_scan_hook(policies.repository_changed()),
+    let workdirs = storage.path().join("automation");
+    let shared = Shared::new(client.clone());
+    let metrics = shared.metrics.clone();
+    let controllers = ImageControllers::new(
+        shared,
+        Settings {
+            tags: tags.clone(),
+            workdirs: workdirs.clone(),
+            sources: None,
+            namespace: Some(namespace.to_owned()),
+            concurrency: 4,
+        },
     );
     let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let ns = namespace.to_owned();
     let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        repository::run_controller(
-            repositories,
-            Some(&ns),
-            4,
-            async move { s.cancelled().await },
-        )
-        .await
-    }));
-    let ns = namespace.to_owned();
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        policy::run_controller(policies, Some(&ns), 4, async move { s.cancelled().await }).await
-    }));
-    let ns = namespace.to_owned();
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        automation::run_controller(
-            automations,
-            Some(&ns),
-            4,
-            async move { s.cancelled().await },
-        )
-        .await
-    }));
+    let task = tokio::spawn(controllers.run(async move { s.cancelled().await }));
     Controllers {
         stop,
-        tasks,
+        task,
+        metrics,
+        tags,
+        workdirs,
         _storage: storage,
     }
 }
@@ -667,6 +650,83 @@ async fn digest_reflection_resolves_the_manifest_digest() {
         let status = p.status.unwrap();
         assert_eq!(status.latest_ref.unwrap().digest, Some(second));
         assert_eq!(status.observed_previous_ref.unwrap().digest, Some(first));
+    })
+    .await;
+}
+
+// The lines of `exported` about objects named `name`.
+fn series(exported: &str, name: &str) -> Vec<String> {
+    let label = format!("name=\"{name}\"");
+    exported
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_policy_and_automation_leave_no_metrics_and_no_work_trees() {
+    gantry_testkit::with_namespace("img-delete", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let registry = Registry::start(RegistryAuth::Anonymous);
+        let image = registry.image("web");
+        registry.push("web", "abc1234-202601020930").await;
+        let deploy = DEPLOY.replace("IMAGE", &image).replace("NS", &ns);
+        let git_ = git_server(&[("clusters/staging/web.yaml", deploy.replace(":staging", ":doomed"))]);
+        create_git_repository(&client, &ns, &git_.server.url("fleet.git")).await;
+        let controllers = start(&client, &ns);
+        create_image_repository(&client, &ns, "web", &image).await;
+        create_policy(&client, &ns, "doomed", "web", staging_policy()).await;
+        create_automation(&client, &ns, "doomed", automation_spec("clusters/staging", None)).await;
+        let automations: Api<ImageUpdateAutomation> = Api::namespaced(client.clone(), &ns);
+        let policies: Api<ImagePolicy> = Api::namespaced(client.clone(), &ns);
+        gantry_testkit::wait_for(&automations, "doomed", Duration::from_secs(60), |a| {
+            a.and_then(|a| a.status.as_ref()).is_some_and(|s| s.last_push_commit.is_some())
+        })
+        .await
+        .unwrap();
+        let workdir = controllers.workdirs.join(&ns).join("doomed");
+        assert!(workdir.is_dir(), "work trees are made in {}", workdir.display());
+
+        // Then both fail (Ready=False exported): the policy's repository and the automation's
+        // source do not exist.
+        let missing = |field: &str| serde_json::json!({"spec": {field: {"name": "missing"}}});
+        policies
+            .patch("doomed", &PatchParams::default(), &Patch::Merge(missing("imageRepositoryRef")))
+            .await
+            .unwrap();
+        automations
+            .patch("doomed", &PatchParams::default(), &Patch::Merge(
+                serde_json::json!({"spec": {"sourceRef": {"kind": "GitRepository", "name": "missing"}}}),
+            ))
+            .await
+            .unwrap();
+        let exported_failures = |exported: &str| {
+            series(exported, "doomed")
+                .iter()
+                .filter(|l| {
+                    l.starts_with("gotk_reconcile_condition{") && l.contains("status=\"False\"")
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while exported_failures(&controllers.metrics.encode()) < 2
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = controllers.metrics.encode();
+        assert_eq!(exported_failures(&before), 2, "{before}");
+        assert!(controllers.tags.exists(&ns, "web"));
+
+        policies.delete("doomed", &Default::default()).await.unwrap();
+        automations.delete("doomed", &Default::default()).await.unwrap();
+        gantry_testkit::wait_for(&policies, "doomed", Duration::from_secs(30), |p| p.is_none()).await;
+        gantry_testkit::wait_for(&automations, "doomed", Duration::from_secs(30), |a| a.is_none())
+            .await;
+        assert!(!workdir.exists(), "{} removed with the automation", workdir.display());
+        let after = controllers.metrics.encode();
+        assert_eq!(series(&after, "doomed"), Vec::<String>::new(), "{after}");
     })
     .await;
 }

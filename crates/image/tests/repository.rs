@@ -3,9 +3,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use gantry_api::image::v1::{ImageRepository, ImageRepositorySpec};
-use gantry_image::controller::repository::{Context, run_controller};
+use gantry_image::controller::ImageRepositories;
 use gantry_image::tags::TagStore;
+use gantry_runtime::controller::{Controller, Shared};
+use gantry_runtime::metrics::Metrics;
+use gantry_runtime::trigger::Trigger;
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -15,7 +19,9 @@ use kube::{Client, ResourceExt};
 struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    // What the in-process "scan changed the list" hand-off announced, in order.
     scans: Arc<Mutex<Vec<(String, String)>>>,
+    metrics: Metrics,
 }
 
 impl Running {
@@ -30,20 +36,30 @@ impl Running {
 fn start(client: &Client, namespace: &str, store: &TagStore) -> Running {
     let scans = Arc::new(Mutex::new(Vec::new()));
     let seen = scans.clone();
-    let ctx = Context::new(client.clone(), store.clone())
-        .with_scan_hook(move |ns, name| seen.lock().unwrap().push((ns.into(), name.into())));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let namespace = namespace.to_owned();
-    let task = tokio::spawn(async move {
-        run_controller(Arc::new(ctx), Some(&namespace), 4, async move {
-            let _ = stopped.await;
-        })
-        .await;
+    let (scanned, mut announced) = Trigger::<ImageRepository>::new();
+    tokio::spawn(async move {
+        while let Some(repo) = announced.next().await {
+            let ns = repo.namespace.clone().unwrap_or_default();
+            seen.lock().unwrap().push((ns, repo.name.clone()));
+        }
     });
+    let shared = Shared::new(client.clone());
+    let metrics = shared.metrics.clone();
+    let controller = Controller::new(
+        ImageRepositories::new(store.clone()).notify_scanned(scanned),
+        shared,
+    )
+    .namespace(Some(namespace))
+    .concurrency(4);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
     Running {
         stop: Some(stop),
         task,
         scans,
+        metrics,
     }
 }
 
@@ -408,6 +424,76 @@ async fn an_unreachable_registry_and_an_invalid_image_are_reported() {
             "image 'ghcr.io/org/app:1.0' should not contain a tag; remove ':1.0'"
         );
         delete_all(&api).await;
+        running.stop().await;
+    })
+    .await;
+}
+
+// The lines of `exported` about objects named `name`.
+fn series(exported: &str, name: &str) -> Vec<String> {
+    let label = format!("name=\"{name}\"");
+    exported
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_imagerepository_leaves_no_metrics_and_no_stored_tags() {
+    let registry = Registry::start(RegistryAuth::Anonymous);
+    registry.push_tags("app", &["1.0.0".to_string()]).await;
+    let port = gantry_testkit::git::free_port();
+    let storage = tempfile::tempdir().unwrap();
+    let store = TagStore::new(storage.path());
+    gantry_testkit::with_namespace("imgrepo-delete", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let api: Api<ImageRepository> = Api::namespaced(client.clone(), &ns);
+        api.create(
+            &PostParams::default(),
+            &repository("doomed", &registry.image("app")),
+        )
+        .await
+        .unwrap();
+        let running = start(&client, &ns, &store);
+        wait_ready(&api, "doomed", |_| true).await;
+        assert!(store.exists(&ns, "doomed"), "the scan stored the list");
+
+        // Then it fails (Ready=False exported); the list of the last good scan stays.
+        let down = format!("127.0.0.1:{port}/app");
+        let patch = serde_json::json!({"spec": {"image": down}});
+        api.patch("doomed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        gantry_testkit::wait_for(&api, "doomed", Duration::from_secs(30), |o| {
+            o.is_some_and(|o| has_condition(o, "Ready", "False", "ReadOperationFailed"))
+        })
+        .await
+        .unwrap();
+        let exported_failure = |exported: &str| {
+            series(exported, "doomed").iter().any(|l| {
+                l.starts_with("gotk_reconcile_condition{") && l.contains("status=\"False\"")
+            })
+        };
+        // Exported right after the status write the wait above saw: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !exported_failure(&running.metrics.encode()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = running.metrics.encode();
+        assert!(exported_failure(&before), "{before}");
+        assert!(store.exists(&ns, "doomed"));
+
+        api.delete("doomed", &DeleteParams::default())
+            .await
+            .unwrap();
+        gantry_testkit::wait_for(&api, "doomed", Duration::from_secs(30), |o| o.is_none()).await;
+        assert!(
+            !store.exists(&ns, "doomed"),
+            "the stored list goes with the object"
+        );
+        let after = running.metrics.encode();
+        assert_eq!(series(&after, "doomed"), Vec::<String>::new(), "{after}");
         running.stop().await;
     })
     .await;

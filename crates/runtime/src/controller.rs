@@ -195,9 +195,9 @@ impl<K: Object> Cx<K> {
             reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
             suspended: obj.suspended(),
             revision: status
-                .and_then(FluxStatus::revision)
+                .and_then(|s| s.revision_label())
                 .unwrap_or_default()
-                .to_owned(),
+                .into_owned(),
         });
     }
 
@@ -407,6 +407,9 @@ async fn reconcile<R: Reconciler>(
                 .cleanup(obj.clone(), cx)
                 .await
                 .map_err(Error::Cleanup)?;
+            // Before the finalizer goes: once the object is gone from the API, so are its
+            // series (whoever saw the deletion complete must not still scrape them).
+            cx.metrics().remove_resource(&kind, &namespace, &name);
             finalizer::remove(&api, obj.as_ref(), FINALIZER)
                 .await
                 .map_err(Error::Finalizer)?;

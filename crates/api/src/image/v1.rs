@@ -682,6 +682,80 @@ impl ImageUpdateAutomation {
     }
 }
 
+impl crate::meta::FluxObject for ImageRepository {
+    type Status = ImageRepositoryStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&ImageRepositoryStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for ImageRepositoryStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// The last scan's revision (the tag list's digest).
+    fn revision(&self) -> Option<&str> {
+        self.last_scan_result.as_ref()?.revision.as_deref()
+    }
+}
+
+impl crate::meta::FluxObject for ImagePolicy {
+    type Status = ImagePolicyStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&ImagePolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for ImagePolicyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// The latest tag.
+    fn revision(&self) -> Option<&str> {
+        self.latest_ref.as_ref().map(|r| r.tag.as_str())
+    }
+
+    /// The latest image, `name:tag[@digest]`.
+    fn revision_label(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.latest_ref.as_ref().map(|r| r.to_string().into())
+    }
+}
+
+impl crate::meta::FluxObject for ImageUpdateAutomation {
+    type Status = ImageUpdateAutomationStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&ImageUpdateAutomationStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for ImageUpdateAutomationStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// The last pushed commit.
+    fn revision(&self) -> Option<&str> {
+        self.last_push_commit.as_deref()
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, kube::core::duration::ParseError> {
     text.parse::<kube::core::Duration>().map(Duration::from)
 }

@@ -2,44 +2,40 @@
 //! by the policy and reports it in `status.latestRef`, as Flux's image-reflector-controller does.
 //!
 //! A policy runs when its spec changes, on `reconcile.fluxcd.io/requestedAt`, and at once (in
-//! process, no API round trip) when a scan changes its repository's tag list. The tag list is
-//! streamed from the [`TagStore`]: the choice holds only the current winner in memory.
+//! process, no API round trip) when a scan changes its repository's tag list: the repository
+//! controller's trigger, mapped to the policies that use it by [`using_repository`]. The tag
+//! list is streamed from the [`TagStore`]: the choice holds only the current winner in memory.
 //!
 //! Status: `Ready=True` (`Succeeded`, `Latest image tag for <image> resolved to <tag>`); an
 //! invalid range, pattern or order is `Stalled` (`InvalidPolicy`) and not retried until the spec
 //! changes; a missing repository or one not scanned yet is `DependencyNotReady`; no matching
 //! tag is `Ready=False` and retried with backoff. When `latestRef` changes, the previous one
-//! moves to `observedPreviousRef`, an event is published and the latest-ref hook (the
-//! ImageUpdateAutomation trigger) is called.
+//! moves to `observedPreviousRef`, an event is published and the trigger given to
+//! [`ImagePolicies::notify_changed`] (the automations of the namespace) is requested.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
 use gantry_api::image::v1::{
-    INTERVAL_NOT_CONFIGURED_REASON, ImagePolicy, ImagePolicyStatus, ImageRef, ImageRepository,
-    ReflectionPolicy, SortOrder,
+    IMAGE_URL_INVALID_REASON, INTERVAL_NOT_CONFIGURED_REASON, ImagePolicy, ImagePolicyStatus,
+    ImageRef, ImageRepository, ReflectionPolicy, SortOrder,
 };
 use gantry_api::meta::{
-    DEPENDENCY_NOT_READY_REASON, FINALIZER, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION,
-    SUCCEEDED_REASON,
+    DEPENDENCY_NOT_READY_REASON, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON,
 };
 use gantry_core::image::policy::{self, Order, Policy, PolicyError, TagFilter};
-use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
-use gantry_runtime::events::{Events, Severity};
-use gantry_runtime::finalizer;
-use gantry_runtime::metrics::{Metrics, ResourceInfo};
+use gantry_runtime::controller::{Cx, Reconciler};
+use gantry_runtime::events::Severity;
+use gantry_runtime::trigger::Trigger;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use tokio::sync::mpsc;
+use kube::{Client, ResourceExt};
 
-use super::repository;
+use super::secrets;
 use crate::registry::{Reference, RegistryClient};
 use crate::tags::TagStore;
 
@@ -51,78 +47,28 @@ pub const INVALID_POLICY_REASON: &str = "InvalidPolicy";
 pub const FAILURE_REASON: &str = "Failure";
 /// Flux's reason when a cross-namespace reference is not allowed.
 pub const ACCESS_DENIED_REASON: &str = "AccessDenied";
-const KIND: &str = "ImagePolicy";
-const GROUP: &str = "image.toolkit.fluxcd.io";
 
-/// Called with (namespace, name) of an ImagePolicy whose `latestRef` changed.
-pub type LatestHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
-/// What every reconciliation shares.
-pub struct Context {
-    pub client: Client,
-    pub tags: TagStore,
-    events: Events,
-    metrics: Option<Metrics>,
-    hook: Option<LatestHook>,
-    failures: Mutex<HashMap<(String, String), u32>>,
-    // Repositories whose tag list changed: (namespace, name), from the scan hook.
-    rescans: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
-    rescan_tx: mpsc::UnboundedSender<(String, String)>,
+/// The ImagePolicy controller's domain steps; run it with
+/// `Controller::new(ImagePolicies::new(tags), shared)`.
+pub struct ImagePolicies {
+    tags: TagStore,
+    changed: Option<Trigger<ImagePolicy>>,
 }
 
-impl Context {
-    /// A context publishing Kubernetes Events as `image-reflector-controller`.
-    pub fn new(client: Client, tags: TagStore) -> Self {
-        let (sender, _) = tokio::sync::broadcast::channel(16);
-        let (rescan_tx, rx) = mpsc::unbounded_channel();
-        Context {
-            events: Events::new(client.clone(), FIELD_MANAGER, sender),
-            client,
+impl ImagePolicies {
+    /// Reads the tag lists the ImageRepository controller stores in `tags`.
+    pub fn new(tags: TagStore) -> Self {
+        Self {
             tags,
-            metrics: None,
-            hook: None,
-            failures: Mutex::default(),
-            rescans: Mutex::new(Some(rx)),
-            rescan_tx,
+            changed: None,
         }
     }
 
-    pub fn with_events(mut self, events: Events) -> Self {
-        self.events = events;
+    /// Requests `trigger` with each ImagePolicy whose `latestRef` changed: the in-process
+    /// hand-off to the automations of its namespace.
+    pub fn notify_changed(mut self, trigger: Trigger<ImagePolicy>) -> Self {
+        self.changed = Some(trigger);
         self
-    }
-
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Calls `hook(namespace, name)` whenever a policy's `latestRef` changes.
-    pub fn with_latest_hook(mut self, hook: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// A function for the ImageRepository controller's scan hook: every policy of that
-    /// repository runs at once.
-    pub fn repository_changed(&self) -> impl Fn(&str, &str) + Send + Sync + 'static {
-        let tx = self.rescan_tx.clone();
-        move |namespace, name| {
-            let _ = tx.send((namespace.to_owned(), name.to_owned()));
-        }
-    }
-
-    fn failed_once_more(&self, key: &(String, String)) -> u32 {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    }
-
-    fn clear_failures(&self, key: &(String, String)) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(key);
-        }
     }
 }
 
@@ -131,7 +77,20 @@ impl Context {
 pub enum Error {
     #[error("ImagePolicy has no namespace")]
     NoNamespace,
-    /// The referenced ImageRepository is missing or not accessible.
+    /// The spec cannot work as written; not retried until it changes.
+    #[error("{message}")]
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
+    /// A dependency is missing, not allowed or not scanned yet; retried, and the first scan
+    /// brings the policy back at once.
+    #[error("{message}")]
+    NotReady {
+        reason: &'static str,
+        message: String,
+    },
+    /// The referenced ImageRepository could not be read.
     #[error("failed to get the referred ImageRepository: {0}")]
     Repository(String),
     /// No tag could be chosen (no match, a non-numeric tag for a numerical policy).
@@ -147,257 +106,297 @@ pub enum Error {
     /// Resolving the chosen image's digest failed.
     #[error("failed fetching digest of {image}: {message}")]
     Digest { image: String, message: String },
-    /// Writing status or the finalizer failed.
+    /// Writing status failed.
     #[error("failed to update the object: {0}")]
     Kube(#[source] kube::Error),
 }
 
-/// Reconciles one ImagePolicy.
-pub async fn reconcile(obj: Arc<ImagePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
-    let name = obj.name_any();
-    let api: Api<ImagePolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-    if obj.metadata.deletion_timestamp.is_some() {
-        if let Some(metrics) = &ctx.metrics {
-            metrics.remove_resource(KIND, &namespace, &name);
+impl Error {
+    /// The Flux condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Invalid { reason, .. } | Error::NotReady { reason, .. } => reason,
+            _ => FAILURE_REASON,
         }
-        finalizer::remove(&api, &*obj, FINALIZER)
-            .await
-            .map_err(Error::Kube)?;
-        return Ok(Action::await_change());
     }
-    finalizer::add(&api, &*obj, FINALIZER)
-        .await
-        .map_err(Error::Kube)?;
-    if obj.spec.suspend {
-        return Ok(Action::await_change());
-    }
-    let started = Instant::now();
-    let key = (namespace.clone(), name.clone());
-    let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
-    let status = obj.status.clone().unwrap_or_default();
-    let generation = obj.metadata.generation;
-    let mut new_status = ImagePolicyStatus {
-        observed_generation: generation,
-        last_handled_reconcile_at: requested_at
-            .clone()
-            .or_else(|| status.last_handled_reconcile_at.clone()),
-        ..status.clone()
-    };
+}
 
-    let outcome = evaluate(&obj, &ctx, &namespace).await;
-    let result = match outcome {
-        Outcome::Chosen(latest) => {
-            let changed = status.latest_ref.as_ref() != Some(&latest);
-            if changed {
-                new_status.observed_previous_ref = status.latest_ref.clone();
-                new_status.latest_ref = Some(latest.clone());
-            }
-            let message = ready_message(&new_status);
-            conditions::succeeded(
-                &mut new_status.conditions,
-                generation,
-                SUCCEEDED_REASON,
-                &message,
-            );
-            write_status(&api, &obj, &status, &new_status).await?;
-            if changed {
-                tracing::info!(%namespace, %name, latest = %latest, "{message}");
-                publish(&ctx, &obj, Severity::Info, SUCCEEDED_REASON, &message).await;
-                if let Some(hook) = &ctx.hook {
-                    hook(&namespace, &name);
+impl Reconciler for ImagePolicies {
+    type Object = ImagePolicy;
+    type Error = Error;
+    const CONTROLLER: &'static str = FIELD_MANAGER;
+
+    async fn reconcile(
+        &self,
+        obj: Arc<ImagePolicy>,
+        cx: &Cx<ImagePolicy>,
+    ) -> Result<Action, Error> {
+        let obj = obj.as_ref();
+        let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+        let name = obj.name_any();
+        let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
+        let previous = obj.status.clone().unwrap_or_default();
+        let latest = match self.choose(obj, cx.client(), &namespace).await {
+            Ok(latest) => latest,
+            Err(err) => {
+                let message = err.to_string();
+                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
+                let status = failed_status(obj, &err, requested_at);
+                write_status(cx, obj, &status).await?;
+                let was = conditions::get(&previous.conditions, READY_CONDITION);
+                if was.is_none_or(|c| c.status != "False" || c.message != message) {
+                    cx.event(obj, Severity::Error, err.reason(), &message, None)
+                        .await;
                 }
+                return Err(err);
             }
-            ctx.clear_failures(&key);
-            if let Some(metrics) = &ctx.metrics {
-                metrics.observe_reconcile(KIND, &namespace, &name, started.elapsed());
+        };
+        let (status, changed) = chosen_status(obj, latest, requested_at);
+        write_status(cx, obj, &status).await?;
+        if changed {
+            let message = ready_message(&status);
+            tracing::info!(%namespace, %name, "{message}");
+            if let Some(trigger) = &self.changed {
+                trigger.request(&name, &namespace);
             }
-            let interval = obj.interval().ok().flatten();
-            Ok(interval.map_or_else(Action::await_change, Action::requeue))
+            cx.event(obj, Severity::Info, SUCCEEDED_REASON, &message, None)
+                .await;
         }
-        Outcome::Stalled(reason, message) => {
-            conditions::failed(
-                &mut new_status.conditions,
-                generation,
-                reason,
-                &message,
-                true,
-            );
-            write_status(&api, &obj, &status, &new_status).await?;
-            announce_failure(&ctx, &obj, &status, reason, &message).await;
-            Ok(Action::await_change())
-        }
-        Outcome::NotReady(reason, message) => {
-            // Waiting for a scan: the scan hook brings the policy back, no retry needed.
-            conditions::failed(
-                &mut new_status.conditions,
-                generation,
-                reason,
-                &message,
-                false,
-            );
-            new_status.observed_generation = status.observed_generation.or(Some(-1));
-            write_status(&api, &obj, &status, &new_status).await?;
-            announce_failure(&ctx, &obj, &status, reason, &message).await;
-            Ok(Action::requeue(after_failures(ctx.failed_once_more(&key))))
-        }
-        Outcome::Failed(reason, err) => {
-            let message = err.to_string();
-            conditions::failed(
-                &mut new_status.conditions,
-                generation,
-                reason,
-                &message,
-                false,
-            );
-            new_status.observed_generation = status.observed_generation.or(Some(-1));
-            write_status(&api, &obj, &status, &new_status).await?;
-            announce_failure(&ctx, &obj, &status, reason, &message).await;
-            Err(err)
-        }
-    };
-    record_resource(&ctx, &obj, &new_status, &namespace, &name);
-    result
-}
-
-/// Requeues with exponential backoff after a failure.
-pub fn error_policy(obj: Arc<ImagePolicy>, _err: &Error, ctx: Arc<Context>) -> Action {
-    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-    Action::requeue(after_failures(ctx.failed_once_more(&key)))
-}
-
-enum Outcome {
-    Chosen(ImageRef),
-    /// Not retried until the spec changes.
-    Stalled(&'static str, String),
-    /// Retried, but not an error (waiting for a dependency).
-    NotReady(&'static str, String),
-    Failed(&'static str, Error),
-}
-
-async fn evaluate(obj: &ImagePolicy, ctx: &Context, namespace: &str) -> Outcome {
-    let reflection = obj.digest_reflection_policy();
-    if reflection == ReflectionPolicy::Always && obj.spec.interval.is_none() {
-        // The CRD rejects this; an object stored before that rule still gets a clear answer.
-        return Outcome::Stalled(
-            INTERVAL_NOT_CONFIGURED_REASON,
-            "spec.interval must be set when spec.digestReflectionPolicy is set to 'Always'".into(),
-        );
+        let interval = obj.interval().ok().flatten();
+        Ok(interval.map_or_else(Action::await_change, Action::requeue))
     }
-    let (policy, filter) = match compile(obj) {
-        Ok(compiled) => compiled,
-        Err(err) => return Outcome::Stalled(INVALID_POLICY_REASON, err.to_string()),
+
+    async fn cleanup(&self, _obj: Arc<ImagePolicy>, _cx: &Cx<ImagePolicy>) -> Result<(), Error> {
+        // A policy stores nothing outside its status.
+        Ok(())
+    }
+
+    fn retryable(error: &Error) -> bool {
+        !matches!(error, Error::Invalid { .. })
+    }
+}
+
+/// The policies among `policies` that choose from the ImageRepository `repository`.
+pub fn using_repository(
+    repository: &ObjectRef<ImageRepository>,
+    policies: &[Arc<ImagePolicy>],
+) -> Vec<ObjectRef<ImagePolicy>> {
+    policies
+        .iter()
+        .filter(|p| {
+            p.spec.image_repository_ref.name == repository.name
+                && p.repository_namespace() == repository.namespace.as_deref()
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+// An unchanged status is not written again (one API call less per scan of a busy repository).
+async fn write_status(
+    cx: &Cx<ImagePolicy>,
+    obj: &ImagePolicy,
+    status: &ImagePolicyStatus,
+) -> Result<(), Error> {
+    if obj.status.as_ref() == Some(status) {
+        cx.record(obj, Some(status));
+        return Ok(());
+    }
+    cx.write_status(obj, status).await.map_err(Error::Kube)
+}
+
+/// The status for a chosen image, and whether `latestRef` changed (the old one then moves to
+/// `observedPreviousRef`).
+fn chosen_status(
+    obj: &ImagePolicy,
+    latest: ImageRef,
+    requested_at: Option<String>,
+) -> (ImagePolicyStatus, bool) {
+    let previous = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let changed = previous.latest_ref.as_ref() != Some(&latest);
+    let mut status = ImagePolicyStatus {
+        observed_generation: generation,
+        last_handled_reconcile_at: requested_at.or(previous.last_handled_reconcile_at.clone()),
+        ..previous.clone()
     };
-    let repo_ns = obj.repository_namespace().unwrap_or(namespace).to_owned();
-    let repo_name = obj.spec.image_repository_ref.name.clone();
-    let repos: Api<ImageRepository> = Api::namespaced(ctx.client.clone(), &repo_ns);
-    let repo = match repos.get_opt(&repo_name).await {
-        Ok(Some(repo)) => repo,
-        Ok(None) => {
-            return Outcome::NotReady(
-                DEPENDENCY_NOT_READY_REASON,
-                format!(
+    if changed {
+        status.observed_previous_ref = previous.latest_ref;
+        status.latest_ref = Some(latest);
+    }
+    let message = ready_message(&status);
+    conditions::succeeded(
+        &mut status.conditions,
+        generation,
+        SUCCEEDED_REASON,
+        &message,
+    );
+    (status, changed)
+}
+
+/// The status after a failure: `Stalled` (and the generation observed) for a spec that cannot
+/// work, `Ready=False` with a retry otherwise; the last choice is kept.
+fn failed_status(
+    obj: &ImagePolicy,
+    err: &Error,
+    requested_at: Option<String>,
+) -> ImagePolicyStatus {
+    let previous = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let stalled = !ImagePolicies::retryable(err);
+    let mut status = ImagePolicyStatus {
+        observed_generation: if stalled {
+            generation
+        } else {
+            previous.observed_generation.or(Some(-1))
+        },
+        last_handled_reconcile_at: requested_at.or(previous.last_handled_reconcile_at.clone()),
+        ..previous
+    };
+    conditions::failed(
+        &mut status.conditions,
+        generation,
+        err.reason(),
+        &err.to_string(),
+        stalled,
+    );
+    status
+}
+
+/// What to do about the chosen image's digest.
+#[derive(Debug, PartialEq)]
+enum DigestPlan {
+    /// `Never`: no digest.
+    None,
+    /// `IfNotPresent` and the same image was chosen before with this digest.
+    Known(String),
+    /// Ask the registry.
+    Fetch,
+}
+
+fn digest_plan(
+    reflection: ReflectionPolicy,
+    previous: Option<&ImageRef>,
+    chosen: &ImageRef,
+) -> DigestPlan {
+    match (reflection, previous) {
+        (ReflectionPolicy::Never, _) => DigestPlan::None,
+        (ReflectionPolicy::IfNotPresent, Some(p))
+            if p.name == chosen.name && p.tag == chosen.tag =>
+        {
+            p.digest
+                .clone()
+                .map_or(DigestPlan::Fetch, DigestPlan::Known)
+        }
+        _ => DigestPlan::Fetch,
+    }
+}
+
+impl ImagePolicies {
+    async fn choose(
+        &self,
+        obj: &ImagePolicy,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<ImageRef, Error> {
+        let reflection = obj.digest_reflection_policy();
+        if reflection == ReflectionPolicy::Always && obj.spec.interval.is_none() {
+            // The CRD rejects this; an object stored before that rule still gets a clear answer.
+            return Err(Error::Invalid {
+                reason: INTERVAL_NOT_CONFIGURED_REASON,
+                message:
+                    "spec.interval must be set when spec.digestReflectionPolicy is set to 'Always'"
+                        .into(),
+            });
+        }
+        let (policy, filter) = compile(obj).map_err(|e| Error::Invalid {
+            reason: INVALID_POLICY_REASON,
+            message: e.to_string(),
+        })?;
+        let repo_ns = obj.repository_namespace().unwrap_or(namespace).to_owned();
+        let repo_name = obj.spec.image_repository_ref.name.clone();
+        let repos: Api<ImageRepository> = Api::namespaced(client.clone(), &repo_ns);
+        let repo = repos
+            .get_opt(&repo_name)
+            .await
+            .map_err(|e| Error::Repository(e.to_string()))?
+            .ok_or_else(|| Error::NotReady {
+                reason: DEPENDENCY_NOT_READY_REASON,
+                message: format!(
                     "failed to get the referred ImageRepository: imagerepositories.image.toolkit.fluxcd.io \"{repo_name}\" not found"
                 ),
-            );
+            })?;
+        if repo_ns != namespace
+            && !access_allowed(client, &repo, namespace)
+                .await
+                .map_err(|e| Error::Repository(e.to_string()))?
+        {
+            return Err(Error::NotReady {
+                reason: ACCESS_DENIED_REASON,
+                message: format!(
+                    "failed to get the referred ImageRepository: access denied: ImageRepository '{repo_ns}/{repo_name}' does not allow access from namespace '{namespace}' (spec.accessFrom)"
+                ),
+            });
         }
-        Err(e) => {
-            return Outcome::Failed(FAILURE_REASON, Error::Repository(e.to_string()));
-        }
-    };
-    if repo_ns != namespace {
-        match access_allowed(ctx, &repo, namespace).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Outcome::NotReady(
-                    ACCESS_DENIED_REASON,
-                    format!(
-                        "failed to get the referred ImageRepository: access denied: ImageRepository '{repo_ns}/{repo_name}' does not allow access from namespace '{namespace}' (spec.accessFrom)"
-                    ),
-                );
-            }
-            Err(e) => return Outcome::Failed(FAILURE_REASON, Error::Repository(e.to_string())),
-        }
-    }
-    let image = repo.spec.image.clone();
-    if let Err(e) = Reference::parse(&image) {
-        return Outcome::Stalled(
-            gantry_api::image::v1::IMAGE_URL_INVALID_REASON,
-            e.to_string(),
-        );
-    }
+        let image = repo.spec.image.clone();
+        Reference::parse(&image).map_err(|e| Error::Invalid {
+            reason: IMAGE_URL_INVALID_REASON,
+            message: e.to_string(),
+        })?;
 
-    // Stream the stored list through the policy, off the async workers.
-    let store = ctx.tags.clone();
-    let (ns2, name2) = (repo_ns.clone(), repo_name.clone());
-    let chosen = tokio::task::spawn_blocking(move || -> Result<Option<String>, Error> {
-        let io_err = |source| Error::Tags {
-            repository: format!("{ns2}/{name2}"),
-            source,
-        };
-        let Some(tags) = store.tags(&ns2, &name2).map_err(io_err)? else {
-            return Ok(None);
-        };
-        let mut read_error = None;
-        let tags = tags.map_while(|t| match t {
-            Ok(t) => Some(t),
-            Err(e) => {
-                read_error = Some(e);
-                None
+        // Stream the stored list through the policy, off the async workers.
+        let store = self.tags.clone();
+        let (ns2, name2) = (repo_ns.clone(), repo_name.clone());
+        let chosen = tokio::task::spawn_blocking(move || -> Result<Option<String>, Error> {
+            let io_err = |source| Error::Tags {
+                repository: format!("{ns2}/{name2}"),
+                source,
+            };
+            let Some(tags) = store.tags(&ns2, &name2).map_err(io_err)? else {
+                return Ok(None);
+            };
+            let mut read_error = None;
+            let tags = tags.map_while(|t| match t {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    read_error = Some(e);
+                    None
+                }
+            });
+            let chosen = policy::choose(&policy, filter.as_ref(), tags);
+            if let Some(e) = read_error {
+                return Err(io_err(e));
             }
-        });
-        let chosen = policy::choose(&policy, filter.as_ref(), tags);
-        if let Some(e) = read_error {
-            return Err(io_err(e));
-        }
-        Ok(Some(chosen?))
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(Error::Repository(format!(
-            "the policy evaluation panicked: {e}"
-        )))
-    });
-    let tag = match chosen {
-        Ok(Some(tag)) => tag,
-        Ok(None) => {
-            return Outcome::NotReady(DEPENDENCY_NOT_READY_REASON, "no tags in database".into());
-        }
-        Err(err) => return Outcome::Failed(FAILURE_REASON, err),
-    };
+            Ok(Some(chosen?))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Repository(format!(
+                "the policy evaluation panicked: {e}"
+            )))
+        })?;
+        let tag = chosen.ok_or_else(|| Error::NotReady {
+            reason: DEPENDENCY_NOT_READY_REASON,
+            message: "no tags in database".into(),
+        })?;
 
-    let mut latest = ImageRef {
-        name: image.clone(),
-        tag: tag.clone(),
-        digest: None,
-    };
-    let previous = obj.status.as_ref().and_then(|s| s.latest_ref.clone());
-    let fetch = match reflection {
-        ReflectionPolicy::Never => false,
-        ReflectionPolicy::Always => true,
-        ReflectionPolicy::IfNotPresent => match &previous {
-            Some(p) if p.name == latest.name && p.tag == latest.tag && p.digest.is_some() => {
-                latest.digest = p.digest.clone();
-                false
-            }
-            _ => true,
-        },
-    };
-    if fetch {
-        match digest(ctx, &repo, &repo_ns, &tag).await {
-            Ok(d) => latest.digest = Some(d),
-            Err(message) => {
-                return Outcome::Failed(
-                    FAILURE_REASON,
-                    Error::Digest {
-                        image: format!("{image}:{tag}"),
-                        message,
-                    },
-                );
-            }
-        }
+        let mut latest = ImageRef {
+            name: image.clone(),
+            tag: tag.clone(),
+            digest: None,
+        };
+        let previous = obj.status.as_ref().and_then(|s| s.latest_ref.as_ref());
+        latest.digest = match digest_plan(reflection, previous, &latest) {
+            DigestPlan::None => None,
+            DigestPlan::Known(d) => Some(d),
+            DigestPlan::Fetch => Some(digest(client, &repo, &repo_ns, &tag).await.map_err(
+                |message| Error::Digest {
+                    image: format!("{image}:{tag}"),
+                    message,
+                },
+            )?),
+        };
+        Ok(latest)
     }
-    Outcome::Chosen(latest)
 }
 
 /// The policy and filter of the spec, or why they cannot work.
@@ -453,14 +452,14 @@ pub fn ready_message(status: &ImagePolicyStatus) -> String {
 
 // Whether `repo.spec.accessFrom` admits `namespace` (by its labels).
 async fn access_allowed(
-    ctx: &Context,
+    client: &Client,
     repo: &ImageRepository,
     namespace: &str,
 ) -> Result<bool, kube::Error> {
     let Some(access) = &repo.spec.access_from else {
         return Ok(false);
     };
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     let labels: BTreeMap<String, String> = namespaces
         .get(namespace)
         .await?
@@ -475,13 +474,13 @@ async fn access_allowed(
 }
 
 async fn digest(
-    ctx: &Context,
+    client: &Client,
     repo: &ImageRepository,
     repo_ns: &str,
     tag: &str,
 ) -> Result<String, String> {
     let reference = Reference::parse(&repo.spec.image).map_err(|e| e.to_string())?;
-    let config = repository::client_config(repo, &ctx.client, repo_ns)
+    let config = secrets::client_config(repo, client, repo_ns)
         .await
         .map_err(|e| e.to_string())?;
     let timeout = repo.timeout().unwrap_or(Duration::from_secs(60));
@@ -490,128 +489,6 @@ async fn digest(
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
-}
-
-async fn announce_failure(
-    ctx: &Context,
-    obj: &ImagePolicy,
-    before: &ImagePolicyStatus,
-    reason: &str,
-    message: &str,
-) {
-    tracing::warn!(namespace = ?obj.namespace(), name = %obj.name_any(), reason, "{message}");
-    let was = conditions::get(&before.conditions, READY_CONDITION);
-    if was.is_none_or(|c| c.status != "False" || c.message != message) {
-        publish(ctx, obj, Severity::Error, reason, message).await;
-    }
-}
-
-async fn write_status(
-    api: &Api<ImagePolicy>,
-    obj: &ImagePolicy,
-    before: &ImagePolicyStatus,
-    after: &ImagePolicyStatus,
-) -> Result<(), Error> {
-    // Unchanged status: no write, so no watch event and no reconcile echo.
-    if before == after {
-        return Ok(());
-    }
-    gantry_runtime::status::apply(api, &obj.name_any(), FIELD_MANAGER, after)
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    obj: &ImagePolicy,
-    severity: Severity,
-    reason: &str,
-    message: &str,
-) {
-    ctx.events
-        .publish(
-            obj.object_ref(&()),
-            severity,
-            reason,
-            message,
-            BTreeMap::new(),
-        )
-        .await;
-}
-
-fn record_resource(
-    ctx: &Context,
-    obj: &ImagePolicy,
-    status: &ImagePolicyStatus,
-    namespace: &str,
-    name: &str,
-) {
-    let Some(metrics) = &ctx.metrics else { return };
-    let ready = conditions::get(&status.conditions, READY_CONDITION);
-    metrics.set_resource(&ResourceInfo {
-        group: GROUP.into(),
-        kind: KIND.into(),
-        version: "v1".into(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        ready: ready.map_or("Unknown".into(), |c| c.status.clone()),
-        reason: ready.map_or(String::new(), |c| c.reason.clone()),
-        suspended: obj.spec.suspend,
-        revision: status
-            .latest_ref
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-    });
-}
-
-/// Runs the ImagePolicy controller until `shutdown` completes.
-pub async fn run_controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<ImagePolicy> = match namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let controller = Controller::new(api, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(concurrency));
-    let store = controller.store();
-    let rescans = ctx
-        .rescans
-        .lock()
-        .ok()
-        .and_then(|mut r| r.take())
-        .expect("run_controller is called once per Context");
-    // A changed tag list runs every policy of that repository.
-    let requests = futures::stream::unfold(rescans, |mut rx| async move {
-        rx.recv().await.map(|repo| (repo, rx))
-    })
-    .flat_map(move |(repo_ns, repo_name)| {
-        let refs: Vec<ObjectRef<ImagePolicy>> = store
-            .state()
-            .iter()
-            .filter(|p| {
-                p.spec.image_repository_ref.name == repo_name
-                    && p.repository_namespace() == Some(repo_ns.as_str())
-            })
-            .map(|p| ObjectRef::from_obj(p.as_ref()))
-            .collect();
-        futures::stream::iter(refs)
-    });
-    controller
-        .reconcile_on(requests)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("ImagePolicy reconcile: {e}");
-            }
-        })
-        .await;
 }
 
 #[cfg(test)]
@@ -670,6 +547,136 @@ mod tests {
         let err = compile(&bad_regex).unwrap_err();
         assert!(err.is_invalid_spec());
         assert!(err.to_string().contains("^main-(?P<ts>["), "{err}");
+    }
+
+    fn image(tag: &str, digest: Option<&str>) -> ImageRef {
+        ImageRef {
+            name: "reg/app".into(),
+            tag: tag.into(),
+            digest: digest.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_new_choice_moves_the_old_one_aside_and_is_news_once() {
+        let mut obj = policy(ImagePolicyChoice::default(), None);
+        obj.metadata.generation = Some(3);
+        let (first, changed) = chosen_status(&obj, image("1.0.0", None), Some("asked".into()));
+        assert!(changed);
+        assert_eq!(first.latest_ref, Some(image("1.0.0", None)));
+        assert_eq!(first.observed_previous_ref, None);
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(first.last_handled_reconcile_at.as_deref(), Some("asked"));
+        assert!(conditions::is_true(&first.conditions, READY_CONDITION));
+
+        obj.status = Some(first.clone());
+        let (same, changed) = chosen_status(&obj, image("1.0.0", None), None);
+        assert!(!changed, "the same choice again");
+        assert_eq!(same, first, "nothing to write");
+
+        let (next, changed) = chosen_status(&obj, image("1.1.0", None), None);
+        assert!(changed);
+        assert_eq!(next.observed_previous_ref, Some(image("1.0.0", None)));
+        assert_eq!(
+            conditions::get(&next.conditions, READY_CONDITION)
+                .unwrap()
+                .message,
+            "Latest image tag for reg/app resolved to 1.1.0 (previously reg/app:1.0.0)"
+        );
+    }
+
+    #[test]
+    fn failures_keep_the_choice_and_only_an_invalid_spec_stalls() {
+        let mut obj = policy(ImagePolicyChoice::default(), None);
+        obj.metadata.generation = Some(2);
+        obj.status = Some(chosen_status(&obj, image("1.0.0", None), None).0);
+        obj.metadata.generation = Some(3);
+
+        let waiting = Error::NotReady {
+            reason: DEPENDENCY_NOT_READY_REASON,
+            message: "no tags in database".into(),
+        };
+        let status = failed_status(&obj, &waiting, None);
+        assert_eq!(status.latest_ref, Some(image("1.0.0", None)));
+        assert_eq!(status.observed_generation, Some(2), "not observed: retried");
+        assert!(!conditions::is_true(&status.conditions, "Stalled"));
+        let ready = conditions::get(&status.conditions, READY_CONDITION).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "DependencyNotReady")
+        );
+
+        let err = compile(&obj).unwrap_err();
+        let invalid = Error::Invalid {
+            reason: INVALID_POLICY_REASON,
+            message: err.to_string(),
+        };
+        assert!(!ImagePolicies::retryable(&invalid));
+        let status = failed_status(&obj, &invalid, None);
+        assert!(conditions::is_true(&status.conditions, "Stalled"));
+        assert_eq!(status.observed_generation, Some(3));
+        let nothing = Error::Policy(PolicyError::NoMatch);
+        assert_eq!(nothing.reason(), FAILURE_REASON);
+        assert!(ImagePolicies::retryable(&nothing));
+    }
+
+    #[test]
+    fn digests_are_fetched_as_the_reflection_policy_says() {
+        let chosen = image("1.0.0", None);
+        let before = image("1.0.0", Some("sha256:ab"));
+        assert_eq!(
+            digest_plan(ReflectionPolicy::Never, Some(&before), &chosen),
+            DigestPlan::None
+        );
+        assert_eq!(
+            digest_plan(ReflectionPolicy::IfNotPresent, Some(&before), &chosen),
+            DigestPlan::Known("sha256:ab".into())
+        );
+        let older = image("0.9.0", Some("sha256:cd"));
+        assert_eq!(
+            digest_plan(ReflectionPolicy::IfNotPresent, Some(&older), &chosen),
+            DigestPlan::Fetch
+        );
+        assert_eq!(
+            digest_plan(
+                ReflectionPolicy::IfNotPresent,
+                Some(&image("1.0.0", None)),
+                &chosen
+            ),
+            DigestPlan::Fetch
+        );
+        assert_eq!(
+            digest_plan(ReflectionPolicy::IfNotPresent, None, &chosen),
+            DigestPlan::Fetch
+        );
+        assert_eq!(
+            digest_plan(ReflectionPolicy::Always, Some(&before), &chosen),
+            DigestPlan::Fetch
+        );
+    }
+
+    #[test]
+    fn a_scan_wakes_exactly_the_policies_of_its_repository() {
+        let with = |ns: &str, name: &str, repo: &str, repo_ns: Option<&str>| {
+            let mut p = policy(ImagePolicyChoice::default(), None);
+            p.metadata.name = Some(name.into());
+            p.metadata.namespace = Some(ns.into());
+            p.spec.image_repository_ref.name = repo.into();
+            p.spec.image_repository_ref.namespace = repo_ns.map(Into::into);
+            Arc::new(p)
+        };
+        let policies = [
+            with("apps", "web", "web", None),
+            with("apps", "api", "api", None),
+            with("other", "web", "web", None),
+            with("team", "shared", "web", Some("apps")),
+        ];
+        let woken = using_repository(&ObjectRef::new("web").within("apps"), &policies);
+        let names: Vec<_> = woken
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name))
+            .collect();
+        assert_eq!(names, ["apps/web", "team/shared"]);
     }
 
     #[test]
