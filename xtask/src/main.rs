@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_pipeline;
+mod bench_receiver;
 mod cluster;
 // Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
 mod kustomize;
@@ -145,6 +146,16 @@ enum BenchTask {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The webhook server under load: valid and forged signed calls at each concurrency;
+    /// latency percentiles and API requests per call.
+    Receiver {
+        /// Calls per case.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Comma-separated concurrencies.
+        #[arg(long, value_delimiter = ',', default_value = "1,50")]
+        concurrency: Vec<usize>,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -265,6 +276,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
             bench_pipeline::pipeline(&workspace_root(), &kubeconfig, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Receiver {
+            requests,
+            concurrency,
+        }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_receiver::receiver(&workspace_root(), &kubeconfig, requests, &concurrency)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
