@@ -37,14 +37,19 @@ impl Drop for Process {
     }
 }
 
-/// Runs every case with `requests` calls at each concurrency in `concurrency`.
+/// Runs every case with `requests` calls at each concurrency in `concurrency`, against
+/// `gantry` (a binary to compare, e.g. another branch's) or a release build of this workspace.
 pub fn receiver(
     workspace: &Path,
     kubeconfig: &Path,
+    gantry: Option<&Path>,
     requests: usize,
     concurrency: &[usize],
 ) -> Result<()> {
-    let gantry = crate::bench::build_release(workspace)?;
+    let gantry = match gantry {
+        Some(path) => path.to_path_buf(),
+        None => crate::bench::build_release(workspace)?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -155,6 +155,10 @@ enum BenchTask {
         /// Comma-separated concurrencies.
         #[arg(long, value_delimiter = ',', default_value = "1,50")]
         concurrency: Vec<usize>,
+        /// Benchmark this `gantry` binary (e.g. another branch's release build) instead of
+        /// building this workspace's.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
     },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
@@ -281,12 +285,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Bench(BenchTask::Receiver {
             requests,
             concurrency,
+            gantry,
         }) => {
             let kubeconfig = match &cli.global.kubeconfig {
                 Some(kubeconfig) => kubeconfig.clone(),
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
-            bench_receiver::receiver(&workspace_root(), &kubeconfig, requests, &concurrency)?;
+            bench_receiver::receiver(
+                &workspace_root(),
+                &kubeconfig,
+                gantry.as_deref(),
+                requests,
+                &concurrency,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
