@@ -208,7 +208,8 @@ async fn measure(
                 .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
                 .filter(|(_, v)| *v > 0.0)
                 .collect();
-            let total: f64 = delta.values().sum();
+            // Folded from +0.0: an empty f64 sum is -0.0.
+            let total = delta.values().fold(0.0, |sum, v| sum + v);
             let detail = delta
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.0}"))
