@@ -9,11 +9,15 @@
 
 mod bench;
 mod bench_pipeline;
+mod bench_receiver;
 mod cluster;
 mod gotools;
 mod kustomize;
 mod prerequisites;
 mod sandbox;
+// A test over the workspace's sources: no span guard in async code.
+#[cfg(test)]
+mod span_lint;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -167,6 +171,20 @@ enum BenchTask {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The webhook server under load: valid and forged signed calls at each concurrency;
+    /// latency percentiles and API requests per call.
+    Receiver {
+        /// Calls per case.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Comma-separated concurrencies.
+        #[arg(long, value_delimiter = ',', default_value = "1,50")]
+        concurrency: Vec<usize>,
+        /// Benchmark this `gantry` binary (e.g. another branch's release build) instead of
+        /// building this workspace's.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -302,6 +320,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
             bench_pipeline::pipeline(&workspace_root(), &kubeconfig, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Receiver {
+            requests,
+            concurrency,
+            gantry,
+        }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_receiver::receiver(
+                &workspace_root(),
+                &kubeconfig,
+                gantry.as_deref(),
+                requests,
+                &concurrency,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {

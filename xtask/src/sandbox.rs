@@ -23,7 +23,7 @@ use gantry_api::notification::v1::Receiver;
 use gantry_api::source::v1::GitRepository;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -200,6 +200,7 @@ pub fn up(
         started.elapsed().as_secs_f64()
     );
     let pipeline = Pipeline {
+        receiver_url: receiver.clone(),
         git_url: git_url.clone(),
         git_password: git_password.clone(),
         image,
@@ -523,6 +524,8 @@ fn sample_repository(image: &str) -> Vec<(&'static str, String)> {
 }
 
 struct Pipeline {
+    /// Where `gantry run` serves webhooks, recorded on the `webhook-receiver` Service.
+    receiver_url: String,
     git_url: String,
     git_password: String,
     image: String,
@@ -556,11 +559,20 @@ fn pipeline_objects(p: &Pipeline) -> Vec<(ApiResource, serde_json::Value)> {
                "spec": {"type": type_, "events": events, "resources": [resource],
                         "secretRef": {"name": format!("{name}-webhook-token")}}})
         };
+    // No selector, no address: it only tells `gantry webhook-url` where this sandbox's
+    // `gantry run` serves webhooks (Flux's Service of that name lives in flux-system too).
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": gantry_api::notification::WEBHOOK_SERVICE, "namespace": NAMESPACE,
+                     "annotations": {
+                         gantry_api::notification::WEBHOOK_BASE_URL_ANNOTATION: p.receiver_url}},
+        "spec": {"clusterIP": "None",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 9292}]}});
     let secret_ar = ApiResource::erase::<Secret>(&());
     let policy_ar = ApiResource::erase::<ImagePolicy>(&());
     let kustomization_ar = ApiResource::erase::<Kustomization>(&());
     let receiver_ar = ApiResource::erase::<Receiver>(&());
     vec![
+        (ApiResource::erase::<Service>(&()), service),
         (
             secret_ar.clone(),
             secret(
@@ -658,7 +670,7 @@ async fn apply_pipeline(client: &kube::Client, p: &Pipeline) -> Result<()> {
     // only every interval, and their specs may not change at all.
     let requested = jiff::Timestamp::now().to_string();
     for (ar, mut object) in pipeline_objects(p) {
-        if ar.kind != "Secret" {
+        if ar.kind != "Secret" && ar.kind != "Service" {
             object["metadata"]["annotations"] =
                 serde_json::json!({ gantry_api::meta::RECONCILE_REQUEST_ANNOTATION: requested });
         }
@@ -680,6 +692,7 @@ async fn apply_pipeline(client: &kube::Client, p: &Pipeline) -> Result<()> {
 
 async fn delete_pipeline(client: &kube::Client) -> Result<()> {
     let placeholder = Pipeline {
+        receiver_url: String::new(),
         git_url: String::new(),
         git_password: String::new(),
         image: String::new(),
@@ -922,6 +935,7 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
     );
     println!("  cargo run --bin gantry -- get all -A");
     println!("  cargo run --bin gantry -- tree staging -n {NAMESPACE}");
+    println!("  cargo run --bin gantry -- webhook-url github -n {NAMESPACE}   # the URL to paste");
     let authed = r.git_url.replacen(
         "http://",
         &format!("http://{}:{}@", r.git_user, r.git_password),

@@ -192,6 +192,23 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
             .unwrap();
         let path = receiver.status.unwrap().webhook_path.unwrap();
         assert!(url.ends_with(&path), "{url} is the Receiver's {path}");
+        // `gantry webhook-url` prints the address this sandbox's receiver really listens on.
+        let gantry = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("debug/gantry");
+        let printed = std::process::Command::new(gantry)
+            .args(["webhook-url", name, "-n", NS])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("GANTRY_WEBHOOK_BASE_URL")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&printed.stdout).trim(),
+            url,
+            "{}",
+            String::from_utf8_lossy(&printed.stderr)
+        );
     }
     let git_line = value_after(&said, "git");
     let mut words = git_line.split_whitespace();

@@ -120,11 +120,10 @@ pub fn verify(
         "github" => verify_github(token, events, headers, body),
         "gitlab" => {
             check_token(headers, "X-Gitlab-Token", token)?;
-            let event = headers
-                .get("X-Gitlab-Event")
-                .ok_or(Rejection::MissingEvent("X-Gitlab-Event"))?;
-            accept_event(events, event)?;
-            json_object("GitLab", body)?;
+            let event = event_header(headers, "X-Gitlab-Event")?;
+            let payload = json_object("GitLab", body)?;
+            check_gitlab_shape(&event, &payload)?;
+            accept_event(events, &event)?;
             Ok(Verdict::Reconcile)
         }
         "bitbucket" => {
@@ -134,11 +133,13 @@ pub fn verify(
                 .get(header)
                 .ok_or(Rejection::MissingSignature(header))?;
             verify_hmac(header, value, token, body)?;
-            let event = headers
-                .get("X-Event-Key")
-                .ok_or(Rejection::MissingEvent("X-Event-Key"))?;
-            accept_event(events, event)?;
-            json_object("Bitbucket", body)?;
+            let event = event_header(headers, "X-Event-Key")?;
+            let payload = json_object("Bitbucket", body)?;
+            check_bitbucket_shape(&event, &payload)?;
+            if event == BITBUCKET_PING {
+                return Ok(Verdict::Ping);
+            }
+            accept_event(events, &event)?;
             Ok(Verdict::Reconcile)
         }
         "harbor" => {
@@ -199,18 +200,34 @@ fn verify_github(
         },
     };
     verify_hmac(signature.0, signature.1, token, body)?;
-    let event = headers
-        .get("X-GitHub-Event")
-        .ok_or(Rejection::MissingEvent("X-GitHub-Event"))?;
+    let event = event_header(headers, "X-GitHub-Event")?;
     // The event is not covered by the signature: checking it against the payload's shape stops
-    // a signed body from being replayed as another event type.
+    // a signed body from being replayed as another event type. The shape check, the ping test
+    // and the `events` filter all see the same normalised name.
     let payload = github_payload(headers, body)?;
-    check_github_shape(event, &payload)?;
+    check_github_shape(&event, &payload)?;
     if event == "ping" {
         return Ok(Verdict::Ping);
     }
-    accept_event(events, event)?;
+    accept_event(events, &event)?;
     Ok(Verdict::Reconcile)
+}
+
+/// An event type as Gantry compares it: surrounding whitespace dropped, ASCII lower case.
+///
+/// Flux matches `spec.events` case-insensitively (`strings.EqualFold`), so `Push` and `push`
+/// must mean one event everywhere; normalising once, before the payload check and the filter,
+/// keeps a signed body from passing one check under one spelling and the other under another.
+pub fn normalize_event(name: &str) -> String {
+    name.trim().to_ascii_lowercase()
+}
+
+fn event_header(headers: &Headers, header: &'static str) -> Result<String, Rejection> {
+    headers
+        .get(header)
+        .map(normalize_event)
+        .filter(|e| !e.is_empty())
+        .ok_or(Rejection::MissingEvent(header))
 }
 
 // GitHub posts JSON, or a form with the JSON in `payload` when the hook's content type says so.
@@ -250,10 +267,87 @@ fn check_github_shape(event: &str, payload: &serde_json::Value) -> Result<(), Re
         "package" | "registry_package" => &[&["action"], &["repository"]],
         _ => &[],
     };
+    require_fields("GitHub", event, payload, required)?;
+    // A ping body carries no change: it is accepted as a ping and nothing else, also under
+    // event names whose shape is not checked above.
+    let is_ping_body =
+        lookup(payload, &["zen"]).is_some() && lookup(payload, &["hook_id"]).is_some();
+    if is_ping_body && event != "ping" {
+        return Err(Rejection::InvalidPayload {
+            kind: "GitHub",
+            reason: format!("a ping payload sent as a {event:?} event"),
+        });
+    }
+    Ok(())
+}
+
+// GitLab names the event in the body too (`object_kind`); both must agree. Names are normalised.
+fn check_gitlab_shape(event: &str, payload: &serde_json::Value) -> Result<(), Rejection> {
+    let kind = match event {
+        "push hook" => "push",
+        "tag push hook" => "tag_push",
+        "issue hook" | "confidential issue hook" => "issue",
+        "note hook" | "confidential note hook" => "note",
+        "merge request hook" => "merge_request",
+        "wiki page hook" => "wiki_page",
+        "pipeline hook" => "pipeline",
+        "job hook" => "build",
+        "deployment hook" => "deployment",
+        "release hook" => "release",
+        "feature flag hook" => "feature_flag",
+        "emoji hook" => "emoji",
+        _ => return Ok(()),
+    };
+    match payload.get("object_kind").and_then(|k| k.as_str()) {
+        Some(k) if k.eq_ignore_ascii_case(kind) => Ok(()),
+        other => Err(Rejection::InvalidPayload {
+            kind: "GitLab",
+            reason: format!(
+                "a {event:?} event must have object_kind {kind:?}, not {:?}",
+                other.unwrap_or("")
+            ),
+        }),
+    }
+}
+
+/// Bitbucket Server's "Test connection" event: authentic, nothing to reconcile.
+const BITBUCKET_PING: &str = "diagnostics:ping";
+
+// Bitbucket Server repeats the event in the body (`eventKey`); Bitbucket Cloud does not, so
+// its push is checked by shape. Names are normalised.
+fn check_bitbucket_shape(event: &str, payload: &serde_json::Value) -> Result<(), Rejection> {
+    let required: &[&[&str]] = match event {
+        BITBUCKET_PING => &[&["test"]],
+        "repo:refs_changed" => &[&["eventKey"], &["changes"], &["repository"]],
+        "repo:push" => &[&["push"], &["repository"]],
+        _ => &[],
+    };
+    require_fields("Bitbucket", event, payload, required)?;
+    let in_body = payload.get("eventKey").and_then(|k| k.as_str());
+    let ping_body = lookup(payload, &["test"]).is_some() && in_body.is_none();
+    match in_body {
+        Some(key) if normalize_event(key) != event => Err(Rejection::InvalidPayload {
+            kind: "Bitbucket",
+            reason: format!("the payload's eventKey {key:?} is not the event {event:?}"),
+        }),
+        _ if ping_body && event != BITBUCKET_PING => Err(Rejection::InvalidPayload {
+            kind: "Bitbucket",
+            reason: format!("a {BITBUCKET_PING} payload sent as a {event:?} event"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn require_fields(
+    kind: &'static str,
+    event: &str,
+    payload: &serde_json::Value,
+    required: &[&[&str]],
+) -> Result<(), Rejection> {
     for path in required {
         if lookup(payload, path).is_none() {
             return Err(Rejection::InvalidPayload {
-                kind: "GitHub",
+                kind,
                 reason: format!("a {event:?} event must have {:?}", path.join(".")),
             });
         }
@@ -261,8 +355,9 @@ fn check_github_shape(event: &str, payload: &serde_json::Value) -> Result<(), Re
     Ok(())
 }
 
+// `event` is normalised; so is each entry of `spec.events` before comparing.
 fn accept_event(events: &[String], event: &str) -> Result<(), Rejection> {
-    if events.is_empty() || events.iter().any(|e| e.eq_ignore_ascii_case(event)) {
+    if events.is_empty() || events.iter().any(|e| normalize_event(e) == event) {
         Ok(())
     } else {
         Err(Rejection::EventNotAccepted(event.to_string()))
@@ -607,6 +702,214 @@ mod tests {
             verify("harbor", TOKEN, &[], &Headers::default(), harbor),
             Err(Rejection::MissingToken("Authorization"))
         );
+    }
+
+    /// Every spelling a sender (or an attacker) might use for `name`.
+    fn spellings(name: &str) -> Vec<String> {
+        let mut capitalised = name.to_string();
+        if let Some(first) = capitalised.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        let alternating: String = name
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        vec![
+            name.to_string(),
+            name.to_ascii_uppercase(),
+            capitalised,
+            alternating,
+            format!(" {name}"),
+            format!("{name} "),
+            format!("\t{name}\t"),
+            format!("  {}  ", name.to_ascii_uppercase()),
+        ]
+    }
+
+    fn signed(header: &'static str, event: &str, body: &[u8]) -> Headers {
+        let signature = sign_sha256(TOKEN.as_bytes(), body);
+        let event_header = match header {
+            "github" => "X-GitHub-Event",
+            _ => "X-Event-Key",
+        };
+        let signature_header = match header {
+            "github" => "X-Hub-Signature-256",
+            _ => "X-Hub-Signature",
+        };
+        Headers::new([
+            (event_header, event),
+            (signature_header, signature.as_str()),
+            ("Content-Type", "application/json"),
+        ])
+    }
+
+    #[test]
+    fn github_event_is_normalised_once_for_shape_ping_and_filter() {
+        let push = push();
+        let ping = br#"{"zen":"x","hook_id":1,"hook":{}}"#;
+        for spelling in spellings("push") {
+            let h = signed("github", &spelling, &push);
+            for events in [vec![], vec!["push".into()], vec![" PUSH ".into()]] {
+                assert_eq!(
+                    verify("github", TOKEN, &events, &h, &push),
+                    Ok(Verdict::Reconcile),
+                    "push as {spelling:?}, events {events:?}"
+                );
+            }
+            assert_eq!(
+                verify("github", TOKEN, &["release".into()], &h, &push),
+                Err(Rejection::EventNotAccepted("push".into())),
+                "{spelling:?}"
+            );
+            // The issue's reproduction: a captured signed ping replayed as a push.
+            let h = signed("github", &spelling, ping);
+            assert!(
+                matches!(
+                    verify("github", TOKEN, &[], &h, ping),
+                    Err(Rejection::InvalidPayload { .. })
+                ),
+                "ping body as {spelling:?}"
+            );
+        }
+        for spelling in spellings("ping") {
+            let h = signed("github", &spelling, ping);
+            assert_eq!(
+                verify("github", TOKEN, &["push".into()], &h, ping),
+                Ok(Verdict::Ping),
+                "{spelling:?}"
+            );
+            let h = signed("github", &spelling, &push);
+            assert!(
+                matches!(
+                    verify("github", TOKEN, &[], &h, &push),
+                    Err(Rejection::InvalidPayload { .. })
+                ),
+                "push body as {spelling:?}"
+            );
+        }
+        // Event types without a checked shape still refuse a ping body.
+        for spelling in spellings("issues") {
+            let h = signed("github", &spelling, ping);
+            assert!(
+                matches!(
+                    verify("github", TOKEN, &[], &h, ping),
+                    Err(Rejection::InvalidPayload { .. })
+                ),
+                "ping body as {spelling:?}"
+            );
+        }
+        for blank in ["", " ", "\t"] {
+            let h = signed("github", blank, &push);
+            assert_eq!(
+                verify("github", TOKEN, &[], &h, &push),
+                Err(Rejection::MissingEvent("X-GitHub-Event"))
+            );
+        }
+    }
+
+    #[test]
+    fn gitlab_event_is_normalised_once_for_shape_and_filter() {
+        let push = br#"{"object_kind":"push","ref":"refs/heads/main"}"#;
+        let tag = br#"{"object_kind":"tag_push","ref":"refs/tags/v1"}"#;
+        let gitlab =
+            |event: &str| Headers::new([("X-Gitlab-Token", TOKEN), ("X-Gitlab-Event", event)]);
+        for spelling in spellings("Push Hook") {
+            let h = gitlab(&spelling);
+            for events in [vec![], vec!["Push Hook".into()], vec!["push hook ".into()]] {
+                assert_eq!(
+                    verify("gitlab", TOKEN, &events, &h, push),
+                    Ok(Verdict::Reconcile),
+                    "{spelling:?}, events {events:?}"
+                );
+            }
+            assert_eq!(
+                verify("gitlab", TOKEN, &["Tag Push Hook".into()], &h, push),
+                Err(Rejection::EventNotAccepted("push hook".into()))
+            );
+            assert!(
+                matches!(
+                    verify("gitlab", TOKEN, &[], &h, tag),
+                    Err(Rejection::InvalidPayload { .. })
+                ),
+                "tag push body as {spelling:?}"
+            );
+        }
+        for spelling in spellings("Tag Push Hook") {
+            assert_eq!(
+                verify(
+                    "gitlab",
+                    TOKEN,
+                    &["tag push hook".into()],
+                    &gitlab(&spelling),
+                    tag
+                ),
+                Ok(Verdict::Reconcile),
+                "{spelling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bitbucket_event_is_normalised_once_for_shape_ping_and_filter() {
+        let refs = serde_json::to_vec(&serde_json::json!({
+            "eventKey": "repo:refs_changed", "date": "2026-01-01T00:00:00+0000",
+            "repository": {"slug": "app"}, "changes": [{"ref": {"id": "refs/heads/main"}}]
+        }))
+        .unwrap();
+        let opened = serde_json::to_vec(&serde_json::json!({
+            "eventKey": "pr:opened", "pullRequest": {"id": 1}
+        }))
+        .unwrap();
+        let ping = br#"{"test":true}"#;
+        for spelling in spellings("repo:refs_changed") {
+            let h = signed("bitbucket", &spelling, &refs);
+            for events in [
+                vec![],
+                vec!["repo:refs_changed".into()],
+                vec!["REPO:REFS_CHANGED".into()],
+            ] {
+                assert_eq!(
+                    verify("bitbucket", TOKEN, &events, &h, &refs),
+                    Ok(Verdict::Reconcile),
+                    "{spelling:?}, events {events:?}"
+                );
+            }
+            assert_eq!(
+                verify("bitbucket", TOKEN, &["pr:opened".into()], &h, &refs),
+                Err(Rejection::EventNotAccepted("repo:refs_changed".into()))
+            );
+            for replayed in [&opened[..], &ping[..]] {
+                let h = signed("bitbucket", &spelling, replayed);
+                assert!(
+                    matches!(
+                        verify("bitbucket", TOKEN, &[], &h, replayed),
+                        Err(Rejection::InvalidPayload { .. })
+                    ),
+                    "{} as {spelling:?}",
+                    String::from_utf8_lossy(replayed)
+                );
+            }
+        }
+        for spelling in spellings("diagnostics:ping") {
+            let h = signed("bitbucket", &spelling, ping);
+            assert_eq!(
+                verify("bitbucket", TOKEN, &["repo:refs_changed".into()], &h, ping),
+                Ok(Verdict::Ping),
+                "{spelling:?}"
+            );
+            let h = signed("bitbucket", &spelling, &refs);
+            assert!(matches!(
+                verify("bitbucket", TOKEN, &[], &h, &refs),
+                Err(Rejection::InvalidPayload { .. })
+            ));
+        }
     }
 
     #[test]

@@ -61,8 +61,74 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("gantry: {err:#}");
+            eprintln!("gantry: {}", describe(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line for a chain of errors. Errors that embed their source's text (kube's do, with the
+/// API server's whole `Status` in debug form) would otherwise repeat it once per level; an API
+/// refusal reads as the server's own message.
+fn describe(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut causes = err.chain().peekable();
+    while let Some(cause) = causes.next() {
+        let mut text = match cause.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => status.message.clone(),
+            _ => cause.to_string(),
+        };
+        if matches!(
+            cause.downcast_ref::<kube::Error>(),
+            Some(kube::Error::Api(_))
+        ) {
+            parts.push(text);
+            break;
+        }
+        if let Some(source) = causes.peek().map(|s| s.to_string())
+            && let Some(own) = text.strip_suffix(&source)
+        {
+            text = own.trim_end_matches([':', ' ']).to_string();
+        }
+        if !text.is_empty() {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source inside its own message, as kube-lease-manager's does.
+    #[derive(Debug)]
+    struct Wrapper(kube::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Kube error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_api_refusal_reads_as_one_line_without_debug_dumps() {
+        let status =
+            kube::core::Status::failure("namespaces \"x\" not found", "NotFound").with_code(404);
+        let err = anyhow::Error::new(Wrapper(kube::Error::Api(Box::new(status))))
+            .context("setting up leader election");
+        let text = describe(&err);
+        assert_eq!(
+            text,
+            "setting up leader election: Kube error: namespaces \"x\" not found"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
     }
 }

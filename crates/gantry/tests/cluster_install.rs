@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures::StreamExt;
 use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
@@ -376,6 +377,7 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     ("patch", "helm.toolkit.fluxcd.io", "helmreleases", true),
     ("patch", "source.toolkit.fluxcd.io", "ocirepositories", true),
     ("get", "", "secrets", true),
+    ("watch", "", "secrets", true),
     ("get", "", "configmaps", true),
     ("get", "", "namespaces", false),
     ("impersonate", "", "serviceaccounts", true),
@@ -493,7 +495,7 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
             .await,
         "binding cluster-admin to itself",
     );
-    // Secrets are read by name (a Secret it was told about), never listed or watched.
+    // Secrets are read by name (a Secret it was told about), never listed; watched by name.
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "git-auth"}, "stringData": {"password": "x"}
     }))
@@ -512,6 +514,20 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
             .list(&ListParams::default())
             .await,
         "listing Secrets",
+    );
+    // What the Receiver token cache does: a watch of one Secret by name.
+    let by_name = kube::api::WatchParams::default()
+        .fields("metadata.name=git-auth")
+        .timeout(1);
+    let events: Vec<_> = Api::<Secret>::namespaced(gantry.clone(), &tenant)
+        .watch(&by_name, "")
+        .await
+        .expect("a field-selected watch of one Secret is allowed")
+        .collect()
+        .await;
+    assert!(
+        matches!(events.first(), Some(Ok(kube::api::WatchEvent::Added(s))) if s.metadata.name.as_deref() == Some("git-auth")),
+        "{events:?}"
     );
 
     gantry_testkit::delete_namespace(&client, &tenant).await;

@@ -3,17 +3,20 @@
 //! - [`receiver`]: the Receiver controller (`status.webhookPath`, `Ready`).
 //! - [`server`]: the webhook server on its own port (Flux's `:9292`): a verified call annotates
 //!   every matched object with `reconcile.fluxcd.io/requestedAt`, which the controllers' watches
-//!   pick up within milliseconds.
+//!   pick up within milliseconds. Tokens come from memory ([`tokens`]), concurrent calls for an
+//!   object share one patch ([`coalesce`]).
 //! - [`dispatch`]: the alert dispatcher: it reads the in-process event stream
 //!   ([`gantry_runtime::events`]), selects events per Alert and delivers them to Providers with
 //!   retries, never blocking a reconciliation.
 //!
 //! [`run`] starts all three.
 
+pub mod coalesce;
 pub mod dispatch;
 pub mod receiver;
 pub mod resources;
 pub mod server;
+pub mod tokens;
 
 use std::net::SocketAddr;
 

@@ -3,15 +3,20 @@
 //! | answer | when |
 //! | --- | --- |
 //! | 404 | no Receiver has this path |
-//! | 503 | the Receiver is suspended or not Ready (e.g. its Secret is missing) |
+//! | 503 | the Receiver is suspended or not Ready, or its token cannot be read (e.g. its Secret is missing) |
 //! | 413 | the body is larger than [`Limits::max_body`] |
 //! | 408 | the body did not arrive within [`Limits::body_timeout`] |
 //! | 400 | bad signature, token, event type or payload |
-//! | 200 | every matched object was annotated (or a GitHub `ping`) |
+//! | 200 | every matched object was annotated (or a ping) |
 //! | 500 | annotating some matched object failed (the others were annotated) |
+//! | 503 + `Retry-After` | the annotation did not finish within [`Limits::reconcile_deadline`] |
 //!
 //! Headers must arrive within [`Limits::header_timeout`] (hyper closes slow connections), so a
 //! client that trickles bytes cannot hold connections open.
+//!
+//! The API server is only called for an authentic call: Receivers come from a watch, tokens from
+//! [`crate::tokens`] (one watch per referenced Secret), and the signature is checked before the
+//! annotation patches, which [`crate::coalesce`] merges per object.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
@@ -34,8 +39,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::resources;
+use crate::coalesce::{Coalescer, Outcome, Target};
+use crate::tokens::Tokens;
 
 /// Limits against abusive or broken clients.
 #[derive(Debug, Clone)]
@@ -46,6 +53,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed for the body once the headers are in.
     pub body_timeout: Duration,
+    /// Time a verified call waits for its annotation patches before it is answered 503 with
+    /// `Retry-After` (GitHub gives up on a delivery after 10 s).
+    pub reconcile_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -54,24 +64,35 @@ impl Default for Limits {
             max_body: 3 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
+            reconcile_deadline: Duration::from_secs(5),
         }
     }
 }
 
-#[derive(Clone)]
+/// How long a call waits for the token of a Secret whose watch has just started.
+const TOKEN_WAIT: Duration = Duration::from_secs(2);
+
 struct AppState {
-    client: Client,
     receivers: Store<Receiver>,
+    tokens: Tokens,
+    patches: Coalescer,
     limits: Limits,
 }
 
-/// The router, for a listener of the caller's choice; `receivers` is a reflector store.
-pub fn router(client: Client, receivers: Store<Receiver>, limits: Limits) -> Router {
+/// The router, for a listener of the caller's choice; `receivers` is a reflector store and
+/// `tokens` follows the Secrets its Receivers name.
+pub fn router(
+    client: Client,
+    receivers: Store<Receiver>,
+    tokens: Tokens,
+    limits: Limits,
+) -> Router {
     Router::new()
         .route("/hook/{digest}", post(handle))
         .with_state(Arc::new(AppState {
-            client,
             receivers,
+            tokens,
+            patches: Coalescer::new(client, limits.reconcile_deadline),
             limits,
         }))
 }
@@ -89,9 +110,15 @@ pub async fn serve(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
+    let tokens = Tokens::new(client.clone(), shutdown.clone());
+    let (follow, reader) = (tokens.clone(), store.clone());
+    // After every change of a Receiver, follow exactly the Secrets the Receivers name.
     let watch = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
-        .for_each(|_| async {});
+        .for_each(move |_| {
+            follow.follow(reader.state().iter().map(|r| r.as_ref()));
+            async {}
+        });
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -100,7 +127,7 @@ pub async fn serve(
         }
     });
     let header_timeout = limits.header_timeout;
-    let app = router(client, store, limits);
+    let app = router(client, store, tokens, limits);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -153,10 +180,28 @@ async fn handle(
     else {
         return answer(StatusCode::NOT_FOUND, "no receiver for this path");
     };
+    // Instrumented, never entered: a guard held across `.await` would leave this span entered on
+    // a worker thread while other calls run there, nesting their spans under it.
+    let span = tracing::info_span!(
+        "webhook",
+        namespace = %receiver.namespace().unwrap_or_default(),
+        name = %receiver.name_any(),
+        type_ = %receiver.spec.type_,
+    );
+    handle_call(&state, &receiver, &path, &headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn handle_call(
+    state: &AppState,
+    receiver: &Receiver,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let namespace = receiver.namespace().unwrap_or_default();
     let name = receiver.name_any();
-    let span = tracing::info_span!("webhook", %namespace, %name, type_ = %receiver.spec.type_);
-    let _enter = span.enter();
     if receiver.spec.suspend {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "receiver is suspended");
     }
@@ -164,9 +209,9 @@ async fn handle(
         .status
         .as_ref()
         .is_some_and(|s| conditions::is_true(&s.conditions, READY_CONDITION));
-    if !ready {
+    let Some(secret_ref) = receiver.spec.secret_ref.as_ref().filter(|_| ready) else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "receiver is not ready");
-    }
+    };
 
     let body = match tokio::time::timeout(
         state.limits.body_timeout,
@@ -195,12 +240,17 @@ async fn handle(
         Ok(Ok(bytes)) => bytes,
     };
 
-    // The token is read per call, so a rotated Secret takes effect at once.
-    let token = match crate::receiver::token(&state.client, &receiver).await {
+    // From memory: the watch keeps it current, so a rotated Secret takes effect at once and a
+    // forged call costs the API server nothing.
+    let token = match state
+        .tokens
+        .get(&namespace, &secret_ref.name, TOKEN_WAIT)
+        .await
+    {
         Ok(t) => t,
         Err(err) => {
             tracing::warn!(%err, "webhook refused: token unavailable");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+            return answer(StatusCode::SERVICE_UNAVAILABLE, err);
         }
     };
     // A rotated token moves the path: calls to the old path must stop working.
@@ -230,41 +280,60 @@ async fn handle(
         Ok(Verdict::Reconcile) => {}
     }
 
-    let requested_at = jiff::Timestamp::now().to_string();
+    // Authentic: now, and only now, the API server is asked for something.
+    let targets: Vec<Target> = receiver
+        .spec
+        .resources
+        .iter()
+        .map(|r| Target {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone().unwrap_or_else(|| namespace.clone()),
+            name: r.name.clone(),
+            labels: r.match_labels.clone(),
+        })
+        .collect();
+    let outcomes =
+        futures::future::join_all(targets.iter().map(|t| state.patches.request(t))).await;
     let mut failures = Vec::new();
     let mut annotated = Vec::new();
-    for resource in &receiver.spec.resources {
-        let ns = resource.namespace.as_deref().unwrap_or(&namespace);
-        match resources::request_reconcile(
-            &state.client,
-            resource.api_version.as_deref(),
-            &resource.kind,
-            ns,
-            &resource.name,
-            &resource.match_labels,
-            &requested_at,
-        )
-        .await
-        {
-            Ok(names) => annotated.extend(
+    let mut late = false;
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Annotated(names) => annotated.extend(
                 names
                     .into_iter()
-                    .map(|n| format!("{}/{ns}/{n}", resource.kind)),
+                    .map(|n| format!("{}/{}/{n}", target.kind, target.namespace)),
             ),
-            Err(err) => failures.push(err.to_string()),
+            Outcome::Failed(err) => failures.push(err),
+            Outcome::DeadlinePassed => late = true,
         }
     }
-    if failures.is_empty() {
-        tracing::info!(objects = ?annotated, "webhook: reconcile requested");
-        answer(
-            StatusCode::OK,
-            format!("requested reconcile of {} object(s)", annotated.len()),
-        )
-    } else {
+    if !failures.is_empty() {
         tracing::error!(?failures, objects = ?annotated, "webhook: some reconcile requests failed");
-        answer(
+        return answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("failed to request reconcile: {}", failures.join("; ")),
-        )
+        );
     }
+    if late {
+        let retry = state.limits.reconcile_deadline.as_secs().max(1);
+        tracing::warn!(objects = ?annotated, "webhook: reconcile request passed its deadline");
+        let mut response = answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "requesting the reconcile took longer than {:?}; retry",
+                state.limits.reconcile_deadline
+            ),
+        );
+        if let Ok(value) = retry.to_string().parse() {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    tracing::info!(objects = ?annotated, "webhook: reconcile requested");
+    answer(
+        StatusCode::OK,
+        format!("requested reconcile of {} object(s)", annotated.len()),
+    )
 }

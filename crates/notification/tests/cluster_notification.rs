@@ -121,6 +121,7 @@ async fn receiver_status_and_webhook_answers() {
             max_body: 64 * 1024,
             header_timeout: Duration::from_secs(2),
             body_timeout: Duration::from_secs(2),
+            ..Limits::default()
         };
         tokio::spawn(gantry_notification::server::serve(
             listener,
@@ -234,6 +235,13 @@ async fn receiver_status_and_webhook_answers() {
         let (status, message) =
             post(&url, &github_headers("release", &body, TOKEN), body.clone()).await;
         assert_eq!(status, 400, "replayed as a release: {message}");
+        // The issue's replay: a captured signed ping sent as `Push` (any spelling).
+        let ping = br#"{"zen":"x","hook_id":1,"hook":{}}"#.to_vec();
+        for spelling in ["Push", "PUSH", "push"] {
+            let (status, message) =
+                post(&url, &github_headers(spelling, &ping, TOKEN), ping.clone()).await;
+            assert_eq!(status, 400, "ping replayed as {spelling}: {message}");
+        }
         let garbage = b"{not json".to_vec();
         assert_eq!(
             post(&url, &github_headers("push", &garbage, TOKEN), garbage)
@@ -582,6 +590,182 @@ async fn alerts_reach_providers_with_retries_and_report_failures() {
         drop(_stops);
         assert!(stats.failed.load(std::sync::atomic::Ordering::Relaxed) >= 3);
         assert!(stats.retried.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    })
+    .await;
+}
+
+/// Starts the Receiver controller and a webhook server with `limits` for a `github` Receiver
+/// of the GitRepository `app`; returns the webhook URL once the server serves it.
+async fn serve_github_receiver(
+    client: &Client,
+    ns: &str,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> String {
+    tokio::spawn(gantry_notification::receiver::run_controller(
+        client.clone(),
+        Some(ns.to_string()),
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gantry_notification::server::serve(
+        listener,
+        client.clone(),
+        Some(ns.to_string()),
+        limits,
+        stop.clone(),
+    ));
+    let repo = GitRepository::new(
+        "app",
+        GitRepositorySpec {
+            url: "https://git.example.invalid/app.git".into(),
+            interval: "10m".into(),
+            ..Default::default()
+        },
+    );
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
+    if repos.get_opt("app").await.unwrap().is_none() {
+        repos.create(&PostParams::default(), &repo).await.unwrap();
+        secret(client, ns, "webhook-token", &[("token", TOKEN)]).await;
+    }
+    let spec = ReceiverSpec {
+        type_: "github".into(),
+        secret_ref: Some(LocalObjectReference {
+            name: "webhook-token".into(),
+        }),
+        resources: vec![ReceiverResource {
+            kind: "GitRepository".into(),
+            name: "app".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let receivers: Api<Receiver> = Api::namespaced(client.clone(), ns);
+    if receivers.get_opt("github").await.unwrap().is_none() {
+        receivers
+            .create(&PostParams::default(), &Receiver::new("github", spec))
+            .await
+            .unwrap();
+    }
+    let url = format!("http://{addr}{}", webhook_path(TOKEN, "github", ns));
+    let ping = br#"{"zen":"z","hook_id":1}"#.to_vec();
+    for _ in 0..100 {
+        if post(&url, &github_headers("ping", &ping, TOKEN), ping.clone())
+            .await
+            .0
+            == 200
+        {
+            return url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the webhook server never served the Receiver at {url}");
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_patches_each_written_after_its_arrival() {
+    with_namespace("coalesce", |client, ns| async move {
+        install_crds(&client).await;
+        let stop = CancellationToken::new();
+        let _running = Running(stop.clone());
+        let url = serve_github_receiver(&client, &ns, Limits::default(), &stop).await;
+
+        // Every value of requestedAt the API server stores, from a watch.
+        let seen = Arc::new(Mutex::new(Vec::<jiff::Timestamp>::new()));
+        let record = seen.clone();
+        let repos: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+        let watch = kube::runtime::watcher(repos.clone(), Default::default());
+        let stop_watch = stop.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::runtime::WatchStreamExt;
+            let mut objects = std::pin::pin!(watch.applied_objects());
+            loop {
+                let next = tokio::select! {
+                    next = objects.next() => next,
+                    _ = stop_watch.cancelled() => return,
+                };
+                let Some(Ok(repo)) = next else { continue };
+                if let Some(at) = repo.annotations().get("reconcile.fluxcd.io/requestedAt") {
+                    let at: jiff::Timestamp = at.parse().unwrap();
+                    let mut seen = record.lock().unwrap();
+                    if !seen.contains(&at) {
+                        seen.push(at);
+                    }
+                }
+            }
+        });
+
+        const CALLS: usize = 50;
+        let body = github_push();
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                tokio::spawn(async move {
+                    let sent = jiff::Timestamp::now();
+                    let (status, message) =
+                        post(&url, &github_headers("push", &body, TOKEN), body).await;
+                    (sent, status, message, jiff::Timestamp::now())
+                })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for call in calls {
+            let (sent, status, message, done) = call.await.unwrap();
+            assert_eq!(status, 200, "{message}");
+            answered.push((sent, done));
+        }
+        let last_sent = answered.iter().map(|(s, _)| *s).max().unwrap();
+        wait_until("the watch sees the last patch", || {
+            seen.lock().unwrap().iter().any(|at| *at > last_sent)
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        // Each call was answered by a patch stamped after it was sent, and before its answer.
+        for (sent, done) in &answered {
+            assert!(
+                seen.iter().any(|at| at > sent && at <= done),
+                "no requestedAt in ({sent}, {done}]: {seen:?}"
+            );
+        }
+        println!("{CALLS} concurrent calls, {} patches", seen.len());
+        assert!(
+            seen.len() <= CALLS / 2,
+            "{CALLS} concurrent calls for one object share patches, {} were made",
+            seen.len()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_patch_past_its_deadline_is_answered_503_with_retry_after() {
+    with_namespace("deadline", |client, ns| async move {
+        install_crds(&client).await;
+        let stop = CancellationToken::new();
+        let _running = Running(stop.clone());
+        // No patch finishes in no time: every verified call passes its deadline.
+        let limits = Limits {
+            reconcile_deadline: Duration::ZERO,
+            ..Limits::default()
+        };
+        let url = serve_github_receiver(&client, &ns, limits, &stop).await;
+        let body = github_push();
+        let http = reqwest::Client::new();
+        let mut request = http.post(&url).body(body.clone());
+        for (k, v) in github_headers("push", &body, TOKEN) {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
     })
     .await;
 }

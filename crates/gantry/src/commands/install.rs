@@ -219,8 +219,9 @@ fn rule(groups: &[&str], resources: &[impl AsRef<str>], verbs: &[&str]) -> Polic
 /// listed here; `gantry install --multi-tenant` grants only this):
 /// - their own kinds: spec read, status written, finalizers managed;
 /// - the Flux kinds a Receiver may name: read and annotated with `requestedAt`;
-/// - Secrets and ConfigMaps read: git and registry credentials, `substituteFrom`, receiver tokens,
-///   provider addresses;
+/// - Secrets and ConfigMaps read by name: git and registry credentials, `substituteFrom`,
+///   receiver tokens, provider addresses; Secrets also watched, by name only (a `metadata.name`
+///   field selector), so webhook calls are checked against tokens in memory;
 /// - Events written; Namespaces read (ImagePolicy's `accessFrom` selects them by label);
 /// - ServiceAccounts impersonated: Kustomizations apply as their `spec.serviceAccountName`.
 ///
@@ -274,7 +275,12 @@ fn controller_role() -> ClusterRole {
             &["artifactgenerators"],
             &["get", "list", "patch"],
         ),
-        rule(&[""], &["secrets", "configmaps"], &["get"]),
+        // `watch` serves the Receiver token cache: one watch per Secret a Receiver names, with
+        // a `metadata.name` field selector, so a forged webhook call costs no API request. RBAC
+        // cannot confine a ClusterRole to names unknown at install time, so the verb is
+        // cluster-wide; `list` stays refused (Flux grants both on every Secret).
+        rule(&[""], &["secrets"], &["get", "watch"]),
+        rule(&[""], &["configmaps"], &["get"]),
         rule(&[""], &["namespaces"], &["get"]),
         rule(&[""], &["serviceaccounts"], &["impersonate"]),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
@@ -783,6 +789,18 @@ mod tests {
         assert!(granted("events.k8s.io", "events", "patch"));
         assert!(granted("", "secrets", "get"));
         assert!(!granted("", "secrets", "list"), "secrets are read by name");
+        assert!(
+            granted("", "secrets", "watch"),
+            "receiver tokens are watched"
+        );
+        assert!(
+            !granted("", "configmaps", "watch"),
+            "configmaps are read by name"
+        );
+        assert!(
+            !granted("", "configmaps", "list"),
+            "configmaps are read by name"
+        );
         assert!(granted("", "configmaps", "get"));
         assert!(granted("", "namespaces", "get"));
         assert!(granted("", "serviceaccounts", "impersonate"));

@@ -340,6 +340,19 @@ async fn acquire_leadership(
             std::process::id()
         )
     });
+    // Without it the lease manager fails with the API server's 404; say what to do instead.
+    let namespace = &args.leader_election_namespace;
+    let exists = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+        .with_context(|| format!("reading the leader-election namespace \"{namespace}\""))?
+        .is_some();
+    if !exists {
+        anyhow::bail!(
+            "namespace \"{namespace}\" does not exist: run 'gantry install', or pass \
+             --leader-elect=false for a single local process"
+        );
+    }
     // The standby sleeps until the lease expires, then takes it (after up to 1 s of jitter): a
     // killed leader is replaced at most LEASE_DURATION + ~1 s after its last renewal, well within
     // 15 s. Renewing LEASE_GRACE s early leaves a slow API server time to answer.

@@ -6,7 +6,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use gantry_api::meta::READY_CONDITION;
 use gantry_api::notification::v1::Receiver;
+use gantry_api::notification::{WEBHOOK_BASE_URL_ANNOTATION, WEBHOOK_SERVICE};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 use kube::api::Api;
+
+/// Where `gantry run` listens by default (Flux's port), reached from the same machine.
+const DEFAULT_BASE_URL: &str = "http://localhost:9292";
+/// Where Gantry's Service is looked for: `gantry install`'s namespace, then Flux's layout.
+const GANTRY_NAMESPACES: &[&str] = &["gantry-system", "flux-system"];
 
 #[derive(Debug, Args)]
 pub struct WebhookUrlArgs {
@@ -15,13 +23,16 @@ pub struct WebhookUrlArgs {
     /// Namespace of the Receiver.
     #[arg(short, long, default_value = "flux-system")]
     pub namespace: String,
-    /// How the receiver server is reached from the sender (scheme, host and port).
-    #[arg(
-        long,
-        env = "GANTRY_WEBHOOK_BASE_URL",
-        default_value = "http://localhost:9292"
-    )]
-    pub base_url: String,
+    /// How the receiver server is reached from the sender (scheme, host and port). Default:
+    /// the `gantry.dev/webhook-base-url` annotation of the `webhook-receiver` Service in
+    /// `--gantry-namespace` (the sandbox sets it to where its `gantry run` listens), else
+    /// http://localhost:9292.
+    #[arg(long, env = "GANTRY_WEBHOOK_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Namespace of Gantry's `webhook-receiver` Service (default: gantry-system, then
+    /// flux-system).
+    #[arg(long)]
+    pub gantry_namespace: Option<String>,
 }
 
 pub fn run(args: &WebhookUrlArgs) -> Result<ExitCode> {
@@ -38,7 +49,7 @@ async fn url(args: &WebhookUrlArgs) -> Result<String> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
-    let api: Api<Receiver> = Api::namespaced(client, &args.namespace);
+    let api: Api<Receiver> = Api::namespaced(client.clone(), &args.namespace);
     let receiver = api
         .get_opt(&args.receiver)
         .await
@@ -53,7 +64,8 @@ async fn url(args: &WebhookUrlArgs) -> Result<String> {
         .find(|c| c.type_ == READY_CONDITION);
     match (ready, status.webhook_path) {
         (Some(c), Some(path)) if c.status == "True" => {
-            Ok(format!("{}{path}", args.base_url.trim_end_matches('/')))
+            let base = base_url(&client, args).await?;
+            Ok(format!("{}{path}", base.trim_end_matches('/')))
         }
         (Some(c), _) => bail!(
             "Receiver {}/{} is not ready ({}): {}",
@@ -68,4 +80,28 @@ async fn url(args: &WebhookUrlArgs) -> Result<String> {
             args.receiver
         ),
     }
+}
+
+/// `--base-url`, else the address recorded on Gantry's Service, else the default.
+async fn base_url(client: &kube::Client, args: &WebhookUrlArgs) -> Result<String> {
+    if let Some(base) = &args.base_url {
+        return Ok(base.clone());
+    }
+    let namespaces: Vec<&str> = match &args.gantry_namespace {
+        Some(ns) => vec![ns.as_str()],
+        None => GANTRY_NAMESPACES.to_vec(),
+    };
+    for ns in namespaces {
+        let service = Api::<Service>::namespaced(client.clone(), ns)
+            .get_opt(WEBHOOK_SERVICE)
+            .await
+            .with_context(|| format!("reading Service {ns}/{WEBHOOK_SERVICE}"))?;
+        if let Some(base) = service
+            .as_ref()
+            .and_then(|s| s.annotations().get(WEBHOOK_BASE_URL_ANNOTATION))
+        {
+            return Ok(base.clone());
+        }
+    }
+    Ok(DEFAULT_BASE_URL.to_string())
 }
