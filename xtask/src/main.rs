@@ -4,10 +4,12 @@
 //! - `sandbox up|down|push-image`: the reference pipeline (registry, git server, `gantry run`,
 //!   staging and production) on that control plane (see `sandbox`).
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
+//! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
 mod bench_pipeline;
 mod cluster;
+mod image;
 // Used by `cargo xtask test` once wired (it sets GANTRY_KUSTOMIZE for the build tests).
 mod kustomize;
 mod sandbox;
@@ -60,6 +62,22 @@ enum Task {
     /// Benchmarks that print figures (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchTask),
+    /// Build Gantry's container image (release `gantry`, `kustomize`, CA certificates, non-root
+    /// user) as an OCI image layout, reproducibly and without Docker; push it if asked.
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// Push the image to `REGISTRY/REPOSITORY:TAG` (credentials from the docker config).
+    #[arg(long, value_name = "REGISTRY/REPO:TAG")]
+    push: Option<String>,
+    /// Talk plain HTTP to the registry (a local one).
+    #[arg(long, requires = "push")]
+    insecure: bool,
+    /// Where to write the OCI image layout [default: <target dir>/oci/gantry].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +282,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench_pipeline::pipeline(&workspace_root(), &kubeconfig, runs)?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Image(args) => {
+            let options = image::Options {
+                out: args.out.unwrap_or_else(default_image_dir),
+                push: args.push,
+                insecure: args.insecure,
+            };
+            image::image(&workspace_root(), &paths.cache, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
             bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
@@ -311,8 +338,23 @@ fn test(
         Some(path) => PathBuf::from(path),
         None => kustomize::ensure(&paths.cache)?,
     };
+    // The image tests install and run the real image; cargo's release target dir is the cache,
+    // so an unchanged tree only re-assembles the layers.
+    let image_dir = match std::env::var_os("GANTRY_IMAGE_LAYOUT") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = default_image_dir();
+            let options = image::Options {
+                out: dir.clone(),
+                push: None,
+                insecure: false,
+            };
+            image::image(&workspace_root(), &paths.cache, &options)?;
+            dir
+        }
+    };
     eprintln!(
-        "Control plane ready after {:.0?}; running the test suite.",
+        "Control plane and image ready after {:.0?}; running the test suite.",
         started.elapsed()
     );
 
@@ -327,6 +369,7 @@ fn test(
         .args(&args.cargo_args)
         .env("GANTRY_KUBECONFIG", &kubeconfig)
         .env("GANTRY_KUSTOMIZE", &kustomize_bin)
+        .env("GANTRY_IMAGE_LAYOUT", &image_dir)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");
@@ -375,6 +418,14 @@ fn watch_signals(flag: Arc<AtomicBool>) -> Option<tokio::runtime::Runtime> {
     });
     let _ = ready_rx.recv();
     Some(runtime)
+}
+
+/// `<target dir>/oci/gantry`: where `cargo xtask image` and `cargo xtask test` put the image.
+fn default_image_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("oci/gantry")
 }
 
 fn workspace_root() -> PathBuf {
