@@ -160,6 +160,12 @@ async fn pull_and_unpack(registry: &Registry, repository: &str, tag: &str) -> Un
         archive.set_preserve_ownerships(is_root());
         archive.unpack(root.path()).unwrap();
     }
+    // The image's `/`: a temp dir is created private (0700), a container's root is not.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     Unpacked { root, config }
 }
 
