@@ -139,7 +139,7 @@ fn layer(name: &'static str, mut entries: Vec<Entry>) -> Result<Layer> {
     }
     let tar = builder.into_inner()?;
     // No file name, mtime 0 (GzBuilder's defaults), and the OS byte is fixed by flate2.
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::default());
     gz.write_all(&tar)?;
     let gzip = gz.finish()?;
     Ok(Layer {

@@ -107,7 +107,7 @@ struct Unpacked {
 }
 
 async fn pull_and_unpack(registry: &Registry, repository: &str, tag: &str) -> Unpacked {
-    let http = reqwest::Client::new();
+    let http = gantry_runtime::http::client(&Default::default()).unwrap();
     let base = registry.base();
     let get = |url: String, accept: Option<&'static str>| {
         let mut request = http.get(url);
@@ -169,6 +169,20 @@ async fn pull_and_unpack(registry: &Registry, repository: &str, tag: &str) -> Un
     Unpacked { root, config }
 }
 
+/// A tool of this machine (not of the image), by absolute path: the child's PATH is the image's.
+fn host_tool(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([
+            "/usr/sbin".into(),
+            "/usr/bin".into(),
+            "/sbin".into(),
+            "/bin".into(),
+        ])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is needed (util-linux, mount, coreutils)"))
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -203,32 +217,39 @@ impl Unpacked {
     fn command(&self, args: &[String], mounts: &[Mount], env: &[(String, String)]) -> Command {
         let root = self.root.path();
         let quote = |p: &Path| format!("'{}'", p.display());
+        let mount_tool = quote(&host_tool("mount"));
         let mut script = String::from("set -e\n");
-        script.push_str(&format!("mount --bind {0} {0}\n", quote(root)));
+        script.push_str(&format!("{mount_tool} --bind {0} {0}\n", quote(root)));
         for mount in mounts {
             let target = root.join(mount.path.trim_start_matches('/'));
             std::fs::create_dir_all(&target).unwrap();
             script.push_str(&format!(
-                "mount --bind {} {}\n",
+                "{mount_tool} --bind {} {}\n",
                 quote(&mount.host),
                 quote(&target)
             ));
             if mount.read_only {
-                script.push_str(&format!("mount -o remount,bind,ro {}\n", quote(&target)));
+                script.push_str(&format!(
+                    "{mount_tool} -o remount,bind,ro {}\n",
+                    quote(&target)
+                ));
             }
         }
         // What every container gets from its runtime.
         std::fs::create_dir_all(root.join("dev")).unwrap();
         std::fs::create_dir_all(root.join("proc")).unwrap();
         script.push_str(&format!(
-            "mount --rbind /dev {}\n",
+            "{mount_tool} --rbind /dev {}\n",
             quote(&root.join("dev"))
         ));
         script.push_str(&format!(
-            "mount -t proc proc {}\n",
+            "{mount_tool} -t proc proc {}\n",
             quote(&root.join("proc"))
         ));
-        script.push_str(&format!("mount -o remount,bind,ro {}\n", quote(root)));
+        script.push_str(&format!(
+            "{mount_tool} -o remount,bind,ro {}\n",
+            quote(root)
+        ));
         let user = self.config["config"]["User"].as_str().unwrap();
         let userspec = if is_root() {
             format!("--userspec={user} ")
@@ -236,15 +257,16 @@ impl Unpacked {
             String::new()
         };
         script.push_str(&format!(
-            "exec /usr/sbin/chroot {userspec}{} \"$@\"\n",
+            "exec {} {userspec}{} \"$@\"\n",
+            quote(&host_tool("chroot")),
             quote(root)
         ));
-        let mut command = Command::new("unshare");
+        let mut command = Command::new(host_tool("unshare"));
         command.args(["--mount", "--propagation", "private"]);
         if !is_root() {
             command.arg("--map-root-user");
         }
-        command.args(["/bin/sh", "-c", &script, "sh"]);
+        command.arg(host_tool("sh")).args(["-c", &script, "sh"]);
         for part in self.config["config"]["Entrypoint"].as_array().unwrap() {
             command.arg(part.as_str().unwrap());
         }
@@ -253,26 +275,12 @@ impl Unpacked {
         for (key, value) in self.env().into_iter().chain(env.iter().cloned()) {
             command.env(key, value);
         }
-        // For the script itself (mount, chroot); gone once chroot execs.
-        command.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
         command
     }
 
     fn output(&self, args: &[&str], mounts: &[Mount]) -> Output {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut command = self.command(&args, mounts, &[]);
-        // The image's own PATH for the process: chroot does not search PATH for its argument,
-        // but gantry looks up `kustomize` in it.
-        command.env("PATH", self.image_path());
-        command.output().unwrap()
-    }
-
-    fn image_path(&self) -> String {
-        self.env()
-            .into_iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v)
-            .unwrap()
+        self.command(&args, mounts, &[]).output().unwrap()
     }
 }
 
@@ -406,17 +414,19 @@ async fn the_image_runs_from_its_own_root_and_installs() {
         "app/base/cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: blue\n",
     );
+    // The overlay sits above its base: `gantry build` copies `--path` to a scratch dir, so a
+    // `../base` outside it would not be found.
     write(
-        "app/prod/kustomization.yaml",
-        "resources:\n- ../base\nnamePrefix: prod-\nconfigMapGenerator:\n- name: extra\n  literals:\n  - tier=prod\n",
+        "app/kustomization.yaml",
+        "resources:\n- base\nnamePrefix: prod-\nconfigMapGenerator:\n- name: extra\n  literals:\n  - tier=prod\n",
     );
     if is_root() {
-        for entry in ["app", "app/base", "app/prod"] {
+        for entry in ["app", "app/base"] {
             std::os::unix::fs::chown(tmp.join(entry), Some(65532), Some(65532)).unwrap();
         }
     }
     let built = stdout(&image.output(
-        &["build", "kustomization", "app", "--path", "/tmp/app/prod"],
+        &["build", "kustomization", "app", "--path", "/tmp/app"],
         &mounts,
     ));
     assert!(built.contains("name: prod-settings"), "{built}");
@@ -732,7 +742,7 @@ async fn the_installed_pod_reconciles_with_its_in_cluster_identity() {
     };
 
     // Probes, on the ports the container names.
-    let http = reqwest::Client::new();
+    let http = gantry_runtime::http::client(&Default::default()).unwrap();
     let started = Instant::now();
     let health = format!("http://127.0.0.1:{}", ports["healthz"]);
     loop {
