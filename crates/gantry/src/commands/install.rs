@@ -478,7 +478,8 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
         liveness_probe: Some(http_probe("/healthz", 5)),
         readiness_probe: Some(http_probe("/readyz", 0)),
         // From measured figures (docs/benchmarks.md, "The installed pod"): `gantry run` idles
-        // at 32-46 MiB and 0.00 cores, peaks at 47 MiB reconciling 1000 Kustomizations; each
+        // at 32-46 MiB and 0.00 cores, and reconciling 1000 Kustomizations peaks at 46-47 MiB
+        // and averages 0.05 cores (`cargo xtask bench gitops --count 1000`); each
         // kustomize child it runs (up to `--concurrent`, 8) takes 15 MiB for a small overlay and
         // 111 MiB for 4000 objects, so 8 such builds at once stay under 1 GiB.
         resources: Some(ResourceRequirements {
