@@ -72,6 +72,8 @@ spec:
 pub struct Figures {
     pub all_ready: Duration,
     pub peak_rss_mib: f64,
+    /// CPU seconds from the GitRepository's creation to all Ready, with kustomize children.
+    pub cpu_seconds: f64,
     /// RSS (MiB) and CPU (% of one core) over 30 s once everything is Ready.
     pub idle: (f64, f64),
     pub kubectl: Option<Duration>,
@@ -105,9 +107,11 @@ pub fn gitops(
             concurrency,
         ))?;
         println!(
-            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB, idle afterwards RSS {:.0} MiB and {:.2}% of one core{}",
+            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB, CPU {:.1} s ({:.2} cores on average), idle afterwards RSS {:.0} MiB and {:.2}% of one core{}",
             figures.all_ready.as_secs_f64(),
             figures.peak_rss_mib,
+            figures.cpu_seconds,
+            figures.cpu_seconds / figures.all_ready.as_secs_f64(),
             figures.idle.0,
             figures.idle.1,
             figures
@@ -142,20 +146,10 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// The release `gantry` that ships in the image (one build for the image, its tests and the
+/// benchmarks), so the figures are the shipped binary's.
 pub fn build_release(workspace: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("Building gantry (release)...");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--bin", "gantry"])
-        .current_dir(workspace)
-        .status()?;
-    if !status.success() {
-        bail!("building gantry failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("release/gantry"))
+    crate::image::build_gantry(workspace)
 }
 
 struct Process(Child);
@@ -231,6 +225,7 @@ async fn measure(
         ..Default::default()
     };
     let started = Instant::now();
+    let cpu_before = crate::bench_pipeline::cpu_seconds(pid);
     repos
         .create(&PostParams::default(), &GitRepository::new("bench", spec))
         .await?;
@@ -286,6 +281,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_ready = started.elapsed();
+    let cpu_seconds = crate::bench_pipeline::cpu_seconds(pid) - cpu_before;
     peak = peak.max(peak_rss_mib(pid));
     // Idle: every Kustomization applied, intervals (1h) far away; what does keeping watch cost?
     let idle = crate::bench_pipeline::idle_usage(pid, Duration::from_secs(30)).await;
@@ -293,6 +289,7 @@ async fn measure(
     Ok(Figures {
         all_ready,
         peak_rss_mib: peak,
+        cpu_seconds,
         idle,
         kubectl: None,
     })

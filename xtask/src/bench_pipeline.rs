@@ -532,6 +532,23 @@ async fn create_pipeline(
 }
 
 // RSS (MiB) at the end and CPU use (% of one core) of `pid` over `period`.
+/// CPU seconds `pid` used so far, its own and its reaped children's (kustomize builds).
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let mut sum = 0;
+        // utime, stime, cutime, cstime.
+        for i in 11..15 {
+            sum += fields.get(i)?.parse::<u64>().ok()?;
+        }
+        Some(sum)
+    };
+    // Clock ticks of 1/100 s (USER_HZ), as in `idle_usage`.
+    ticks().unwrap_or(0) as f64 / 100.0
+}
+
 pub(crate) async fn idle_usage(pid: u32, period: Duration) -> (f64, f64) {
     let ticks = || -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

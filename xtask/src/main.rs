@@ -6,12 +6,14 @@
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 //! - `prerequisites`: the Debian packages and Go the two above need (they check it first).
 //! - `tool flux|actionlint|kustomize`: the path of a Go tool the tests use, built if missing.
+//! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
 mod bench_pipeline;
 mod bench_receiver;
 mod cluster;
 mod gotools;
+mod image;
 mod kustomize;
 mod prerequisites;
 mod sandbox;
@@ -82,6 +84,22 @@ enum Task {
         #[arg(value_enum)]
         tool: GoTool,
     },
+    /// Build Gantry's container image (release `gantry`, `kustomize`, CA certificates, non-root
+    /// user) as an OCI image layout, reproducibly and without Docker; push it if asked.
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// Push the image to `REGISTRY/REPOSITORY:TAG` (credentials from the docker config).
+    #[arg(long, value_name = "REGISTRY/REPO:TAG")]
+    push: Option<String>,
+    /// Talk plain HTTP to the registry (a local one).
+    #[arg(long, requires = "push")]
+    insecure: bool,
+    /// Where to write the OCI image layout [default: <target dir>/oci/gantry].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -340,6 +358,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Image(args) => {
+            let options = image::Options {
+                out: args.out.unwrap_or_else(default_image_dir),
+                push: args.push,
+                insecure: args.insecure,
+            };
+            image::image(&workspace_root(), &paths.cache, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
             bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
@@ -443,8 +470,23 @@ fn test(
         Some(path) => PathBuf::from(path),
         None => gotools::actionlint(&paths.cache)?,
     };
+    // The image tests install and run the real image; cargo's release target dir is the cache,
+    // so an unchanged tree only re-assembles the layers.
+    let image_dir = match std::env::var_os("GANTRY_IMAGE_LAYOUT") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = default_image_dir();
+            let options = image::Options {
+                out: dir.clone(),
+                push: None,
+                insecure: false,
+            };
+            image::image(&workspace_root(), &paths.cache, &options)?;
+            dir
+        }
+    };
     eprintln!(
-        "Control plane ready after {:.0?}; running the test suite.",
+        "Control plane and image ready after {:.0?}; running the test suite.",
         started.elapsed()
     );
 
@@ -461,6 +503,7 @@ fn test(
         .env("GANTRY_KUSTOMIZE", &kustomize_bin)
         .env("GANTRY_FLUX", &flux_bin)
         .env("GANTRY_ACTIONLINT", &actionlint_bin)
+        .env("GANTRY_IMAGE_LAYOUT", &image_dir)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");
@@ -509,6 +552,14 @@ fn watch_signals(flag: Arc<AtomicBool>) -> Option<tokio::runtime::Runtime> {
     });
     let _ = ready_rx.recv();
     Some(runtime)
+}
+
+/// `<target dir>/oci/gantry`: where `cargo xtask image` and `cargo xtask test` put the image.
+fn default_image_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("oci/gantry")
 }
 
 fn workspace_root() -> PathBuf {

@@ -23,6 +23,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Print the manifests that install Gantry into a cluster.
     Install(commands::install::InstallArgs),
+    /// Remove Gantry from a cluster (its workloads stay), as `flux uninstall` does.
+    Uninstall(commands::uninstall::UninstallArgs),
     /// Versions, notes and tags from Conventional Commits (replaces semantic-release).
     Release(commands::release::ReleaseArgs),
     /// Conventions for CI scripts, such as the staging image tag.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(&args),
         Command::Install(args) => commands::install::run(&args),
+        Command::Uninstall(args) => commands::uninstall::run(&args),
         Command::Release(args) => commands::release::run(&args),
         Command::Ci(args) => commands::ci::run(&args),
         Command::Init(args) => commands::init::run(&args),

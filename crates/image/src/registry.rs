@@ -1,5 +1,6 @@
 //! A client for the OCI distribution API, just what image automation needs: list a repository's
-//! tags (every page, streamed) and resolve a tag's manifest digest.
+//! tags (every page, streamed) and resolve a tag's manifest digest; and what `cargo xtask image
+//! --push` needs: upload blobs and put a manifest.
 //!
 //! - References: `alpine` is `docker.io/library/alpine` (API host `index.docker.io`), a first
 //!   path component with a `.` or `:` or equal to `localhost` is a registry host.
@@ -514,7 +515,13 @@ impl RegistryClient {
         let url = self.url(&format!("v2/{}/manifests/{tag}", self.reference.repository));
         let accept = HeaderValue::from_static(MANIFEST_ACCEPT);
         let head = self
-            .request(reqwest::Method::HEAD, url.clone(), Some(&accept), "tag")
+            .request(
+                reqwest::Method::HEAD,
+                url.clone(),
+                Some(&accept),
+                None,
+                "tag",
+            )
             .await?;
         if let Some(digest) = head
             .headers()
@@ -529,6 +536,78 @@ impl RegistryClient {
         Ok(format!("sha256:{}", hex::encode(Sha256::digest(&body))))
     }
 
+    /// Uploads `data` as the blob `digest` (`sha256:...`) unless the repository has it already
+    /// (a monolithic upload: POST for a session, one PUT with the bytes). Returns whether it was
+    /// uploaded.
+    pub async fn push_blob(&self, digest: &str, data: &[u8]) -> Result<bool, RegistryError> {
+        let repository = &self.reference.repository;
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
+        match self
+            .request(reqwest::Method::HEAD, url, None, None, "blob")
+            .await
+        {
+            Ok(_) => return Ok(false),
+            Err(RegistryError::NotFound { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        let start = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let session = self
+            .request(
+                reqwest::Method::POST,
+                start.clone(),
+                None,
+                None,
+                "repository",
+            )
+            .await?;
+        let location = session
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| RegistryError::Malformed {
+                url: start.to_string(),
+                cause: "upload session without a Location header".into(),
+            })?;
+        // Location may be relative to the registry, and may carry a query (the session state).
+        let mut upload = start.join(location).map_err(|e| RegistryError::Malformed {
+            url: start.to_string(),
+            cause: format!("upload Location {location:?}: {e}"),
+        })?;
+        upload.query_pairs_mut().append_pair("digest", digest);
+        let body = Body {
+            data,
+            content_type: "application/octet-stream",
+        };
+        self.request(reqwest::Method::PUT, upload, None, Some(body), "upload")
+            .await?;
+        Ok(true)
+    }
+
+    /// Puts `manifest` (of `media_type`) as `tag` and returns its digest, as the registry
+    /// reports it (else the hash of the bytes, which is what it must be).
+    pub async fn push_manifest(
+        &self,
+        tag: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> Result<String, RegistryError> {
+        let url = self.url(&format!("v2/{}/manifests/{tag}", self.reference.repository));
+        let body = Body {
+            data: manifest,
+            content_type: media_type,
+        };
+        let response = self
+            .request(reqwest::Method::PUT, url, None, Some(body), "manifest")
+            .await?;
+        let computed = format!("sha256:{}", hex::encode(Sha256::digest(manifest)));
+        let reported = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(reported.unwrap_or(computed))
+    }
+
     fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();
         url.set_path(path);
@@ -541,7 +620,8 @@ impl RegistryClient {
         accept: Option<&HeaderValue>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        self.request(reqwest::Method::GET, url, accept, what).await
+        self.request(reqwest::Method::GET, url, accept, None, what)
+            .await
     }
 
     // One request with authentication and 429 handling; only a 2xx answer is returned.
@@ -550,14 +630,26 @@ impl RegistryClient {
         method: reqwest::Method,
         url: Url,
         accept: Option<&HeaderValue>,
+        body: Option<Body<'_>>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut retries = 0;
         let mut authenticated = false;
+        // Writes need a token scoped for push; a challenge without a scope gets this one.
+        let scope = if method == reqwest::Method::GET || method == reqwest::Method::HEAD {
+            "pull"
+        } else {
+            "pull,push"
+        };
         loop {
             let mut request = self.http.request(method.clone(), url.clone());
             if let Some(accept) = accept {
                 request = request.header(reqwest::header::ACCEPT, accept.clone());
+            }
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, body.content_type)
+                    .body(body.data.to_vec());
             }
             if let Some(auth) = self.auth.lock().await.clone() {
                 request = request.header(reqwest::header::AUTHORIZATION, auth);
@@ -575,7 +667,7 @@ impl RegistryClient {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned();
-                    let header = self.authenticate(&challenge).await?;
+                    let header = self.authenticate(&challenge, scope).await?;
                     *self.auth.lock().await = Some(header);
                     authenticated = true;
                 }
@@ -598,7 +690,11 @@ impl RegistryClient {
     }
 
     // The Authorization header answering a `WWW-Authenticate` challenge.
-    async fn authenticate(&self, challenge: &str) -> Result<HeaderValue, RegistryError> {
+    async fn authenticate(
+        &self,
+        challenge: &str,
+        access: &str,
+    ) -> Result<HeaderValue, RegistryError> {
         let host = self.reference.api_host().to_owned();
         let unauthorized = |detail: String| RegistryError::Unauthorized {
             host: host.clone(),
@@ -627,7 +723,7 @@ impl RegistryClient {
                         query.append_pair("service", service);
                     }
                     let scope = params.get("scope").cloned().unwrap_or_else(|| {
-                        format!("repository:{}:pull", self.reference.repository)
+                        format!("repository:{}:{access}", self.reference.repository)
                     });
                     query.append_pair("scope", &scope);
                 }
@@ -734,6 +830,12 @@ impl RegistryClient {
             },
         }
     }
+}
+
+/// A request body; kept borrowed so a retried request sends the same bytes again.
+struct Body<'a> {
+    data: &'a [u8],
+    content_type: &'a str,
 }
 
 #[derive(serde::Deserialize)]

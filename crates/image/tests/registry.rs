@@ -521,3 +521,55 @@ async fn link_headers_are_followed_to_the_end() {
         ]
     );
 }
+
+/// What `cargo xtask image --push` does: blobs, then the manifest, through the bearer flow with
+/// a token scoped for push; a blob already there is not sent again.
+#[tokio::test]
+async fn pushes_blobs_and_a_manifest_with_a_push_scoped_token() {
+    use sha2::{Digest, Sha256};
+    let sha = |data: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(data)));
+    let registry = Registry::start(RegistryAuth::token("robot", "t0ken"));
+    let creds = ClientConfig {
+        credentials: Some(Credentials {
+            username: "robot".into(),
+            password: "t0ken".into(),
+        }),
+        ..config(true)
+    };
+    let pusher = client(&registry, "team/gantry", creds);
+    let blob = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = b"not really a tar, the registry does not look".to_vec();
+    assert!(pusher.push_blob(&sha(&layer), &layer).await.unwrap());
+    assert!(
+        !pusher.push_blob(&sha(&layer), &layer).await.unwrap(),
+        "a blob already there is not sent again"
+    );
+    assert!(pusher.push_blob(&sha(blob), blob).await.unwrap());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha(blob), "size": blob.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    let digest = pusher
+        .push_manifest(
+            "1.0.0",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(digest, sha(&manifest));
+    assert_eq!(pusher.manifest_digest("1.0.0").await.unwrap(), digest);
+
+    // Without credentials the token endpoint refuses a push scope.
+    let anonymous = client(&registry, "team/gantry", config(true));
+    let err = anonymous
+        .push_blob(&sha(b"other"), b"other")
+        .await
+        .unwrap_err();
+    assert!(err.is_auth(), "{err}");
+}

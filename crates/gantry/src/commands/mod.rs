@@ -11,6 +11,7 @@ pub mod init;
 pub mod install;
 pub mod release;
 pub mod run;
+pub mod uninstall;
 pub mod webhook_url;
 
 /// Shown under `gantry --help`: the command groups that are planned but not built yet,
