@@ -166,3 +166,39 @@ pub trait FluxStatus: Serialize {
         self.revision().map(std::borrow::Cow::Borrowed)
     }
 }
+
+/// A duration field that is not a Go duration (or is negative).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration '{text}': expected e.g. 30s, 1m, 1h30m, 500ms")]
+pub struct DurationError {
+    pub text: String,
+}
+
+/// Parses a Go duration as Flux's API fields take them (`1m`, `1h30m`, `1.5s`, `500ms`, `0`):
+/// the one parser every controller uses, Go's own grammar (kube-core implements it).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    match text.parse::<kube::core::Duration>() {
+        Ok(d) if !d.is_negative() => Ok(d.into()),
+        _ => Err(DurationError {
+            text: text.to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1m0s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "1", "m", "1x", "1.2.3s", "-1m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

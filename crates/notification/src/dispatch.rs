@@ -344,7 +344,8 @@ impl Dispatcher {
         }
         let mut options = ClientOptions {
             timeout: Some(
-                crate::receiver::parse_duration(provider.timeout())
+                gantry_api::meta::parse_duration(provider.timeout())
+                    .ok()
                     .ok_or_else(|| format!("invalid timeout '{}'", provider.timeout()))?,
             ),
             proxy: provider.spec.proxy.clone(),

@@ -128,7 +128,9 @@ pub async fn reconcile(receiver: Arc<Receiver>, ctx: Arc<Context>) -> Result<Act
             if let Ok(mut f) = ctx.failures.lock() {
                 f.remove(&format!("{namespace}/{name}"));
             }
-            let interval = parse_duration(receiver.interval()).unwrap_or(Duration::from_secs(600));
+            let interval = gantry_api::meta::parse_duration(receiver.interval())
+                .ok()
+                .unwrap_or(Duration::from_secs(600));
             Ok(Action::requeue(interval))
         }
         Err(err) => {
@@ -148,31 +150,6 @@ pub async fn reconcile(receiver: Arc<Receiver>, ctx: Arc<Context>) -> Result<Act
             Err(err)
         }
     }
-}
-
-/// Go durations as the CRD patterns allow them (`1h30m`, `10m`, `1.5s`, `500ms`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let value: f64 = rest[..end].parse().ok()?;
-        rest = &rest[end..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else {
-            return None;
-        };
-        total += value * unit;
-        rest = &rest[len..];
-    }
-    Some(Duration::from_secs_f64(total))
 }
 
 async fn patch_status(
@@ -242,17 +219,4 @@ pub async fn run_controller(
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intervals() {
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10x"), None);
-    }
 }

@@ -35,9 +35,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
 use crate::artifact::{ArtifactError, ArtifactStore, GIT_REPOSITORY_KIND};
-use crate::duration::parse_go_duration;
 use crate::git::{self, Credentials, FetchOutcome, FetchRequest, GitError, Reference};
 use crate::sourceignore::{IgnoreError, SourceIgnore};
+use gantry_api::meta::parse_duration;
 
 /// Field manager of status writes, Flux's controller name so ownership carries over.
 pub const FIELD_MANAGER: &str = "source-controller";
@@ -157,7 +157,7 @@ impl Reconciler for GitRepositories {
         let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
         let name = obj.name_any();
         let requested_at = obj.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
-        let interval = match parse_go_duration(&obj.spec.interval) {
+        let interval = match parse_duration(&obj.spec.interval) {
             Ok(d) if !d.is_zero() => d,
             _ => {
                 let err = Error::InvalidSpec(format!("invalid interval '{}'", obj.spec.interval));
@@ -290,7 +290,7 @@ impl GitRepositories {
         };
         let includes = resolve_includes(obj, client, &self.store, namespace).await?;
         let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
-        let timeout = parse_go_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
+        let timeout = parse_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
         let status = obj.status.clone().unwrap_or_default();
         let same_includes = status.observed_include == obj.spec.include
             && status.included_artifacts.len() == included.len()

@@ -13,7 +13,6 @@
 
 pub mod artifact;
 pub mod controller;
-pub mod duration;
 pub mod git;
 pub mod sourceignore;
 

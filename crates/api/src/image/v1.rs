@@ -222,14 +222,14 @@ impl ImageRepository {
     }
 
     /// Time between scans.
-    pub fn interval(&self) -> Result<Duration, kube::core::duration::ParseError> {
-        parse_duration(&self.spec.interval)
+    pub fn interval(&self) -> Result<Duration, crate::meta::DurationError> {
+        crate::meta::parse_duration(&self.spec.interval)
     }
 
     /// Time limit of one scan: `timeout`, else the interval, never below one second (as Flux).
-    pub fn timeout(&self) -> Result<Duration, kube::core::duration::ParseError> {
+    pub fn timeout(&self) -> Result<Duration, crate::meta::DurationError> {
         let timeout = match &self.spec.timeout {
-            Some(timeout) => parse_duration(timeout)?,
+            Some(timeout) => crate::meta::parse_duration(timeout)?,
             None => self.interval()?,
         };
         Ok(timeout.max(Duration::from_secs(1)))
@@ -435,12 +435,12 @@ impl ImagePolicy {
     }
 
     /// Refresh period with `Always` (default 10 minutes); `None` for the other policies.
-    pub fn interval(&self) -> Result<Option<Duration>, kube::core::duration::ParseError> {
+    pub fn interval(&self) -> Result<Option<Duration>, crate::meta::DurationError> {
         if self.digest_reflection_policy() != ReflectionPolicy::Always {
             return Ok(None);
         }
         match self.spec.interval.as_deref() {
-            Some(interval) => parse_duration(interval).map(Some),
+            Some(interval) => crate::meta::parse_duration(interval).map(Some),
             None => Ok(Some(DEFAULT_POLICY_INTERVAL)),
         }
     }
@@ -663,8 +663,8 @@ pub struct ImageUpdateAutomationStatus {
 
 impl ImageUpdateAutomation {
     /// Time between runs.
-    pub fn interval(&self) -> Result<Duration, kube::core::duration::ParseError> {
-        parse_duration(&self.spec.interval)
+    pub fn interval(&self) -> Result<Duration, crate::meta::DurationError> {
+        crate::meta::parse_duration(&self.spec.interval)
     }
 
     /// Namespace of the GitRepository (the automation's own when the reference names none).
@@ -754,10 +754,6 @@ impl crate::meta::FluxStatus for ImageUpdateAutomationStatus {
     fn revision(&self) -> Option<&str> {
         self.last_push_commit.as_deref()
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, kube::core::duration::ParseError> {
-    text.parse::<kube::core::Duration>().map(Duration::from)
 }
 
 impl JsonSchema for ImageRepository {

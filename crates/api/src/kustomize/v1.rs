@@ -479,22 +479,22 @@ impl Kustomization {
     }
 
     /// `spec.interval` parsed.
-    pub fn interval(&self) -> Result<Duration, kube::core::duration::ParseError> {
-        parse_duration(&self.spec.interval)
+    pub fn interval(&self) -> Result<Duration, crate::meta::DurationError> {
+        crate::meta::parse_duration(&self.spec.interval)
     }
 
     /// `spec.retryInterval`, falling back to the interval as Flux does.
-    pub fn retry_interval(&self) -> Result<Duration, kube::core::duration::ParseError> {
+    pub fn retry_interval(&self) -> Result<Duration, crate::meta::DurationError> {
         match &self.spec.retry_interval {
-            Some(retry) => parse_duration(retry),
+            Some(retry) => crate::meta::parse_duration(retry),
             None => self.interval(),
         }
     }
 
     /// `spec.timeout`, or `interval - 30s`, never below 30 s (Flux's rule).
-    pub fn timeout(&self) -> Result<Duration, kube::core::duration::ParseError> {
+    pub fn timeout(&self) -> Result<Duration, crate::meta::DurationError> {
         let timeout = match &self.spec.timeout {
-            Some(timeout) => parse_duration(timeout)?,
+            Some(timeout) => crate::meta::parse_duration(timeout)?,
             None => self.interval()?.saturating_sub(MIN_TIMEOUT),
         };
         Ok(timeout.max(MIN_TIMEOUT))
@@ -530,10 +530,6 @@ impl crate::meta::FluxStatus for KustomizationStatus {
     fn revision(&self) -> Option<&str> {
         self.last_applied_revision.as_deref()
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, kube::core::duration::ParseError> {
-    text.parse::<kube::core::Duration>().map(Duration::from)
 }
 
 impl JsonSchema for Kustomization {

@@ -127,8 +127,8 @@ impl ImageUpdateAutomations {
             .map(|p| p.options.clone())
             .unwrap_or_default();
         req.proxy = proxy;
-        req.timeout = gantry_source::duration::parse_go_duration(repo.timeout())
-            .unwrap_or(Duration::from_secs(60));
+        req.timeout =
+            gantry_api::meta::parse_duration(repo.timeout()).unwrap_or(Duration::from_secs(60));
 
         let setter_policies: Policies = policies
             .iter()
