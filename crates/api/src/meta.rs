@@ -178,7 +178,8 @@ pub struct DurationError {
 /// the one parser every controller uses, Go's own grammar (kube-core implements it).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
     match text.parse::<kube::core::Duration>() {
-        Ok(d) if !d.is_negative() => Ok(d.into()),
+        // kube-core takes "" as zero; Go (and the CRD pattern) refuses it.
+        Ok(d) if !d.is_negative() && !text.is_empty() => Ok(d.into()),
         _ => Err(DurationError {
             text: text.to_owned(),
         }),
