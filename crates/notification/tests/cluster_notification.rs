@@ -769,3 +769,57 @@ async fn a_patch_past_its_deadline_is_answered_503_with_retry_after() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rotated_or_deleted_token_takes_effect_from_the_secrets_watch() {
+    with_namespace("rotate", |client, ns| async move {
+        install_crds(&client).await;
+        let stop = CancellationToken::new();
+        let _running = Running(stop.clone());
+        let url = serve_github_receiver(&client, &ns, Limits::default(), &stop).await;
+        let body = github_push();
+        let (status, message) =
+            post(&url, &github_headers("push", &body, TOKEN), body.clone()).await;
+        assert_eq!(status, 200, "{message}");
+
+        // Rotated: the old path (derived from the old token) stops working at once, without
+        // waiting for the Receiver's interval.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let rotated = serde_json::json!({"stringData": {"token": "rotated-token"}});
+        secrets
+            .patch(
+                "webhook-token",
+                &PatchParams::default(),
+                &Patch::Merge(&rotated),
+            )
+            .await
+            .unwrap();
+        let mut status = 0;
+        for _ in 0..100 {
+            status = post(&url, &github_headers("push", &body, TOKEN), body.clone())
+                .await
+                .0;
+            if status == 404 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 404, "the old token's path after rotation");
+
+        // Deleted: the token is gone, calls are refused as unavailable.
+        secrets
+            .delete("webhook-token", &Default::default())
+            .await
+            .unwrap();
+        let mut answer = (0, String::new());
+        for _ in 0..100 {
+            answer = post(&url, &github_headers("push", &body, TOKEN), body.clone()).await;
+            if answer.0 == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer.0, 503, "{}", answer.1);
+    })
+    .await;
+}
