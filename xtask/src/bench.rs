@@ -6,11 +6,13 @@
 //! Ready, and the peak RSS of the `gantry run` process doing it. For comparison, one
 //! `kubectl apply --server-side` of the same 4N objects.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::bench_support;
 use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
@@ -86,7 +88,7 @@ pub fn gitops(
     counts: &[usize],
     concurrency: u16,
 ) -> Result<Vec<Figures>> {
-    let gantry = build_release(workspace)?;
+    let gantry = bench_support::build_release(workspace)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -144,12 +146,6 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
         bail!("the policy benchmark failed");
     }
     Ok(())
-}
-
-/// The release `gantry` that ships in the image (one build for the image, its tests and the
-/// benchmarks), so the figures are the shipped binary's.
-pub fn build_release(workspace: &Path) -> Result<PathBuf> {
-    crate::image::build_gantry(workspace)
 }
 
 struct Process(Child);
@@ -225,7 +221,7 @@ async fn measure(
         ..Default::default()
     };
     let started = Instant::now();
-    let cpu_before = crate::bench_pipeline::cpu_seconds(pid);
+    let cpu_before = bench_support::cpu_seconds(pid);
     repos
         .create(&PostParams::default(), &GitRepository::new("bench", spec))
         .await?;
@@ -259,7 +255,7 @@ async fn measure(
     }
     let mut peak = 0.0f64;
     loop {
-        peak = peak.max(peak_rss_mib(pid));
+        peak = peak.max(bench_support::peak_rss_mib(pid));
         let list = kustomizations.list(&ListParams::default()).await?;
         let ready = list
             .items
@@ -281,10 +277,10 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_ready = started.elapsed();
-    let cpu_seconds = crate::bench_pipeline::cpu_seconds(pid) - cpu_before;
-    peak = peak.max(peak_rss_mib(pid));
+    let cpu_seconds = bench_support::cpu_seconds(pid) - cpu_before;
+    peak = peak.max(bench_support::peak_rss_mib(pid));
     // Idle: every Kustomization applied, intervals (1h) far away; what does keeping watch cost?
-    let idle = crate::bench_pipeline::idle_usage(pid, Duration::from_secs(30)).await;
+    let idle = bench_support::idle_usage(pid, Duration::from_secs(30)).await;
     drop(process);
     Ok(Figures {
         all_ready,
@@ -293,19 +289,6 @@ async fn measure(
         idle,
         kubectl: None,
     })
-}
-
-/// VmHWM: the process's peak resident set size so far.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// One `kubectl apply --server-side` of the same objects into a fresh namespace.

@@ -21,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::bench_support;
 use futures::{StreamExt, TryStreamExt};
 use gantry_api::image::v1::{
     AlphabeticalPolicy, CommitSpec, CommitUser, CrossNamespaceSourceReference as ImageSourceRef,
@@ -75,7 +77,7 @@ impl Drop for Process {
 
 /// Runs the benchmark `runs` times against the cluster in `kubeconfig`.
 pub fn pipeline(workspace: &Path, kubeconfig: &Path, runs: usize) -> Result<()> {
-    let gantry = crate::bench::build_release(workspace)?;
+    let gantry = bench_support::build_release(workspace)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -176,7 +178,7 @@ async fn measure(
     print_row("push-to-run", &total);
 
     // Idle: the pipeline is in place and nothing happens.
-    let (rss, cpu) = idle_usage(pid, Duration::from_secs(30)).await;
+    let (rss, cpu) = bench_support::idle_usage(pid, Duration::from_secs(30)).await;
     println!(
         "\nidle gantry run with the pipeline: RSS {rss:.1} MiB, CPU {cpu:.2}% of one core (30 s)"
     );
@@ -529,48 +531,4 @@ async fn create_pipeline(
         )
         .await?;
     Ok(())
-}
-
-// RSS (MiB) at the end and CPU use (% of one core) of `pid` over `period`.
-/// CPU seconds `pid` used so far, its own and its reaped children's (kustomize builds).
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let mut sum = 0;
-        // utime, stime, cutime, cstime.
-        for i in 11..15 {
-            sum += fields.get(i)?.parse::<u64>().ok()?;
-        }
-        Some(sum)
-    };
-    // Clock ticks of 1/100 s (USER_HZ), as in `idle_usage`.
-    ticks().unwrap_or(0) as f64 / 100.0
-}
-
-pub(crate) async fn idle_usage(pid: u32, period: Duration) -> (f64, f64) {
-    let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may contain spaces) start after ')'.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
-    };
-    let before = ticks().unwrap_or(0);
-    tokio::time::sleep(period).await;
-    let after = ticks().unwrap_or(before);
-    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
-    let cpu = (after - before) as f64 / 100.0 / period.as_secs_f64() * 100.0;
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0);
-    (rss, cpu)
 }

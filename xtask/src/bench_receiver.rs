@@ -48,7 +48,7 @@ pub fn receiver(
 ) -> Result<()> {
     let gantry = match gantry {
         Some(path) => path.to_path_buf(),
-        None => crate::bench::build_release(workspace)?,
+        None => crate::bench_support::build_release(workspace)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

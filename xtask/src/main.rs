@@ -11,6 +11,7 @@
 mod bench;
 mod bench_pipeline;
 mod bench_receiver;
+mod bench_support;
 mod cluster;
 mod gotools;
 mod image;

@@ -82,7 +82,7 @@ pub async fn run(
         gantry_kustomize::controller::Settings::new(store)
             .with_config(config)
             .with_default_service_account(settings.default_service_account.clone()),
-        shared,
+        shared.clone(),
         stored_artifacts,
         namespace,
     )
@@ -103,7 +103,7 @@ pub async fn run(
         source.run(async move { stop.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
-        gantry_notification::run(client.clone(), alert_events, notification, shutdown.clone()),
+        gantry_notification::run(shared.clone(), alert_events, notification, shutdown.clone()),
     );
     notifications.with_context(|| {
         format!(

@@ -39,7 +39,7 @@ pub struct Settings {
 
 /// Runs the Receiver controller, the webhook server and the alert dispatcher until `shutdown`.
 pub async fn run(
-    client: kube::Client,
+    shared: gantry_runtime::controller::Shared,
     events: broadcast::Receiver<FluxEvent>,
     settings: Settings,
     shutdown: CancellationToken,
@@ -47,7 +47,8 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.receiver_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving webhook receivers");
     let namespace = settings.namespace.clone();
-    let receivers = receiver::run_controller(client.clone(), namespace.clone(), shutdown.clone());
+    let client = shared.client.clone();
+    let receivers = receiver::run_controller(shared, namespace.clone(), shutdown.clone());
     let server = server::serve(
         listener,
         client.clone(),

@@ -8,28 +8,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use gantry_api::meta::{INVALID_SPEC_REASON, RECONCILE_REQUEST_ANNOTATION};
 use gantry_api::notification::v1::{
     RECEIVER_SUCCEEDED_REASON, Receiver, ReceiverStatus, TOKEN_KEY, TOKEN_NOT_FOUND_REASON,
 };
 use gantry_core::webhook;
-use gantry_runtime::backoff::after_failures;
 use gantry_runtime::conditions;
+use gantry_runtime::controller::{Controller, Cx, Reconciler, Shared};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::CONTROLLER;
 
-/// What every reconciliation shares.
-pub struct Context {
-    pub client: Client,
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
+/// The Receiver controller's domain steps; it runs on the shared harness ([`run_controller`]).
+pub struct Receivers;
 
 /// Why a Receiver is not Ready; each maps to Flux's reason.
 #[derive(Debug, thiserror::Error)]
@@ -90,31 +85,62 @@ pub async fn token(client: &Client, receiver: &Receiver) -> Result<String, Error
     String::from_utf8(bytes).map_err(|_| err(format!("'{TOKEN_KEY}' is not UTF-8")))
 }
 
-/// Reconciles one Receiver.
-pub async fn reconcile(receiver: Arc<Receiver>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = receiver.namespace().ok_or(Error::NoNamespace)?;
-    let name = receiver.name_any();
-    if receiver.spec.suspend {
-        return Ok(Action::await_change());
+impl Reconciler for Receivers {
+    type Object = Receiver;
+    type Error = Error;
+    const CONTROLLER: &'static str = CONTROLLER;
+
+    async fn reconcile(&self, receiver: Arc<Receiver>, cx: &Cx<Receiver>) -> Result<Action, Error> {
+        let namespace = receiver.namespace().ok_or(Error::NoNamespace)?;
+        let name = receiver.name_any();
+        let result = if !webhook::is_supported(&receiver.spec.type_) {
+            Err(Error::InvalidSpec(format!(
+                "receiver type '{}' is not supported by Gantry (supported: {})",
+                receiver.spec.type_,
+                webhook::SUPPORTED_TYPES.join(", ")
+            )))
+        } else {
+            token(cx.client(), &receiver).await
+        };
+        let outcome = result.map(|token| webhook::webhook_path(&token, &name, &namespace));
+        let status = status_for(&receiver, &outcome);
+        cx.write_status(&receiver, &status)
+            .await
+            .map_err(Error::Status)?;
+        match outcome {
+            Ok(_) => Ok(Action::requeue(
+                gantry_api::meta::parse_duration(receiver.interval())
+                    .unwrap_or(Duration::from_secs(600)),
+            )),
+            Err(err) => {
+                tracing::warn!(%namespace, %name, reason = err.reason(), "{err}");
+                Err(err)
+            }
+        }
     }
+
+    async fn cleanup(&self, _receiver: Arc<Receiver>, _cx: &Cx<Receiver>) -> Result<(), Error> {
+        // Nothing outside the object: the webhook server forgets it with the watch.
+        Ok(())
+    }
+
+    fn retryable(error: &Error) -> bool {
+        !matches!(error, Error::InvalidSpec(_))
+    }
+}
+
+/// The status a reconcile writes: the webhook path and `Ready=True`, or no path (calls must not
+/// be accepted with a token that may be gone) and `Ready=False`, stalled for an invalid spec.
+fn status_for(receiver: &Receiver, outcome: &Result<String, Error>) -> ReceiverStatus {
     let generation = receiver.metadata.generation;
     let mut status = receiver.status.clone().unwrap_or_default();
     status.last_handled_reconcile_at = receiver
         .annotations()
         .get(RECONCILE_REQUEST_ANNOTATION)
         .cloned();
-    let result = if !webhook::is_supported(&receiver.spec.type_) {
-        Err(Error::InvalidSpec(format!(
-            "receiver type '{}' is not supported by Gantry (supported: {})",
-            receiver.spec.type_,
-            webhook::SUPPORTED_TYPES.join(", ")
-        )))
-    } else {
-        token(&ctx.client, &receiver).await
-    };
-    match result {
-        Ok(token) => {
-            let path = webhook::webhook_path(&token, &name, &namespace);
+    status.observed_generation = generation;
+    match outcome {
+        Ok(path) => {
             let message = format!("Receiver initialized for path: {path}");
             conditions::succeeded(
                 &mut status.conditions,
@@ -122,101 +148,84 @@ pub async fn reconcile(receiver: Arc<Receiver>, ctx: Arc<Context>) -> Result<Act
                 RECEIVER_SUCCEEDED_REASON,
                 &message,
             );
-            status.webhook_path = Some(path);
-            status.observed_generation = generation;
-            patch_status(&ctx.client, &namespace, &name, &status).await?;
-            if let Ok(mut f) = ctx.failures.lock() {
-                f.remove(&format!("{namespace}/{name}"));
-            }
-            let interval = gantry_api::meta::parse_duration(receiver.interval())
-                .ok()
-                .unwrap_or(Duration::from_secs(600));
-            Ok(Action::requeue(interval))
+            status.webhook_path = Some(path.clone());
         }
         Err(err) => {
-            let terminal = matches!(err, Error::InvalidSpec(_));
-            tracing::warn!(%namespace, %name, reason = err.reason(), "{err}");
             conditions::failed(
                 &mut status.conditions,
                 generation,
                 err.reason(),
                 &err.to_string(),
-                terminal,
+                matches!(err, Error::InvalidSpec(_)),
             );
-            // Calls must not be accepted with a token that may be gone.
             status.webhook_path = None;
-            status.observed_generation = generation;
-            patch_status(&ctx.client, &namespace, &name, &status).await?;
-            Err(err)
         }
     }
+    status
 }
 
-async fn patch_status(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    status: &ReceiverStatus,
-) -> Result<(), Error> {
-    let api: Api<Receiver> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "notification.toolkit.fluxcd.io/v1",
-        "kind": "Receiver",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(CONTROLLER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
-    Ok(())
-}
-
-/// Retries with Flux's backoff; an invalid spec waits for a change.
-pub fn error_policy(receiver: Arc<Receiver>, err: &Error, ctx: Arc<Context>) -> Action {
-    if matches!(err, Error::InvalidSpec(_)) {
-        return Action::await_change();
-    }
-    let key = format!(
-        "{}/{}",
-        receiver.namespace().unwrap_or_default(),
-        receiver.name_any()
-    );
-    let failures = ctx
-        .failures
-        .lock()
-        .map(|mut f| {
-            let n = f.entry(key).or_insert(0);
-            *n += 1;
-            *n
-        })
-        .unwrap_or(1);
-    Action::requeue(after_failures(failures))
-}
-
-/// Runs the Receiver controller until `shutdown`.
+/// Runs the Receiver controller on the harness until `shutdown`.
 pub async fn run_controller(
-    client: Client,
+    shared: Shared,
     namespace: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let api: Api<Receiver> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let ctx = Arc::new(Context {
-        client,
-        failures: Default::default(),
-    });
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("Receiver reconcile: {e}");
-            }
-        })
+    Controller::new(Receivers, shared)
+        .namespace(namespace.as_deref())
+        .run(async move { shutdown.cancelled().await })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_api::notification::v1::ReceiverSpec;
+
+    fn receiver() -> Receiver {
+        let mut r = Receiver::new("hook", ReceiverSpec::default());
+        r.metadata.generation = Some(2);
+        r.metadata.namespace = Some("ns".into());
+        r
+    }
+
+    fn ready(status: &ReceiverStatus) -> (&str, &str) {
+        let c = conditions::get(&status.conditions, "Ready").expect("Ready");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_token_gives_the_path_and_ready() {
+        let status = status_for(&receiver(), &Ok("/hook/abc".into()));
+        assert_eq!(status.webhook_path.as_deref(), Some("/hook/abc"));
+        assert_eq!(ready(&status), ("True", RECEIVER_SUCCEEDED_REASON));
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_missing_token_withdraws_the_path_and_only_a_bad_spec_stalls() {
+        let mut was = receiver();
+        was.status = Some(status_for(&was, &Ok("/hook/abc".into())));
+        let missing = Error::Token {
+            namespace: "ns".into(),
+            name: "token".into(),
+            reason: "secret not found".into(),
+        };
+        let status = status_for(&was, &Err(missing));
+        assert_eq!(
+            status.webhook_path, None,
+            "no call accepted with a token that may be gone"
+        );
+        assert_eq!(ready(&status), ("False", TOKEN_NOT_FOUND_REASON));
+        assert!(!conditions::is_true(&status.conditions, "Stalled"));
+        assert!(Receivers::retryable(&Error::Token {
+            namespace: String::new(),
+            name: String::new(),
+            reason: String::new()
+        }));
+
+        let status = status_for(&was, &Err(Error::InvalidSpec("type".into())));
+        assert_eq!(ready(&status), ("False", INVALID_SPEC_REASON));
+        assert!(conditions::is_true(&status.conditions, "Stalled"));
+        assert!(!Receivers::retryable(&Error::InvalidSpec(String::new())));
+    }
 }

@@ -111,7 +111,7 @@ async fn receiver_status_and_webhook_answers() {
         let stop = CancellationToken::new();
         let _running = Running(stop.clone());
         tokio::spawn(gantry_notification::receiver::run_controller(
-            client.clone(),
+            gantry_runtime::controller::Shared::new(client.clone()),
             Some(ns.clone()),
             stop.clone(),
         ));
@@ -603,7 +603,7 @@ async fn serve_github_receiver(
     stop: &CancellationToken,
 ) -> String {
     tokio::spawn(gantry_notification::receiver::run_controller(
-        client.clone(),
+        gantry_runtime::controller::Shared::new(client.clone()),
         Some(ns.to_string()),
         stop.clone(),
     ));

@@ -158,7 +158,7 @@ async fn forged_calls_cost_no_api_request_and_log_one_span_each() {
         // The Receiver controller makes it Ready and is stopped: it reads the Secret itself.
         let controller = CancellationToken::new();
         tokio::spawn(gantry_notification::receiver::run_controller(
-            client.clone(),
+            gantry_runtime::controller::Shared::new(client.clone()),
             Some(ns.clone()),
             controller.clone(),
         ));

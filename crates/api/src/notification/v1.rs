@@ -217,6 +217,28 @@ impl Receiver {
     }
 }
 
+impl crate::meta::FluxObject for Receiver {
+    type Status = ReceiverStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&ReceiverStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for ReceiverStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn revision(&self) -> Option<&str> {
+        None
+    }
+}
+
 impl JsonSchema for Receiver {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         crate::schema::name("Receiver")
