@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gantry_core::inventory::{Inventory, InventoryEntry, ObjectId};
-use gantry_core::kstatus::Status;
+use gantry_core::kustomize::inventory::{Inventory, InventoryEntry, ObjectId};
+use gantry_core::kustomize::kstatus::Status;
 use gantry_kustomize::apply::{
     Action, Applier, ApplyError, ApplyOptions, ChangeSet, FIELD_MANAGER, OWNER_NAME_LABEL,
     OWNER_NAMESPACE_LABEL, Owner,

@@ -4,15 +4,13 @@
 //! the offline CLI commands (`gantry image policy`, `gantry release next`, ...) share exactly the
 //! code the controllers run.
 
-pub mod alert;
-pub mod depgraph;
-pub mod gotemplate;
+// One room per pipeline (source → kustomize, image, notification, release); shared helpers
+// (Go templates, Masterminds semver) below.
 pub mod image;
-pub mod inventory;
-pub mod kstatus;
+pub mod kustomize;
+pub mod notification;
 pub mod release;
-pub mod revision;
+pub mod source;
+
+pub mod gotemplate;
 pub mod semver;
-pub mod substitute;
-pub mod transform;
-pub mod webhook;

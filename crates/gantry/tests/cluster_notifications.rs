@@ -14,7 +14,7 @@ use gantry_api::notification::v1beta3::{
     Alert, AlertSpec, CrossNamespaceObjectReference, Provider, ProviderSpec,
 };
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
-use gantry_core::webhook::sign_sha256;
+use gantry_core::notification::webhook::sign_sha256;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Secret;

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use gantry_api::image::v1::{ImagePolicy, ImageUpdateAutomation};
 use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::notification::v1::Receiver;
-use gantry_core::webhook::sign_sha256;
+use gantry_core::notification::webhook::sign_sha256;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port, git};
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use gantry_testkit::{TEST_LABEL, delete_namespace, install_crds, wait_for, with_namespace};

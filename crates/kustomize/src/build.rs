@@ -7,8 +7,8 @@
 //!    file is built by kustomize in its place, as Flux does. Documents may be multi-document
 //!    streams; empty documents are skipped; a `v1` `List` is flattened.
 //! 2. **Transform** with the spec: patches, `targetNamespace`, `namePrefix`/`nameSuffix`,
-//!    `images` ([`gantry_core::transform`], in kustomize's order).
-//! 3. **Substitute** `postBuild` variables ([`gantry_core::substitute`]): the inline `substitute`
+//!    `images` ([`gantry_core::kustomize::transform`], in kustomize's order).
+//! 3. **Substitute** `postBuild` variables ([`gantry_core::kustomize::substitute`]): the inline `substitute`
 //!    map wins over the `substituteFrom` values, which the caller reads from the cluster and merges
 //!    with [`merge_substitute_from`].
 //! 4. **commonMetadata** labels and annotations, last (kustomize-controller sets them when
@@ -42,8 +42,10 @@ use gantry_api::kustomize::v1::{
     BUILD_FAILED_REASON, KustomizationSpec, SubstituteKind, SubstituteStrategy,
 };
 use gantry_api::meta::{KUSTOMIZE_NAME_LABEL, KUSTOMIZE_NAMESPACE_LABEL};
-use gantry_core::substitute::{self, SubstituteError};
-use gantry_core::transform::{self, ImageOverride, Patch, PatchError, Selector, Transforms};
+use gantry_core::kustomize::substitute::{self, SubstituteError};
+use gantry_core::kustomize::transform::{
+    self, ImageOverride, Patch, PatchError, Selector, Transforms,
+};
 use serde_json::Value;
 use serde_saphyr::MessageFormatter as _;
 

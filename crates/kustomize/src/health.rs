@@ -1,7 +1,7 @@
 //! Health waits: poll objects until kstatus calls all of them `Current`, bounded by a timeout,
 //! failing fast when one is `Failed` (a rollout past its progress deadline, a stalled Flux
 //! object, a failed Job). As in Flux, a Job counts only once it has completed
-//! ([`gantry_core::kstatus::compute_flux`]).
+//! ([`gantry_core::kustomize::kstatus::compute_flux`]).
 //!
 //! Errors read like Flux's (`timeout waiting for: [Deployment/apps/web status: 'InProgress']`,
 //! `failed early due to stalled resources: [...]`), each object followed by its kstatus message
@@ -11,8 +11,8 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use gantry_core::inventory::{InventoryEntry, ObjectId};
-use gantry_core::kstatus::{self, Health, Status};
+use gantry_core::kustomize::inventory::{InventoryEntry, ObjectId};
+use gantry_core::kustomize::kstatus::{self, Health, Status};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use tracing::debug;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gantry_api::notification::v1beta3::{Alert, Provider};
-use gantry_core::alert::{self, Event, Filter, Outgoing, ProviderConfig, Source};
+use gantry_core::notification::alert::{self, Event, Filter, Outgoing, ProviderConfig, Source};
 use gantry_runtime::events::FluxEvent;
 use gantry_runtime::http::{ClientOptions, client};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};

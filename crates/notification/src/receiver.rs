@@ -12,7 +12,7 @@ use gantry_api::meta::{INVALID_SPEC_REASON, RECONCILE_REQUEST_ANNOTATION};
 use gantry_api::notification::v1::{
     RECEIVER_SUCCEEDED_REASON, Receiver, ReceiverStatus, TOKEN_KEY, TOKEN_NOT_FOUND_REASON,
 };
-use gantry_core::webhook;
+use gantry_core::notification::webhook;
 use gantry_runtime::conditions;
 use gantry_runtime::controller::{Controller, Cx, Reconciler, Shared};
 use k8s_openapi::api::core::v1::Secret;

@@ -30,7 +30,7 @@ use axum::routing::post;
 use futures::StreamExt;
 use gantry_api::meta::READY_CONDITION;
 use gantry_api::notification::v1::Receiver;
-use gantry_core::webhook::{self, Headers, Verdict};
+use gantry_core::notification::webhook::{self, Headers, Verdict};
 use gantry_runtime::conditions;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kube::api::Api;

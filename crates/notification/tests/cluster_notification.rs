@@ -14,7 +14,7 @@ use gantry_api::notification::v1beta3::{
     Alert, AlertSpec, CrossNamespaceObjectReference, Provider, ProviderSpec,
 };
 use gantry_api::source::v1::{GitRepository, GitRepositorySpec};
-use gantry_core::webhook::{sign_sha256, webhook_path};
+use gantry_core::notification::webhook::{sign_sha256, webhook_path};
 use gantry_notification::dispatch::{Dispatcher, MAX_ATTEMPTS};
 use gantry_notification::server::Limits;
 use gantry_runtime::events::{FluxEvent, Severity};

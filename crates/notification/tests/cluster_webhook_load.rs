@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gantry_api::meta::LocalObjectReference;
 use gantry_api::notification::v1::{Receiver, ReceiverResource, ReceiverSpec};
-use gantry_core::webhook::{sign_sha256, webhook_path};
+use gantry_core::notification::webhook::{sign_sha256, webhook_path};
 use gantry_notification::server::Limits;
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Secret;

@@ -3,7 +3,7 @@
 //! - [`git`]: fetch a revision over smart HTTP(S) (basic auth, bearer token, a private CA from
 //!   `ca.crt`) or SSH (identity with optional passphrase, strict known_hosts), by branch, tag,
 //!   semver range, full ref name or commit; an `ls-remote` first, so an unchanged remote costs no
-//!   download; revisions in Flux's format ([`gantry_core::revision`]).
+//!   download; revisions in Flux's format ([`gantry_core::source::revision`]).
 //! - [`artifact`]: normalised tarballs with a sha256 digest, stored per object with retention,
 //!   opened again by consumers in the same process ([`ArtifactStore::open`]).
 //! - [`sourceignore`]: Flux's `.sourceignore` / `spec.ignore` rules and default exclusions,

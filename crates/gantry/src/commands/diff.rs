@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use gantry_api::kustomize::v1::{Kustomization, SubstituteKind};
-use gantry_core::inventory::Inventory;
+use gantry_core::kustomize::inventory::Inventory;
 use gantry_kustomize::apply::{
     self, Action, Applier, ApplyOptions, FIELD_MANAGER, LAST_APPLIED_ANNOTATION, Owner,
 };

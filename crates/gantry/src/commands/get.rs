@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use gantry_core::inventory::{Inventory, ObjectId};
-use gantry_core::kstatus;
+use gantry_core::kustomize::inventory::{Inventory, ObjectId};
+use gantry_core::kustomize::kstatus;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! 1. Every object gets the owner labels and loses server-owned metadata and the client-side
 //!    `last-applied-configuration` annotation.
 //! 2. Objects are sorted into stages (CRDs/Namespaces/ClusterRoles, then `*Class` kinds, then the
-//!    rest, each in fluxcd/pkg `ssa` kind order; see [`gantry_core::inventory`]).
+//!    rest, each in fluxcd/pkg `ssa` kind order; see [`gantry_core::kustomize::inventory`]).
 //! 3. **Dry-run first**: every object is read live and server-side dry-run applied before
 //!    anything is written. Objects whose kind or namespace is created by this very revision
 //!    cannot be dry-run yet; they are dry-run right after the first stage is written and
@@ -37,7 +37,7 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use gantry_core::inventory::{Inventory, InventoryEntry, ObjectId, Stage, apply_order};
+use gantry_core::kustomize::inventory::{Inventory, InventoryEntry, ObjectId, Stage, apply_order};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
@@ -1076,7 +1076,7 @@ fn crd_group_kind(object: &Value) -> Option<(String, String)> {
 /// The inventory stored in a Kustomization's status, parsed.
 pub fn inventory_from_status(
     status: &gantry_api::kustomize::v1::ResourceInventory,
-) -> Result<Inventory, gantry_core::inventory::ParseIdError> {
+) -> Result<Inventory, gantry_core::kustomize::inventory::ParseIdError> {
     Inventory::parse(status.entries.iter().map(|e| (e.id.as_str(), e.v.as_str())))
 }
 

@@ -9,7 +9,7 @@ use gantry_api::kustomize::v1::{
 };
 use gantry_api::meta::{DEPENDENCY_NOT_READY_REASON, HEALTHY_CONDITION, READY_CONDITION};
 use gantry_api::source::v1::GitRepository;
-use gantry_core::inventory::{InventoryEntry, ObjectId};
+use gantry_core::kustomize::inventory::{InventoryEntry, ObjectId};
 use gantry_runtime::conditions::{self, Status};
 use gantry_runtime::events::Severity;
 use kube::ResourceExt;
@@ -190,7 +190,7 @@ pub fn dependency_cycle(
             .map(|d| key(d.namespace.as_deref().unwrap_or(ns), &d.name))
             .collect()
     };
-    gantry_core::depgraph::find_cycle(&me, deps_of)
+    gantry_core::kustomize::depgraph::find_cycle(&me, deps_of)
 }
 
 /// Whether `ks` lists `namespace/name` in `dependsOn`.

@@ -11,7 +11,7 @@ use gantry_api::kustomize::v1::{
 };
 use gantry_api::meta::{DEPENDENCY_NOT_READY_REASON, HEALTHY_CONDITION, KUSTOMIZE_FIELD_MANAGER};
 use gantry_api::source::v1::{Artifact, GitRepository};
-use gantry_core::inventory::{Inventory, InventoryEntry};
+use gantry_core::kustomize::inventory::{Inventory, InventoryEntry};
 use gantry_runtime::conditions::{self, Status};
 use gantry_runtime::controller::Cx;
 use gantry_runtime::events::Severity;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gantry_api::source::v1::{DEFAULT_BRANCH, GitRepositoryRef};
-use gantry_core::revision;
+use gantry_core::source::revision;
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
     FetchOptions, Oid, RemoteCallbacks, Repository,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_core::revision;
+use gantry_core::source::revision;
 use git2::{ErrorCode, Oid, PushOptions, Repository, Signature};
 
 use super::{

@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::selector::{Selector, SelectorError};
 use super::smp::strategic_merge;
 use super::{gvk, is_builtin_group, name_of, namespace_of};
-use crate::substitute::object_id;
+use crate::kustomize::substitute::object_id;
 
 /// One patch, already parsed from its YAML/JSON text.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::revision::Revision;
+use crate::source::revision::Revision;
 
 /// The object an event is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +265,7 @@ pub fn render(provider: &ProviderConfig, event: &Event) -> Result<Option<Outgoin
                     .ok_or(RenderError::NoToken("generic-hmac"))?;
                 headers.push((
                     "X-Signature".into(),
-                    crate::webhook::sign_sha256(key.as_bytes(), &body),
+                    crate::notification::webhook::sign_sha256(key.as_bytes(), &body),
                 ));
             }
             Ok(Some(Outgoing { url, headers, body }))
@@ -663,7 +663,10 @@ mod tests {
             .find(|(k, _)| k == "X-Signature")
             .unwrap()
             .1;
-        assert_eq!(sig, &crate::webhook::sign_sha256(b"k", &out.body));
+        assert_eq!(
+            sig,
+            &crate::notification::webhook::sign_sha256(b"k", &out.body)
+        );
         assert_eq!(
             render(&provider("generic", ""), &e),
             Err(RenderError::NoAddress)
