@@ -823,3 +823,63 @@ async fn a_rotated_or_deleted_token_takes_effect_from_the_secrets_watch() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deleted_receiver_leaves_no_metrics() {
+    with_namespace("receiver-delete", |client, ns| async move {
+        install_crds(&client).await;
+        let stop = CancellationToken::new();
+        let _running = Running(stop.clone());
+        let shared = gantry_runtime::controller::Shared::new(client.clone());
+        let metrics = shared.metrics.clone();
+        tokio::spawn(gantry_notification::receiver::run_controller(
+            shared,
+            Some(ns.clone()),
+            stop.clone(),
+        ));
+        // Its token Secret does not exist: Ready=False, exported as such.
+        let receivers: Api<Receiver> = Api::namespaced(client.clone(), &ns);
+        let spec = ReceiverSpec {
+            type_: "github".into(),
+            secret_ref: Some(LocalObjectReference {
+                name: "missing".into(),
+            }),
+            resources: vec![ReceiverResource {
+                kind: "GitRepository".into(),
+                name: "app".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        receivers
+            .create(&PostParams::default(), &Receiver::new("doomed", spec))
+            .await
+            .unwrap();
+        wait_for(&receivers, "doomed", WAIT, |r| {
+            ready(r).is_some_and(|(status, _)| status == "False")
+        })
+        .await;
+        let series = || {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains("name=\"doomed\""))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        wait_until("the failure is exported", || {
+            series().iter().any(|l| {
+                l.starts_with("gotk_reconcile_condition{") && l.contains("status=\"False\"")
+            })
+        })
+        .await;
+
+        receivers
+            .delete("doomed", &Default::default())
+            .await
+            .unwrap();
+        wait_for(&receivers, "doomed", WAIT, |r| r.is_none()).await;
+        assert_eq!(series(), Vec::<String>::new());
+    })
+    .await;
+}
