@@ -344,6 +344,7 @@ mod tests {
             ("dpkg-query", "dpkg (essential)"),
             ("dpkg", "dpkg (essential)"),
             ("setpriv", "util-linux (essential)"),
+            ("sh", "dash (essential); tests use its builtin `kill`"),
             ("apt-get", "apt (essential)"),
             ("kubectl", "`cargo xtask bench` only, optional there"),
             ("/usr/sbin/policy-rc.d", "written by `install`, not run"),

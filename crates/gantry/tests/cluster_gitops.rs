@@ -736,8 +736,9 @@ impl Gantry {
     /// process to exit: how long it took and whether it exited successfully.
     fn terminate(&mut self) -> (Duration, bool) {
         let sent = Instant::now();
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's builtin `kill`: `sh` is on every Debian machine, procps' `kill` need not be.
+        let killed = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status()
             .expect("running kill");
         assert!(killed.success());
