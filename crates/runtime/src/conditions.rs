@@ -6,19 +6,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
-
-/// Reasons shared by all Flux kinds (fluxcd/pkg `apis/meta`).
-pub mod reason {
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const PROGRESSING_WITH_RETRY: &str = "ProgressingWithRetry";
-    pub const RECONCILIATION_SUCCEEDED: &str = "ReconciliationSucceeded";
-    pub const RECONCILIATION_FAILED: &str = "ReconciliationFailed";
-    pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
-}
+// The names are the API's (`gantry_api::meta`), written down once.
+use gantry_api::meta::{
+    PROGRESSING_REASON, PROGRESSING_WITH_RETRY_REASON, READY_CONDITION as READY,
+    RECONCILING_CONDITION as RECONCILING, STALLED_CONDITION as STALLED,
+};
 
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +85,7 @@ pub fn progressing(conditions: &mut Vec<Condition>, generation: Option<i64>, mes
         conditions,
         RECONCILING,
         Status::True,
-        reason::PROGRESSING,
+        PROGRESSING_REASON,
         message,
         generation,
     );
@@ -101,7 +93,7 @@ pub fn progressing(conditions: &mut Vec<Condition>, generation: Option<i64>, mes
         conditions,
         READY,
         Status::Unknown,
-        reason::PROGRESSING,
+        PROGRESSING_REASON,
         message,
         generation,
     );
@@ -153,7 +145,7 @@ pub fn failed(
             conditions,
             RECONCILING,
             Status::True,
-            reason::PROGRESSING_WITH_RETRY,
+            PROGRESSING_WITH_RETRY_REASON,
             message,
             generation,
         );
@@ -187,7 +179,7 @@ mod tests {
         succeeded(
             &mut cs,
             Some(3),
-            reason::RECONCILIATION_SUCCEEDED,
+            gantry_api::kustomize::v1::RECONCILIATION_SUCCEEDED_REASON,
             "Applied revision: main@sha1:abc",
         );
         assert_eq!(cs.len(), 1);
