@@ -12,15 +12,16 @@
 //! [`Reconciler::cleanup`]). The harness ([`gantry_runtime::controller`]) owns scheduling,
 //! finalizer, backoff, metrics and events; this file only fetches, stores and reports.
 
+mod include;
+
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gantry_api::meta::{READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON};
 use gantry_api::source::v1::{
     ARTIFACT_IN_STORAGE_CONDITION, ARTIFACT_OUTDATED_CONDITION, Artifact, FETCH_FAILED_CONDITION,
-    GitRepository, GitRepositoryInclude, GitRepositoryStatus, INCLUDE_UNAVAILABLE_CONDITION,
+    GitRepository, GitRepositoryStatus, INCLUDE_UNAVAILABLE_CONDITION,
     STORAGE_OPERATION_FAILED_CONDITION, URL_INVALID_REASON,
 };
 use gantry_runtime::conditions::{self, Status};
@@ -288,7 +289,7 @@ impl GitRepositories {
             }
             None => None,
         };
-        let includes = resolve_includes(obj, client, &self.store, namespace).await?;
+        let includes = include::resolve_includes(obj, client, &self.store, namespace).await?;
         let included: Vec<Artifact> = includes.iter().map(|(_, a)| a.clone()).collect();
         let timeout = parse_duration(obj.timeout()).unwrap_or(Duration::from_secs(60));
         let status = obj.status.clone().unwrap_or_default();
@@ -348,7 +349,7 @@ impl GitRepositories {
                 FetchOutcome::Unchanged { .. } => Ok(None),
                 FetchOutcome::Fetched(commit) => {
                     for (include, artifact) in &includes {
-                        copy_include(&store, include, artifact, dir.path())?;
+                        include::copy_include(&store, include, artifact, dir.path())?;
                     }
                     // As in Flux, ignore files are read after the includes are in place, and a
                     // sparse checkout does not hide what was included.
@@ -411,118 +412,8 @@ async fn secret_data(
         .collect())
 }
 
-// The artifacts of `spec.include`, each checked to exist and be stored.
-async fn resolve_includes(
-    obj: &GitRepository,
-    client: &Client,
-    store: &ArtifactStore,
-    namespace: &str,
-) -> Result<Vec<(GitRepositoryInclude, Artifact)>, Error> {
-    let api: Api<GitRepository> = Api::namespaced(client.clone(), namespace);
-    let mut out = Vec::new();
-    for include in &obj.spec.include {
-        let name = &include.repository.name;
-        for path in [include.from_path.as_deref(), Some(include.to_path())] {
-            if path.is_some_and(|p| confined(Path::new("/"), p).is_none()) {
-                return Err(Error::Include {
-                    reason: "IllegalPath",
-                    message: format!(
-                        "path calculation for include '{name}' failed: '{}' leaves the artifact",
-                        path.unwrap_or_default()
-                    ),
-                });
-            }
-        }
-        let dep = api.get(name).await.map_err(|e| Error::Include {
-            reason: "NotFound",
-            message: format!(
-                "could not get resource for include '{name}': {}",
-                api_message(&e)
-            ),
-        })?;
-        let artifact = dep
-            .status
-            .and_then(|s| s.artifact)
-            .filter(|a| store.exists(a))
-            .ok_or_else(|| Error::Include {
-                reason: "NoArtifact",
-                message: format!("no artifact available for include '{name}'"),
-            })?;
-        out.push((include.clone(), artifact));
-    }
-    Ok(out)
-}
-
-// Copies `fromPath` of an included artifact to `toPath` of the checkout in `dir`.
-fn copy_include(
-    store: &ArtifactStore,
-    include: &GitRepositoryInclude,
-    artifact: &Artifact,
-    dir: &Path,
-) -> Result<(), Error> {
-    let unpacked = store.open(artifact)?;
-    let illegal = |p: &str| Error::Include {
-        reason: "IllegalPath",
-        message: format!(
-            "path calculation for include '{}' failed: '{p}' leaves the artifact",
-            include.repository.name
-        ),
-    };
-    let from_path = include.from_path.as_deref().unwrap_or("");
-    let from = confined(unpacked.path(), from_path).ok_or_else(|| illegal(from_path))?;
-    let to = confined(dir, include.to_path()).ok_or_else(|| illegal(include.to_path()))?;
-    let io = |source| {
-        Error::Artifact(ArtifactError::Storage {
-            path: to.clone(),
-            source,
-        })
-    };
-    if to.exists() {
-        std::fs::remove_dir_all(&to).map_err(io)?;
-    }
-    copy_tree(&from, &to).map_err(io)
-}
-
-// `root` joined with a relative path that must not leave it (`..` beyond the root, absolute).
-fn confined(root: &Path, rel: &str) -> Option<std::path::PathBuf> {
-    let mut out = root.to_path_buf();
-    let mut depth = 0usize;
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if depth == 0 {
-                    return None;
-                }
-                depth -= 1;
-                out.pop();
-            }
-            p => {
-                depth += 1;
-                out.push(p);
-            }
-        }
-    }
-    Some(out)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 // What the API server said, as `kubectl` prints it (`secrets "x" not found`).
-fn api_message(err: &kube::Error) -> String {
+pub(super) fn api_message(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => status.message.clone(),
         other => other.to_string(),
@@ -705,21 +596,6 @@ mod tests {
         );
         assert_eq!(ok.observed_generation, Some(3));
         assert_eq!(ok.last_handled_reconcile_at.as_deref(), Some("t1"), "kept");
-    }
-
-    #[test]
-    fn include_paths_stay_inside() {
-        let root = Path::new("/r");
-        assert_eq!(confined(root, "a/b"), Some("/r/a/b".into()));
-        assert_eq!(confined(root, "./a/../b/"), Some("/r/b".into()));
-        assert_eq!(confined(root, ""), Some("/r".into()));
-        assert_eq!(confined(root, "../x"), None);
-        assert_eq!(confined(root, "a/../../x"), None);
-        assert_eq!(
-            confined(root, "/etc"),
-            Some("/r/etc".into()),
-            "absolute is taken as relative"
-        );
     }
 
     #[test]
