@@ -5,6 +5,7 @@
 //! - [`metrics`]: Flux's `gotk_*` series and process metrics in the Prometheus text format.
 //! - [`http`]: the outbound HTTP client (registries, alert providers) with system roots plus a
 //!   per-object CA, a proxy and a timeout.
+//! - [`secrets`]: reading a Secret by name, and the API's refusal as a message.
 //! - [`finalizer`]: adding and removing a finalizer without dropping anyone else's.
 //! - [`status`]: the status write every controller makes (server-side apply as its manager).
 //! - [`backoff`]: Flux's retry timing: exponential on errors, jittered intervals on success.
@@ -19,5 +20,6 @@ pub mod events;
 pub mod finalizer;
 pub mod http;
 pub mod metrics;
+pub mod secrets;
 pub mod status;
 pub mod trigger;

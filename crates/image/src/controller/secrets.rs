@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use gantry_api::image::v1::ImageRepository;
 use gantry_source::git::auth::proxy_url;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::Api;
 
 use super::repository::Error;
 use crate::registry::{ClientConfig, Credentials, Reference};
@@ -102,20 +100,12 @@ pub(crate) async fn secret_data(
     namespace: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|e| {
-        let cause = match &e {
-            kube::Error::Api(s) => s.message.clone(),
-            other => other.to_string(),
-        };
-        format!("failed to get secret '{namespace}/{name}': {cause}")
-    })?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
+    gantry_runtime::secrets::data(client, namespace, name)
+        .await
+        .map_err(|e| {
+            let cause = gantry_runtime::secrets::api_message(&e);
+            format!("failed to get secret '{namespace}/{name}': {cause}")
+        })
 }
 
 #[cfg(test)]

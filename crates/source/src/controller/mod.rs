@@ -30,8 +30,6 @@ use gantry_runtime::controller::Controller;
 use gantry_runtime::controller::{Cx, Reconciler, jittered};
 use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
@@ -398,27 +396,16 @@ async fn secret_data(
     namespace: &str,
     name: &str,
 ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(name).await.map_err(|source| Error::Secret {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        source,
-    })?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
+    gantry_runtime::secrets::data(client, namespace, name)
+        .await
+        .map_err(|source| Error::Secret {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })
 }
 
-// What the API server said, as `kubectl` prints it (`secrets "x" not found`).
-pub(super) fn api_message(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
-    }
-}
+pub(super) use gantry_runtime::secrets::api_message;
 
 fn ready_message(revision: &str) -> String {
     format!("stored artifact for revision '{revision}'")
