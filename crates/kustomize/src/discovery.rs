@@ -66,6 +66,8 @@ impl Resolver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupVersionKind, Resolved>> {
         // A poisoned cache is still a valid cache: entries are inserted whole.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

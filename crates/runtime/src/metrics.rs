@@ -10,7 +10,7 @@
 //! - `process_*`: resident memory, CPU seconds, open fds, threads, start time (Linux `/proc`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -183,7 +183,7 @@ impl Metrics {
             r#type: "Ready".to_string(),
             status: info.ready.clone(),
         };
-        let mut current = self.current.lock().expect("metrics lock");
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((old_info, old_condition)) = current.remove(&key) {
             self.info.remove(&old_info);
             self.condition.remove(&old_condition);
@@ -204,7 +204,7 @@ impl Metrics {
             r#type: "Stalled".to_string(),
             status: "True".to_string(),
         };
-        let mut set = self.stalled.lock().expect("metrics lock");
+        let mut set = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
         if stalled {
             self.condition.get_or_create(&labels).set(1);
             set.insert(key);
@@ -222,7 +222,12 @@ impl Metrics {
             namespace: namespace.to_string(),
         });
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
-        if let Some((info, condition)) = self.current.lock().expect("metrics lock").remove(&key) {
+        if let Some((info, condition)) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key)
+        {
             self.info.remove(&info);
             self.condition.remove(&condition);
         }
