@@ -165,6 +165,12 @@ fn truncate(message: &str) -> String {
     format!("{}...", &message[..end])
 }
 
+/// Whether a failure with `message` is news against the `previous` conditions: Flux announces
+/// a failure once per change of the Ready condition, not once per retry.
+pub fn failure_is_news(previous: &[Condition], message: &str) -> bool {
+    get(previous, READY).is_none_or(|c| c.status != "False" || c.message != message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +244,16 @@ mod tests {
         set(&mut cs, READY, Status::False, "R", &long, None);
         let msg = &get(&cs, READY).unwrap().message;
         assert!(msg.len() < long.len() && msg.ends_with("..."));
+    }
+
+    #[test]
+    fn a_failure_is_news_once_per_change_of_ready() {
+        let mut cs = Vec::new();
+        assert!(failure_is_news(&cs, "down"), "nothing said yet");
+        set(&mut cs, READY, Status::True, "Succeeded", "fine", None);
+        assert!(failure_is_news(&cs, "down"), "was ready");
+        set(&mut cs, READY, Status::False, "Failed", "down", None);
+        assert!(!failure_is_news(&cs, "down"), "the same failure again");
+        assert!(failure_is_news(&cs, "another cause"));
     }
 }

@@ -201,6 +201,34 @@ impl<K: Object> Cx<K> {
         });
     }
 
+    /// Reports a failed reconcile: a warning in the log, the failed `status` written, and an
+    /// Error event unless Ready already said the same (one event per change, not per retry).
+    pub async fn report_failure(
+        &self,
+        obj: &K,
+        status: &K::Status,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        tracing::warn!(
+            kind = %K::kind(&()),
+            namespace = obj.namespace().unwrap_or_default(),
+            name = %obj.name_any(),
+            reason,
+            "{message}"
+        );
+        self.write_status(obj, status).await?;
+        let previous = obj
+            .flux_status()
+            .map(FluxStatus::conditions)
+            .unwrap_or_default();
+        if conditions::failure_is_news(previous, message) {
+            self.event(obj, Severity::Error, reason, message, None)
+                .await;
+        }
+        Ok(())
+    }
+
     /// Records a Kubernetes Event on the object and hands it to the alert dispatcher, with the
     /// revision as Flux's `<group>/revision` metadata.
     pub async fn event(

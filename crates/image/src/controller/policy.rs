@@ -22,7 +22,7 @@ use gantry_api::image::v1::{
     ImageRef, ImageRepository, ReflectionPolicy, SortOrder,
 };
 use gantry_api::meta::{
-    DEPENDENCY_NOT_READY_REASON, READY_CONDITION, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON,
+    DEPENDENCY_NOT_READY_REASON, RECONCILE_REQUEST_ANNOTATION, SUCCEEDED_REASON,
 };
 use gantry_core::image::policy::{self, Order, Policy, PolicyError, TagFilter};
 use gantry_runtime::conditions;
@@ -143,8 +143,7 @@ impl Reconciler for ImagePolicies {
                 tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
                 let status = failed_status(obj, &err, requested_at);
                 write_status(cx, obj, &status).await?;
-                let was = conditions::get(&previous.conditions, READY_CONDITION);
-                if was.is_none_or(|c| c.status != "False" || c.message != message) {
+                if conditions::failure_is_news(&previous.conditions, &message) {
                     cx.event(obj, Severity::Error, err.reason(), &message, None)
                         .await;
                 }
@@ -498,6 +497,7 @@ mod tests {
         AlphabeticalPolicy, ImagePolicyChoice, ImagePolicySpec, SemVerPolicy,
         TagFilter as SpecFilter,
     };
+    use gantry_api::meta::READY_CONDITION;
 
     fn policy(choice: ImagePolicyChoice, filter: Option<SpecFilter>) -> ImagePolicy {
         ImagePolicy::new(

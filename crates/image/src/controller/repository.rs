@@ -159,14 +159,10 @@ impl Reconciler for ImageRepositories {
         let (spec, summary) = match result {
             Ok(scanned) => scanned,
             Err(err) => {
-                let message = err.to_string();
-                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
                 let status = failed_status(obj, &err, requested_at);
-                cx.write_status(obj, &status).await.map_err(Error::Kube)?;
-                if failure_is_news(&previous, &message) {
-                    cx.event(obj, Severity::Error, err.reason(), &message, None)
-                        .await;
-                }
+                cx.report_failure(obj, &status, err.reason(), &err.to_string())
+                    .await
+                    .map_err(Error::Kube)?;
                 return Err(err);
             }
         };
@@ -295,11 +291,6 @@ fn scan_news(previous: &ImageRepositoryStatus, now: &ImageRepositoryStatus) -> S
 }
 
 // A failure is announced once, not on every retry.
-fn failure_is_news(previous: &ImageRepositoryStatus, message: &str) -> bool {
-    conditions::get(&previous.conditions, READY_CONDITION)
-        .is_none_or(|c| c.status != "False" || c.message != message)
-}
-
 /// How long until the next scan when none is needed now (Flux's `shouldScan`): the last scan
 /// is on record with this spec, its list is `stored`, no new `requestedAt` arrived, and
 /// `lastScanResult.scanTime + interval` is still ahead of `now` (by a second at least).
@@ -624,11 +615,14 @@ mod tests {
         assert!(conditions::is_true(&status.conditions, "Reconciling"));
         let ready = conditions::get(&status.conditions, READY_CONDITION).unwrap();
         assert_eq!(ready.reason, AUTHENTICATION_FAILED_REASON);
-        assert!(failure_is_news(
-            obj.status.as_ref().unwrap(),
+        assert!(conditions::failure_is_news(
+            &obj.status.as_ref().unwrap().conditions,
             &ready.message
         ));
-        assert!(!failure_is_news(&status, &ready.message), "announced once");
+        assert!(
+            !conditions::failure_is_news(&status.conditions, &ready.message),
+            "announced once"
+        );
 
         let mut bad = obj.clone();
         bad.spec.image = "reg.local/app:1.0".into();

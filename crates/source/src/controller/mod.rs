@@ -216,15 +216,10 @@ impl Reconciler for GitRepositories {
                 Ok(Action::requeue(jittered(obj, interval)))
             }
             Err(err) => {
-                let message = err.to_string();
-                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
                 let status = failure_status(obj, &previous, &err, requested_at);
-                cx.write_status(obj, &status).await.map_err(Error::Status)?;
-                let was = conditions::get(&previous.conditions, READY_CONDITION);
-                if was.is_none_or(|c| c.status != "False" || c.message != message) {
-                    cx.event(obj, Severity::Error, err.reason(), &message, None)
-                        .await;
-                }
+                cx.report_failure(obj, &status, err.reason(), &err.to_string())
+                    .await
+                    .map_err(Error::Status)?;
                 Err(err)
             }
         }

@@ -143,14 +143,10 @@ impl Reconciler for ImageUpdateAutomations {
         let report = match self.run(obj, cx.client(), &namespace).await {
             Ok(report) => report,
             Err(err) => {
-                let message = err.to_string();
-                tracing::warn!(%namespace, %name, reason = err.reason(), "{message}");
                 let status = failed_status(obj, &err, requested_at);
-                cx.write_status(obj, &status).await.map_err(Error::Kube)?;
-                if failure_is_news(&previous, &message) {
-                    cx.event(obj, Severity::Error, err.reason(), &message, None)
-                        .await;
-                }
+                cx.report_failure(obj, &status, err.reason(), &err.to_string())
+                    .await
+                    .map_err(Error::Kube)?;
                 return Err(err);
             }
         };
@@ -298,11 +294,6 @@ fn failed_status(
 }
 
 // A failure is announced once, not on every retry.
-fn failure_is_news(previous: &ImageUpdateAutomationStatus, message: &str) -> bool {
-    conditions::get(&previous.conditions, READY_CONDITION)
-        .is_none_or(|c| c.status != "False" || c.message != message)
-}
-
 // Asks for a fetch of the automation's own source at once, then of every other GitRepository
 // in its namespace that follows `branch` of the same URL.
 async fn request_fetch(
@@ -442,12 +433,18 @@ mod tests {
         assert!(!conditions::is_true(&status.conditions, "Stalled"));
         assert_eq!(status.observed_generation, None, "retried: not observed");
         assert_eq!(status.last_handled_reconcile_at.as_deref(), Some("asked"));
-        assert!(failure_is_news(
-            &ImageUpdateAutomationStatus::default(),
+        assert!(conditions::failure_is_news(
+            &ImageUpdateAutomationStatus::default().conditions,
             "push refused"
         ));
-        assert!(!failure_is_news(&status, "push refused"));
-        assert!(failure_is_news(&status, "another cause"));
+        assert!(!conditions::failure_is_news(
+            &status.conditions,
+            "push refused"
+        ));
+        assert!(conditions::failure_is_news(
+            &status.conditions,
+            "another cause"
+        ));
 
         let invalid = check_template("{{ .Updated }}").unwrap_err();
         assert!(!ImageUpdateAutomations::retryable(&invalid));
