@@ -140,6 +140,10 @@ fn cached(
     if bin.is_file() {
         return Ok(bin);
     }
+    let _lock = crate::cache_lock::exclusive(cache, &format!("{name}-{version}"))?;
+    if bin.is_file() {
+        return Ok(bin);
+    }
     let dest = cache.join(format!("{name}-{version}"));
     let work = cache.join(format!("{name}-{version}.partial"));
     if work.exists() {

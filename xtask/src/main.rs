@@ -12,6 +12,7 @@ mod bench;
 mod bench_pipeline;
 mod bench_receiver;
 mod bench_support;
+mod cache_lock;
 mod cluster;
 mod gotools;
 mod image;

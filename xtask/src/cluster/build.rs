@@ -32,6 +32,11 @@ pub struct Binaries {
 
 /// Builds whatever is missing for `versions` under `cache`, printing progress, and returns the paths.
 pub fn ensure(cache: &Path, versions: &Versions) -> Result<Binaries> {
+    let _lock = if is_built(cache, versions) {
+        None
+    } else {
+        Some(crate::cache_lock::exclusive(cache, "control-plane")?)
+    };
     let go = Go::new(cache)?;
     let k8s_dir = cache.join(format!("kubernetes-{}", versions.kubernetes));
     let etcd_dir = cache.join(format!("etcd-{}", versions.etcd));
