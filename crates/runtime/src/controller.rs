@@ -223,9 +223,7 @@ impl<K: Object> Cx<K> {
         );
         self.write_status(obj, status).await?;
         // One event per change of Ready, not per retry.
-        let previous = obj
-            .flux_status()
-            .and_then(|s| s.condition(READY_CONDITION));
+        let previous = obj.flux_status().and_then(|s| s.condition(READY_CONDITION));
         if previous.is_none_or(|c| c.status != "False" || c.message != message) {
             self.event(obj, Severity::Error, reason, message, None)
                 .await;
