@@ -94,7 +94,21 @@ pub(crate) fn root_knative<Spec: JsonSchema, Status: JsonSchema>(
         },
     });
     strip_nulls(&mut root);
+    strip_defaults(&mut root);
     Schema::try_from(root).expect("a JSON object is a schema")
+}
+
+/// Removes the `default`s schemars derives from `#[serde(default)]`: Knative's CRDs default
+/// nothing, and an API-server default (`metadata: {}`) would change what users applied.
+fn strip_defaults(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            object.remove("default");
+            object.values_mut().for_each(strip_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_defaults),
+        _ => {}
+    }
 }
 
 /// Removes what `Option<T>` adds (`null` in `type`/`enum`, `anyOf [T, null]`, `nullable`).

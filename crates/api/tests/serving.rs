@@ -80,5 +80,10 @@ fn crds_have_knatives_names_and_printer_columns() {
     let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["x-kubernetes-preserve-unknown-fields"], json!(true));
     assert!(spec["properties"]["containers"].is_object());
-    assert!(schema.to_string().find("nullable").is_none());
+    assert!(!schema.to_string().contains("nullable"));
+    let ksvc = serde_json::to_value(&Service::crd().spec.versions[0].schema).unwrap();
+    assert!(
+        !ksvc.to_string().contains("\"default\""),
+        "Knative's CRDs default nothing the API server would add"
+    );
 }
