@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use gantry_api::serving::v1::{ContainerStatus, Revision, RevisionStatus};
 use gantry_api::serving::{
-    ACTIVATING_REASON, ACTIVE, CONTAINER_HEALTHY, DEPLOYING_REASON, INITIAL_SCALE_ANNOTATION,
-    MIN_SCALE_ANNOTATION, NO_TRAFFIC_REASON, RESOURCES_AVAILABLE, REVISION_LABEL, severity,
+    ACTIVE, CONTAINER_HEALTHY, DEPLOYING_REASON, INITIAL_SCALE_ANNOTATION, MIN_SCALE_ANNOTATION,
+    NO_TRAFFIC_REASON, QUEUED_REASON, RESOURCES_AVAILABLE, REVISION_LABEL, severity,
 };
 use gantry_core::serving::naming;
 use gantry_runtime::controller::{Cx, Reconciler};
@@ -196,12 +196,19 @@ pub fn status_for(rev: &Revision, deployment: &Deployment) -> RevisionStatus {
             severity::INFO,
         );
     } else {
-        let reason = if was_healthy {
-            ACTIVATING_REASON
+        if was_healthy {
+            let message = "Requests to the target are being buffered as resources are provisioned.";
+            set(
+                cs,
+                ACTIVE,
+                "Unknown",
+                QUEUED_REASON,
+                message,
+                severity::INFO,
+            );
         } else {
-            DEPLOYING_REASON
-        };
-        set(cs, ACTIVE, "Unknown", reason, "", severity::INFO);
+            set(cs, ACTIVE, "Unknown", DEPLOYING_REASON, "", severity::INFO);
+        }
     }
     conditions::set_ready(cs, &[RESOURCES_AVAILABLE, CONTAINER_HEALTHY]);
     status
@@ -272,7 +279,7 @@ mod tests {
         assert_eq!(s.desired_replicas, Some(0));
         rev.status = Some(s);
         let s = status_for(&rev, &deployment(1, 0));
-        assert_eq!(cond(&s, ACTIVE), ("Unknown", ACTIVATING_REASON));
+        assert_eq!(cond(&s, ACTIVE), ("Unknown", QUEUED_REASON));
         assert_eq!(cond(&s, READY).0, "True");
     }
 

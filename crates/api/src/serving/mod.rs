@@ -118,6 +118,9 @@ pub const NO_TRAFFIC_REASON: &str = "NoTraffic";
 pub const DEPLOYING_REASON: &str = "Deploying";
 /// Revision: activating from zero.
 pub const ACTIVATING_REASON: &str = "Activating";
+/// Revision: pods wanted but none ready yet after having been up (Knative's KPA says `Queued`:
+/// requests are held while pods start).
+pub const QUEUED_REASON: &str = "Queued";
 /// Service: the spec asks for something Gantry does not serve (Gantry's own reason).
 pub const UNSUPPORTED_FIELD_REASON: &str = "UnsupportedField";
 /// Service: the spec is invalid (a Revision name taken by another Service, bad traffic).

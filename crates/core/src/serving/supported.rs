@@ -5,6 +5,9 @@
 //!
 //! The check reads the object's JSON, so it sees every field the API server kept.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
 use serde_json::Value;
 
 /// Fields of `spec`.
@@ -248,11 +251,14 @@ fn go_duration(text: &str) -> Option<f64> {
     if text == "0" {
         return Some(0.0);
     }
-    let re = regex::Regex::new(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s))+$").ok()?;
-    if !re.is_match(text) {
+    static WHOLE: LazyLock<Option<Regex>> =
+        LazyLock::new(|| Regex::new(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s))+$").ok());
+    static PART: LazyLock<Option<Regex>> =
+        LazyLock::new(|| Regex::new(r"(\d+(?:\.\d+)?)(ms|h|m|s)").ok());
+    let (whole, part) = (WHOLE.as_ref()?, PART.as_ref()?);
+    if !whole.is_match(text) {
         return None;
     }
-    let part = regex::Regex::new(r"(\d+(?:\.\d+)?)(ms|h|m|s)").ok()?;
     let mut seconds = 0.0;
     for c in part.captures_iter(text) {
         let n: f64 = c[1].parse().ok()?;

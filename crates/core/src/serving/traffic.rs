@@ -47,9 +47,9 @@ pub enum Error {
     NoReadyRevision { service: String },
     #[error("Revision \"{name}\" referenced in traffic not found.")]
     Missing { name: String },
-    #[error("Revision \"{name}\" referenced in traffic is not ready yet.")]
+    #[error("Revision \"{name}\" is not yet ready.")]
     NotReady { name: String },
-    #[error("Revision \"{name}\" referenced in traffic failed.")]
+    #[error("Revision \"{name}\" failed to become ready.")]
     Failed { name: String },
 }
 
