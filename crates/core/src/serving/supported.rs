@@ -90,6 +90,15 @@ pub fn findings(object: &Value) -> Vec<Finding> {
     if let Some(annotations) = object.pointer("/metadata/annotations") {
         knative_annotations("metadata.annotations", annotations, false, &mut out);
     }
+    // Knative reads labels too (`networking.knative.dev/visibility: cluster-local`).
+    if let Some(Value::Object(labels)) = object.pointer("/metadata/labels") {
+        for key in labels.keys().filter(|k| knative_domain(k)) {
+            out.push(Finding {
+                path: format!("metadata.labels[{key}]"),
+                problem: "label is not supported".into(),
+            });
+        }
+    }
     let Some(spec) = object.get("spec") else {
         return out;
     };
@@ -194,8 +203,7 @@ fn knative_annotations(path: &str, annotations: &Value, template: bool, out: &mu
         return;
     };
     for (key, value) in object {
-        let domain = key.split_once('/').map_or("", |(d, _)| d);
-        if !(domain == "knative.dev" || domain.ends_with(".knative.dev")) {
+        if !knative_domain(key) {
             continue;
         }
         let at = format!("{path}[{key}]");
@@ -223,6 +231,12 @@ fn knative_annotations(path: &str, annotations: &Value, template: bool, out: &mu
             out.push(Finding { path: at, problem });
         }
     }
+}
+
+/// Whether `key` (a label or annotation) is in one of Knative's domains.
+fn knative_domain(key: &str) -> bool {
+    let domain = key.split_once('/').map_or("", |(d, _)| d);
+    domain == "knative.dev" || domain.ends_with(".knative.dev")
 }
 
 /// The value rules Knative's webhook applies to the supported autoscaling annotations.
@@ -339,7 +353,10 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named_by_path() {
         let svc = json!({
-            "metadata": { "annotations": { "serving.knative.dev/rollout-duration": "60s" } },
+            "metadata": {
+                "annotations": { "serving.knative.dev/rollout-duration": "60s" },
+                "labels": { "networking.knative.dev/visibility": "cluster-local", "team": "a" }
+            },
             "spec": {
                 "template": {
                     "metadata": {
@@ -368,6 +385,7 @@ mod tests {
         got.sort();
         let mut want = vec![
             "metadata.annotations[serving.knative.dev/rollout-duration]",
+            "metadata.labels[networking.knative.dev/visibility]",
             "spec.template.metadata.annotations[autoscaling.knative.dev/class]",
             "spec.template.metadata.annotations[autoscaling.knative.dev/panic-window-percentage]",
             "spec.template.metadata.annotations[autoscaling.knative.dev/metric]",

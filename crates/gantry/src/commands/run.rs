@@ -537,3 +537,62 @@ async fn acquire_leadership(
         release,
     })
 }
+
+#[cfg(test)]
+mod serving_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn serving_flags_default_to_knatives_settings() {
+        let cli = Cli::try_parse_from(["run"]).unwrap();
+        let settings = cli.run.serving.settings("gantry-system", None, 4).unwrap();
+        assert_eq!(
+            settings.templates,
+            gantry_core::serving::domain::Templates::default()
+        );
+        assert_eq!(settings.gc, gantry_core::serving::gc::Config::default());
+        assert_eq!(
+            settings.router_host,
+            "gantry-serving.gantry-system.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn gc_limits_can_be_disabled_and_bad_settings_are_refused() {
+        let cli = Cli::try_parse_from([
+            "run",
+            "--serving-gc-retain-since-create-time=disabled",
+            "--serving-gc-max-non-active-revisions=disabled",
+            "--serving-gc-min-non-active-revisions=3",
+            "--serving-domain=example.com",
+        ])
+        .unwrap();
+        let settings = cli.run.serving.settings("ns", None, 4).unwrap();
+        assert_eq!(settings.gc.retain_since_create_time, None);
+        assert_eq!(settings.gc.max_non_active_revisions, None);
+        assert_eq!(settings.gc.min_non_active_revisions, 3);
+        assert_eq!(
+            settings.templates.host("a", "b").unwrap(),
+            "a.b.example.com"
+        );
+        assert!(
+            Cli::try_parse_from(["run", "--serving-gc-max-non-active-revisions=many"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "run",
+            "--serving-gc-min-non-active-revisions=5",
+            "--serving-gc-max-non-active-revisions=2",
+        ])
+        .unwrap();
+        assert!(cli.run.serving.settings("ns", None, 4).is_err());
+        let cli = Cli::try_parse_from(["run", "--serving-domain-template={{.Name"]).unwrap();
+        assert!(cli.run.serving.settings("ns", None, 4).is_err());
+    }
+}
