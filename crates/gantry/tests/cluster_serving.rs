@@ -14,7 +14,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// `gantry run` for one namespace; killed when dropped.
-struct Gantry(Child, tempfile::TempDir);
+struct Gantry {
+    child: Child,
+    _storage: tempfile::TempDir,
+}
 
 impl Gantry {
     fn start(namespace: &str) -> Self {
@@ -37,14 +40,17 @@ impl Gantry {
             .stdin(Stdio::null())
             .spawn()
             .expect("starting gantry run");
-        Gantry(child, storage)
+        Gantry {
+            child,
+            _storage: storage,
+        }
     }
 }
 
 impl Drop for Gantry {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
