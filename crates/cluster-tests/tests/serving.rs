@@ -569,6 +569,18 @@ async fn replicas_the_autoscaler_set_are_never_reset() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let d = deployments.get("hello-00001-deployment").await.unwrap();
         assert_eq!(d.spec.unwrap().replicas, Some(0));
+        // A Deployment deleted by hand comes back, with the initial scale.
+        deployments
+            .delete("hello-00001-deployment", &Default::default())
+            .await
+            .unwrap();
+        let uid = d.metadata.uid.clone();
+        let d = wait_for(&deployments, "hello-00001-deployment", WAIT, |d| {
+            d.is_some_and(|d| d.metadata.uid != uid && d.metadata.deletion_timestamp.is_none())
+        })
+        .await
+        .unwrap();
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
         let managers: Vec<_> = d
             .metadata
             .managed_fields

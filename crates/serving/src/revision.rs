@@ -224,9 +224,10 @@ pub fn deployment_changes(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
+    // Deletions too: a Deployment deleted by hand is created again (with the initial scale).
     watcher(api, watcher::Config::default().labels(REVISION_LABEL))
         .default_backoff()
-        .applied_objects()
+        .touched_objects()
         .filter_map(|d| async move {
             let d = d.ok()?;
             let rev = d.labels().get(REVISION_LABEL)?.clone();
