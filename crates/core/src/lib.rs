@@ -14,3 +14,4 @@ pub mod source;
 
 pub mod gotemplate;
 pub mod semver;
+pub mod serving;

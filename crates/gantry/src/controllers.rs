@@ -26,6 +26,8 @@ pub struct Settings {
     pub receiver_addr: std::net::SocketAddr,
     /// ServiceAccount Kustomizations without `spec.serviceAccountName` impersonate.
     pub default_service_account: Option<String>,
+    /// Knative Serving: domain templates, the router's host, revision GC.
+    pub serving: gantry_serving::Settings,
 }
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -90,6 +92,7 @@ pub async fn run(
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
     let stop3 = shutdown.clone();
+    let stop4 = shutdown.clone();
     let notification = gantry_notification::Settings {
         receiver_addr: settings.receiver_addr,
         namespace: settings.watch_namespace.clone(),
@@ -99,10 +102,16 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, _, notifications) = tokio::join!(
+    let serving_stop = async move { stop4.cancelled_owned().await };
+    let (_, _, _, _, notifications) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
+        gantry_serving::run(
+            shared.clone(),
+            settings.serving.clone(),
+            futures::FutureExt::shared(Box::pin(serving_stop))
+        ),
         gantry_notification::run(shared.clone(), alert_events, notification, shutdown.clone()),
     );
     notifications.with_context(|| {

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controllers (sources and kustomizations) against a cluster.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Print the manifests that install Gantry into a cluster.
     Install(commands::install::InstallArgs),
     /// Remove Gantry from a cluster (its workloads stay), as `flux uninstall` does.

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -383,6 +383,21 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     ("impersonate", "", "serviceaccounts", true),
     ("create", "events.k8s.io", "events", true),
     ("patch", "events.k8s.io", "events", true),
+    // Knative Serving.
+    ("watch", "serving.knative.dev", "services", false),
+    ("patch", "serving.knative.dev", "services/status", true),
+    ("watch", "serving.knative.dev", "revisions", false),
+    ("create", "serving.knative.dev", "revisions", true),
+    ("patch", "serving.knative.dev", "revisions", true),
+    ("delete", "serving.knative.dev", "revisions", true),
+    ("patch", "serving.knative.dev", "revisions/status", true),
+    ("watch", "apps", "deployments", false),
+    ("create", "apps", "deployments", true),
+    ("patch", "apps", "deployments/scale", true),
+    ("watch", "", "pods", false),
+    ("watch", "discovery.k8s.io", "endpointslices", false),
+    ("patch", "", "services", true),
+    ("create", "", "services", true),
 ];
 
 #[tokio::test]
@@ -419,7 +434,8 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
         ),
         ("list", "", "secrets", None),
         ("create", "", "secrets", Some(tenant.as_str())),
-        ("create", "apps", "deployments", Some(tenant.as_str())),
+        // Deployments are created for Knative Revisions; other workloads never.
+        ("create", "apps", "statefulsets", Some(tenant.as_str())),
         (
             "delete",
             "kustomize.toolkit.fluxcd.io",
@@ -449,9 +465,10 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
     }
 
     // And really refused, not just reviewed.
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+    let deployment: StatefulSet = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "intruder"},
         "spec": {
+            "serviceName": "intruder",
             "selector": {"matchLabels": {"app": "intruder"}},
             "template": {
                 "metadata": {"labels": {"app": "intruder"}},
@@ -461,10 +478,10 @@ async fn multi_tenant_install_grants_the_controllers_their_needs_and_refuses_the
     }))
     .unwrap();
     forbidden(
-        Api::<Deployment>::namespaced(gantry.clone(), &tenant)
+        Api::<StatefulSet>::namespaced(gantry.clone(), &tenant)
             .create(&PostParams::default(), &deployment)
             .await,
-        "a Deployment in another namespace",
+        "a StatefulSet in another namespace",
     );
     forbidden(
         Api::<Secret>::namespaced(gantry.clone(), "kube-system")

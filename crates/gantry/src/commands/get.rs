@@ -1,10 +1,10 @@
 //! `gantry get all` and `gantry tree`: what a person checks first.
 //!
 //! `get all` lists every Flux object Gantry serves (sources, kustomizations, image
-//! repositories, policies and automations, receivers, alerts, providers) with Ready, the
-//! revision or latest value, suspension, when Ready last changed and the message. `tree` walks a
+//! repositories, policies and automations, receivers, alerts, providers, Knative Services and
+//! Revisions) with Ready, the revision or latest value (a Knative Service's URL), suspension, when Ready last changed and the message. `tree` walks a
 //! Kustomization's inventory, recursing into Kustomizations it applied, and shows each object's
-//! health as the health checks judge it.
+//! health as the health checks judge it, and under a Knative Service its Revisions.
 //!
 //! Objects are read as untyped JSON through the dynamic API, so a kind whose CRD is not
 //! installed is skipped rather than failing the listing.
@@ -72,12 +72,18 @@ const KINDS: &[Kind] = &[
         "Provider",
         "providers",
     ),
+    Kind("serving.knative.dev", "v1", KSVC, "services"),
+    Kind("serving.knative.dev", "v1", REVISION, "revisions"),
 ];
+
+/// Knative's kinds as `get all` names them (`Service` alone would read as Kubernetes' own).
+const KSVC: &str = "ksvc";
+const REVISION: &str = "Revision";
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// What to list; only `all` exists (every kind Gantry serves).
-    #[arg(value_parser = ["all"])]
+    /// What to list: `all` (every kind Gantry serves) or `ksvc` (Knative Services and their URLs).
+    #[arg(value_parser = ["all", "ksvc"])]
     pub what: String,
     /// Namespace to list.
     #[arg(
@@ -109,7 +115,7 @@ pub fn run_get(args: &GetArgs) -> anyhow::Result<ExitCode> {
             .context("connecting to the cluster")?;
         let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
         let mut rows = Vec::new();
-        for kind in KINDS {
+        for kind in KINDS.iter().filter(|k| args.what == "all" || k.2 == KSVC) {
             let resource = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(kind.0, kind.1, kind.2),
                 kind.3,
@@ -238,9 +244,67 @@ fn walk<'a>(
             if let (true, Some(child)) = (nested, &live) {
                 walk(client, child, &format!("{prefix}{indent}"), out, depth + 1).await?;
             }
+            if entry.id.group == "serving.knative.dev" && entry.id.kind == "Service" {
+                revisions(
+                    client,
+                    &entry.id,
+                    live.as_ref(),
+                    &format!("{prefix}{indent}"),
+                    out,
+                )
+                .await?;
+            }
         }
         Ok(())
     })
+}
+
+// Prints the Revisions of Knative Service `id` below `prefix`, with their share of the traffic.
+async fn revisions(
+    client: &Client,
+    id: &ObjectId,
+    live: Option<&Value>,
+    prefix: &str,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Revision"),
+        "revisions",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &id.namespace, &resource);
+    let selector = format!("serving.knative.dev/service={}", id.name);
+    let list = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(err) => return Err(err).context("listing Revisions"),
+    };
+    let traffic = live
+        .and_then(|s| s.pointer("/status/traffic"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let count = list.items.len();
+    for (i, rev) in list.items.into_iter().enumerate() {
+        let json = serde_json::to_value(&rev)?;
+        let row = summarize(REVISION, &json, jiff::Timestamp::now());
+        let name = rev.metadata.name.unwrap_or_default();
+        let percent: i64 = traffic
+            .iter()
+            .filter(|t| t.get("revisionName").and_then(Value::as_str) == Some(&name))
+            .filter_map(|t| t.get("percent").and_then(Value::as_i64))
+            .sum();
+        let branch = if i + 1 == count {
+            "└── "
+        } else {
+            "├── "
+        };
+        writeln!(
+            out,
+            "{prefix}{branch}Revision/{}/{name}  Ready={}  {percent}% traffic  {}",
+            id.namespace, row.ready, row.revision
+        )?;
+    }
+    Ok(())
 }
 
 // Reads one object as JSON; `None` when it does not exist (or its kind is gone).
@@ -350,6 +414,8 @@ pub fn summarize(kind: &str, obj: &Value, now: jiff::Timestamp) -> Row {
         }
         "ImageUpdateAutomation" => text("/status/lastPushCommit").to_string(),
         "Receiver" => text("/status/webhookPath").to_string(),
+        KSVC => text("/status/url").to_string(),
+        REVISION => revision_replicas(obj),
         _ => String::new(),
     };
     Row {
@@ -363,6 +429,18 @@ pub fn summarize(kind: &str, obj: &Value, now: jiff::Timestamp) -> Row {
             .unwrap_or(false),
         last_change: age(changed, now),
         message: message.lines().next().unwrap_or_default().to_string(),
+    }
+}
+
+/// A Revision's pods: `ready/desired replicas`.
+fn revision_replicas(obj: &Value) -> String {
+    let count = |path: &str| obj.pointer(path).and_then(Value::as_i64);
+    match (
+        count("/status/actualReplicas"),
+        count("/status/desiredReplicas"),
+    ) {
+        (Some(actual), Some(desired)) => format!("{actual}/{desired} replicas"),
+        _ => String::new(),
     }
 }
 
@@ -444,6 +522,28 @@ mod tests {
 
     fn now() -> jiff::Timestamp {
         "2026-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn knative_services_show_their_url_and_revisions_their_replicas() {
+        let ksvc = json!({
+            "metadata": { "name": "hello", "namespace": "team", "generation": 2 },
+            "status": {
+                "observedGeneration": 2,
+                "url": "http://hello.team.svc.cluster.local",
+                "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T11:59:00Z" }]
+            }
+        });
+        let row = summarize(KSVC, &ksvc, now());
+        assert_eq!(row.kind_name, "ksvc/hello");
+        assert_eq!(row.revision, "http://hello.team.svc.cluster.local");
+        assert_eq!(row.ready, "True");
+        let rev = json!({
+            "metadata": { "name": "hello-00001", "namespace": "team" },
+            "status": { "actualReplicas": 0, "desiredReplicas": 0,
+                "conditions": [{ "type": "Ready", "status": "True" }] }
+        });
+        assert_eq!(summarize(REVISION, &rev, now()).revision, "0/0 replicas");
     }
 
     #[test]

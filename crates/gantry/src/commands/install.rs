@@ -41,6 +41,10 @@ pub const HEALTH_PORT: i32 = 9440;
 pub const METRICS_PORT: i32 = 8080;
 /// Port of the webhook receivers (Flux's notification-controller uses the same).
 pub const RECEIVER_PORT: i32 = 9292;
+/// Port of the Knative Serving router (`gantry run --serving-addr`, default `0.0.0.0:8090`).
+pub const SERVING_PORT: i32 = 8090;
+/// The router's Service: every Knative Service's Kubernetes Service is an ExternalName to it.
+pub const SERVING_SERVICE: &str = "gantry-serving";
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -188,6 +192,7 @@ fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
         to_value(&leader_election_binding(namespace))?,
         to_value(&deployment(namespace, &image(args)?, run_args))?,
         to_value(&webhook_service(namespace))?,
+        to_value(&serving_service(namespace))?,
     ]);
     Ok(objects)
 }
@@ -329,6 +334,43 @@ fn controller_role() -> ClusterRole {
         rule(&[""], &["namespaces"], &["get"]),
         rule(&[""], &["serviceaccounts"], &["impersonate"]),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+        // Knative Serving: Services stamp out Revisions (created, relabelled, collected), a
+        // Revision creates its Deployment; the router reads Pods and EndpointSlices and scales
+        // Deployments through `/scale`; each Knative Service gets a Kubernetes Service.
+        rule(&["serving.knative.dev"], &["services"], READ),
+        rule(
+            &["serving.knative.dev"],
+            &["revisions"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        rule(
+            &["serving.knative.dev"],
+            &["services/status", "revisions/status"],
+            STATUS,
+        ),
+        // Owner references with blockOwnerDeletion (Revisions, Deployments, Services).
+        rule(
+            &["serving.knative.dev"],
+            &["services/finalizers", "revisions/finalizers"],
+            &["update"],
+        ),
+        rule(
+            &["apps"],
+            &["deployments"],
+            &["get", "list", "watch", "create"],
+        ),
+        rule(
+            &["apps"],
+            &["deployments/scale"],
+            &["get", "update", "patch"],
+        ),
+        rule(&[""], &["pods"], READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(
+            &[""],
+            &["services"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
     ]);
     ClusterRole {
         metadata: meta(NAME, None),
@@ -468,6 +510,26 @@ fn webhook_service(namespace: &str) -> Service {
     }
 }
 
+/// `gantry-serving`: the router, which every replica serves (no leader needed on the data path).
+fn serving_service(namespace: &str) -> Service {
+    Service {
+        metadata: meta(SERVING_SERVICE, Some(namespace)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("serving".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
     let quantity = |q: &str| Quantity(q.into());
     let container = Container {
@@ -504,6 +566,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             ContainerPort {
                 name: Some("http-webhook".into()),
                 container_port: RECEIVER_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("serving".into()),
+                container_port: SERVING_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -678,6 +746,7 @@ mod tests {
                 "RoleBinding",
                 "Deployment",
                 "Service",
+                "Service",
             ]
         );
         for document in &documents {
@@ -783,7 +852,10 @@ mod tests {
             .iter()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(ports, [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT]);
+        assert_eq!(
+            ports,
+            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, SERVING_PORT]
+        );
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.run_as_non_root, Some(true));

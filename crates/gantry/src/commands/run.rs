@@ -73,6 +73,106 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub serving: ServingArgs,
+}
+
+/// Knative Serving's cluster-wide settings (`config-domain`, `config-network`, `config-gc`),
+/// with Knative's defaults.
+#[derive(Debug, Args)]
+pub struct ServingArgs {
+    /// Domain of Knative Services' URLs (Knative's `config-domain`).
+    #[arg(long, env = "GANTRY_SERVING_DOMAIN", default_value = gantry_core::serving::domain::DEFAULT_DOMAIN)]
+    pub serving_domain: String,
+    /// Go template of a Knative Service's host (Knative's `domain-template`).
+    #[arg(long, env = "GANTRY_SERVING_DOMAIN_TEMPLATE", default_value = gantry_core::serving::domain::DEFAULT_DOMAIN_TEMPLATE)]
+    pub serving_domain_template: String,
+    /// Go template of a traffic tag's name (Knative's `tag-template`).
+    #[arg(long, env = "GANTRY_SERVING_TAG_TEMPLATE", default_value = gantry_core::serving::domain::DEFAULT_TAG_TEMPLATE)]
+    pub serving_tag_template: String,
+    /// Host the Kubernetes Service of each Knative Service points at (ExternalName); default
+    /// `gantry-serving.<POD_NAMESPACE>.svc.cluster.local`, the Service `gantry install` creates.
+    #[arg(long, env = "GANTRY_SERVING_ROUTER_HOST")]
+    pub serving_router_host: Option<String>,
+    /// Revisions without traffic younger than this are kept (`disabled` for no limit).
+    #[arg(long, default_value = "48h", value_parser = disabled_or_duration)]
+    pub serving_gc_retain_since_create_time: DisabledOr<Duration>,
+    /// Revisions without traffic active more recently than this are kept (`disabled`).
+    #[arg(long, default_value = "15h", value_parser = disabled_or_duration)]
+    pub serving_gc_retain_since_last_active_time: DisabledOr<Duration>,
+    /// Revisions without traffic always kept per Service.
+    #[arg(long, default_value_t = 20)]
+    pub serving_gc_min_non_active_revisions: usize,
+    /// Revisions without traffic beyond this many are deleted whatever their age (`disabled`).
+    #[arg(long, default_value = "1000", value_parser = disabled_or_count)]
+    pub serving_gc_max_non_active_revisions: DisabledOr<usize>,
+}
+
+/// A setting Knative lets be `disabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisabledOr<T>(pub Option<T>);
+
+fn disabled_or_duration(text: &str) -> Result<DisabledOr<Duration>, String> {
+    if text == "disabled" {
+        return Ok(DisabledOr(None));
+    }
+    gantry_api::meta::parse_duration(text)
+        .map(|d| DisabledOr(Some(d)))
+        .map_err(|e| e.to_string())
+}
+
+fn disabled_or_count(text: &str) -> Result<DisabledOr<usize>, String> {
+    if text == "disabled" {
+        return Ok(DisabledOr(None));
+    }
+    text.parse()
+        .map(|n| DisabledOr(Some(n)))
+        .map_err(|_| format!("'{text}' is neither a count nor 'disabled'"))
+}
+
+impl ServingArgs {
+    /// The serving controllers' settings; `gantry_namespace` names the router's Service.
+    pub fn settings(
+        &self,
+        gantry_namespace: &str,
+        watch_namespace: Option<String>,
+        concurrency: u16,
+    ) -> Result<gantry_serving::Settings> {
+        let gc = gantry_core::serving::gc::Config {
+            retain_since_create_time: self.serving_gc_retain_since_create_time.0,
+            retain_since_last_active_time: self.serving_gc_retain_since_last_active_time.0,
+            min_non_active_revisions: self.serving_gc_min_non_active_revisions,
+            max_non_active_revisions: self.serving_gc_max_non_active_revisions.0,
+        };
+        if gc
+            .max_non_active_revisions
+            .is_some_and(|max| gc.min_non_active_revisions > max)
+        {
+            anyhow::bail!(
+                "--serving-gc-min-non-active-revisions ({}) must not exceed --serving-gc-max-non-active-revisions",
+                gc.min_non_active_revisions
+            );
+        }
+        let templates = gantry_core::serving::domain::Templates {
+            domain: self.serving_domain.clone(),
+            domain_template: self.serving_domain_template.clone(),
+            tag_template: self.serving_tag_template.clone(),
+        };
+        templates
+            .host("name", "namespace")
+            .and_then(|_| templates.tag_host("tag", "name", "namespace"))
+            .context("--serving-domain-template / --serving-tag-template")?;
+        Ok(gantry_serving::Settings {
+            templates,
+            router_host: self
+                .serving_router_host
+                .clone()
+                .unwrap_or_else(|| gantry_serving::router_host(gantry_namespace)),
+            gc,
+            namespace: watch_namespace,
+            concurrency,
+        })
+    }
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
@@ -179,6 +279,11 @@ async fn serve(args: &RunArgs) -> Result<()> {
             concurrency: args.concurrent,
             receiver_addr: args.receiver_addr,
             default_service_account: args.default_service_account.clone(),
+            serving: args.serving.settings(
+                &args.leader_election_namespace,
+                args.watch_namespace.clone(),
+                args.concurrent,
+            )?,
         };
         let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
         let controllers = controllers::run(client.clone(), metrics, settings, shutdown.clone());
@@ -431,4 +536,63 @@ async fn acquire_leadership(
         manager: task,
         release,
     })
+}
+
+#[cfg(test)]
+mod serving_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn serving_flags_default_to_knatives_settings() {
+        let cli = Cli::try_parse_from(["run"]).unwrap();
+        let settings = cli.run.serving.settings("gantry-system", None, 4).unwrap();
+        assert_eq!(
+            settings.templates,
+            gantry_core::serving::domain::Templates::default()
+        );
+        assert_eq!(settings.gc, gantry_core::serving::gc::Config::default());
+        assert_eq!(
+            settings.router_host,
+            "gantry-serving.gantry-system.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn gc_limits_can_be_disabled_and_bad_settings_are_refused() {
+        let cli = Cli::try_parse_from([
+            "run",
+            "--serving-gc-retain-since-create-time=disabled",
+            "--serving-gc-max-non-active-revisions=disabled",
+            "--serving-gc-min-non-active-revisions=3",
+            "--serving-domain=example.com",
+        ])
+        .unwrap();
+        let settings = cli.run.serving.settings("ns", None, 4).unwrap();
+        assert_eq!(settings.gc.retain_since_create_time, None);
+        assert_eq!(settings.gc.max_non_active_revisions, None);
+        assert_eq!(settings.gc.min_non_active_revisions, 3);
+        assert_eq!(
+            settings.templates.host("a", "b").unwrap(),
+            "a.b.example.com"
+        );
+        assert!(
+            Cli::try_parse_from(["run", "--serving-gc-max-non-active-revisions=many"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "run",
+            "--serving-gc-min-non-active-revisions=5",
+            "--serving-gc-max-non-active-revisions=2",
+        ])
+        .unwrap();
+        assert!(cli.run.serving.settings("ns", None, 4).is_err());
+        let cli = Cli::try_parse_from(["run", "--serving-domain-template={{.Name"]).unwrap();
+        assert!(cli.run.serving.settings("ns", None, 4).is_err());
+    }
 }
