@@ -11,10 +11,12 @@
 //! this crate does not depend on the `Monitor` API.
 
 pub mod model;
+pub mod status;
 pub mod store;
 
 pub use model::{
     Aggregate, DayBar, Incident, LastState, Millis, MonitorInfo, MonitorKey, ResponsePoint, Sample,
     State, Summary, now_ms,
 };
+pub use status::{StatusOptions, StatusPage};
 pub use store::{Error, Health, Location, RetentionReport, Store, StoreConfig};
