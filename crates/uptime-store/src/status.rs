@@ -477,7 +477,7 @@ h1{margin:.2rem 0}h2{margin:1.5rem 0 .5rem;font-size:1.1rem}h3{margin:0;font-siz
 .state.up{background:#1a7f37}.state.down{background:#cf222e}.state.pending{background:#bf8700}.state.maintenance{background:#0969da}.state.unknown{background:#6e7781}\
 .meta{color:#57606a;font-size:.85rem;margin:.3rem 0}svg{display:block;width:100%}\
 .ok{fill:#2da44e}.minor{fill:#d4a72c}.major{fill:#cf222e}.none{fill:#d0d7de}.maint{fill:#0969da}\
-.mean{fill:none;stroke:#0969da;stroke-width:1.5}.p95{fill:none;stroke:#8c959f;stroke-width:1;stroke-dasharray:3 2}\
+.mean{fill:#54aeff}.p95{fill:#24292f}\
 .incidents{font-size:.85rem;margin:.3rem 0;padding-left:1.2rem}footer{color:#57606a;font-size:.8rem;margin-top:2rem}";
 
 /// Renders the page. Public for the benchmark.
@@ -626,7 +626,7 @@ fn render_monitor(out: &mut String, m: &MonitorView, incidents: &[IncidentView],
         let _ = write!(out, "<p class=\"meta cause\">{}</p>", escape(message));
     }
     render_bars(out, &m.bars);
-    render_chart(out, &m.response);
+    render_chart(out, &m.response, now);
     let mine: Vec<&IncidentView> = incidents
         .iter()
         .filter(|i| i.namespace == m.namespace && i.name == m.name)
@@ -688,36 +688,49 @@ fn render_bars(out: &mut String, bars: &[DayBar]) {
     out.push_str("</svg>");
 }
 
-/// The last 24 hours of hourly mean (line) and p95 (dashed) response times.
-fn render_chart(out: &mut String, points: &[ResponsePoint]) {
-    const W: f64 = 450.0;
+/// The last 24 hours of response times: one column per hour (its mean), with a tick at its p95.
+fn render_chart(out: &mut String, points: &[ResponsePoint], now: Millis) {
+    const SLOTS: i64 = 24;
+    const SLOT_W: i64 = 20;
     const H: f64 = 48.0;
     if points.is_empty() {
         out.push_str("<p class=\"meta\">No response times in the last 24 hours.</p>");
         return;
     }
-    let first = points[0].at.min(now_ms() - 24 * HOUR_MS);
-    let span = (24 * HOUR_MS) as f64;
+    let first = now - now.rem_euclid(HOUR_MS) - (SLOTS - 1) * HOUR_MS;
     let top = points
         .iter()
         .map(|p| p.p95_ms.max(p.ms))
         .fold(1.0_f64, f64::max);
-    let xy = |at: Millis, ms: f64| {
-        let x = ((at - first) as f64 / span * W).clamp(0.0, W);
-        let y = H - (ms / top * (H - 4.0)).clamp(0.0, H);
-        format!("{x:.1},{y:.1}")
-    };
-    let mean: Vec<String> = points.iter().map(|p| xy(p.at, p.ms)).collect();
-    let p95: Vec<String> = points.iter().map(|p| xy(p.at, p.p95_ms)).collect();
+    let height = |ms: f64| (ms / top * (H - 2.0)).clamp(1.0, H - 2.0);
     let _ = write!(
         out,
-        "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" height=\"48\" preserveAspectRatio=\"none\" \
-         role=\"img\" aria-label=\"response time, last 24 hours, up to {top:.0} ms\">\
-         <title>response time, last 24 hours (mean, p95 dashed), up to {top:.0} ms</title>\
-         <polyline class=\"p95\" points=\"{}\"/><polyline class=\"mean\" points=\"{}\"/></svg>",
-        p95.join(" "),
-        mean.join(" "),
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {H}\" height=\"48\" preserveAspectRatio=\"none\" \
+         role=\"img\" aria-label=\"response time per hour, last 24 hours, up to {top:.0} ms\">",
+        w = SLOTS * SLOT_W,
     );
+    for p in points {
+        let slot = (p.at - first).div_euclid(HOUR_MS);
+        if !(0..SLOTS).contains(&slot) {
+            continue;
+        }
+        let x = slot * SLOT_W + 1;
+        let mean = height(p.ms);
+        let p95 = height(p.p95_ms);
+        let _ = write!(
+            out,
+            "<rect class=\"mean\" x=\"{x}\" y=\"{y:.1}\" width=\"{w}\" height=\"{mean:.1}\">\
+             <title>{hour}: mean {ms:.0} ms, p95 {p95ms:.0} ms</title></rect>\
+             <rect class=\"p95\" x=\"{x}\" y=\"{y95:.1}\" width=\"{w}\" height=\"1.5\"/>",
+            y = H - mean,
+            w = SLOT_W - 2,
+            hour = time(p.at),
+            ms = p.ms,
+            p95ms = p.p95_ms,
+            y95 = (H - p95 - 1.5).max(0.0),
+        );
+    }
+    out.push_str("</svg>");
 }
 
 /// A shields-style badge: the monitor's title and its state with the 24-hour uptime.
