@@ -5,7 +5,7 @@
 //!   staging and production) on that control plane (see `sandbox`).
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 //! - `prerequisites`: the Debian packages and Go the two above need (they check it first).
-//! - `tool flux|actionlint|kustomize`: the path of a Go tool the tests use, built if missing.
+//! - `tool flux|actionlint|kustomize|sops`: the path of a Go tool the tests use, built if missing.
 //! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
@@ -108,6 +108,8 @@ enum GoTool {
     Flux,
     Actionlint,
     Kustomize,
+    /// The `sops` CLI (the decryption tests encrypt with it).
+    Sops,
 }
 
 #[derive(Debug, Subcommand)]
@@ -393,6 +395,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 GoTool::Flux => gotools::flux(&paths.cache)?,
                 GoTool::Actionlint => gotools::actionlint(&paths.cache)?,
                 GoTool::Kustomize => kustomize::ensure(&paths.cache)?,
+                GoTool::Sops => gotools::sops(&paths.cache)?,
             };
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
@@ -417,7 +420,8 @@ fn go_needed(
     );
     let tools = test_tools
         && (missing("GANTRY_FLUX", gotools::flux_path(cache))
-            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache)));
+            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache))
+            || missing("GANTRY_SOPS", gotools::sops_path(cache)));
     control_plane || kustomize || tools
 }
 
@@ -471,6 +475,11 @@ fn test(
         Some(path) => PathBuf::from(path),
         None => gotools::actionlint(&paths.cache)?,
     };
+    // The real `sops` CLI encrypts the decryption tests' files.
+    let sops_bin = match std::env::var_os("GANTRY_SOPS") {
+        Some(path) => PathBuf::from(path),
+        None => gotools::sops(&paths.cache)?,
+    };
     // The image tests install and run the real image; cargo's release target dir is the cache,
     // so an unchanged tree only re-assembles the layers.
     let image_dir = match std::env::var_os("GANTRY_IMAGE_LAYOUT") {
@@ -504,6 +513,7 @@ fn test(
         .env("GANTRY_KUSTOMIZE", &kustomize_bin)
         .env("GANTRY_FLUX", &flux_bin)
         .env("GANTRY_ACTIONLINT", &actionlint_bin)
+        .env("GANTRY_SOPS", &sops_bin)
         .env("GANTRY_IMAGE_LAYOUT", &image_dir)
         .current_dir(workspace_root())
         .status()

@@ -148,6 +148,8 @@ pub enum Node {
     Float(f64),
     /// A string (encrypted values are strings).
     Str(String),
+    /// A decrypted value that is not UTF-8 (a binary file's content; Go strings hold any bytes).
+    Bytes(Vec<u8>),
     /// A sequence.
     Seq(Vec<Node>),
     /// A map in file order.
@@ -174,6 +176,7 @@ impl Node {
     fn mac_bytes(&self) -> Option<Vec<u8>> {
         match self {
             Node::Str(s) => Some(s.as_bytes().to_vec()),
+            Node::Bytes(b) => Some(b.clone()),
             Node::Int(i) => Some(i.to_string().into_bytes()),
             Node::Float(f) => Some(go_float(*f).into_bytes()),
             Node::Bool(b) => Some(if *b {
@@ -190,6 +193,7 @@ impl Node {
         match self {
             Node::Null => Some(String::new()),
             Node::Str(s) => Some(s.clone()),
+            Node::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
             Node::Int(i) => Some(i.to_string()),
             Node::Float(f) => Some(go_float(*f)),
             Node::Bool(b) => Some(b.to_string()),
@@ -269,6 +273,7 @@ impl serde::Serialize for Node {
             Node::Int(i) => serializer.serialize_i64(*i),
             Node::Float(f) => serializer.serialize_f64(*f),
             Node::Str(s) => serializer.serialize_str(s),
+            Node::Bytes(b) => serializer.serialize_str(&String::from_utf8_lossy(b)),
             Node::Seq(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
                 for item in items {
@@ -483,6 +488,7 @@ impl Document {
                 let data = self.branches.first().and_then(|b| b.get("data"));
                 match (data, self.format) {
                     (Some(Node::Str(s)), _) => Ok(s.clone().into_bytes()),
+                    (Some(Node::Bytes(b)), _) => Ok(b.clone()),
                     _ => Err(emit_err(
                         "no string 'data' key (not a binary sops file)".into(),
                     )),
@@ -592,7 +598,9 @@ fn decrypt_value(cipher: &Cipher, value: &str, additional_data: &str) -> Result<
         .map_err(|_| "authentication failed (wrong data key or modified value)".to_string())?;
     let text = || String::from_utf8(plain.clone()).map_err(|_| "value is not UTF-8".to_string());
     match parts.kind {
-        "str" | "bytes" | "time" | "comment" => Ok(Node::Str(text()?)),
+        "str" | "bytes" => Ok(String::from_utf8(plain.clone())
+            .map_or_else(|e| Node::Bytes(e.into_bytes()), Node::Str)),
+        "time" | "comment" => Ok(Node::Str(text()?)),
         "int" => text()?
             .parse::<i64>()
             .map(Node::Int)
