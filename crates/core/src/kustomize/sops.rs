@@ -969,3 +969,80 @@ pub fn encrypt_mac(
 
 #[cfg(test)]
 mod tests;
+
+/// What `flux build kustomization` prints instead of an encrypted value.
+pub const MASK: &str = "**SOPS**";
+
+/// Masks a Secret's encrypted values as `flux build kustomization` does (other objects are left
+/// alone): a Secret with SOPS metadata loses its `sops` key and has every `data` and
+/// `stringData` value replaced by [`MASK`] (base64 in `data`; for a
+/// `kubernetes.io/dockerconfigjson` Secret, by the JSON `{"mask":"**SOPS**"}` so the type's
+/// validation still passes). Without metadata, only entries that hold a whole SOPS file are
+/// masked, and (as Flux does) a `stringData` entry then gets the base64 form of the mask.
+pub fn mask_secret(obj: &mut serde_json::Value) {
+    use serde_json::Value;
+    if obj.get("kind").and_then(Value::as_str) != Some("Secret") {
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let encoded_mask = b64.encode(MASK);
+    let looks_encrypted = |text: &[u8]| {
+        let has = |m: &[u8]| text.windows(m.len()).any(|w| w == m);
+        has(b"sops") && has(b"ENC[")
+    };
+    let metadata = obj
+        .pointer("/sops/mac")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.starts_with("ENC["))
+        || obj
+            .get("stringData")
+            .and_then(Value::as_object)
+            .is_some_and(|m| {
+                m.values()
+                    .filter_map(Value::as_str)
+                    .any(|v| v.contains("sops:") && v.contains("mac: ENC["))
+            });
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    if metadata {
+        map.remove("sops");
+        let docker =
+            map.get("type").and_then(Value::as_str) == Some("kubernetes.io/dockerconfigjson");
+        let (data_mask, string_mask) = if docker {
+            let json = format!("{{\"mask\":\"{MASK}\"}}");
+            (b64.encode(&json), json)
+        } else {
+            (encoded_mask.clone(), MASK.to_string())
+        };
+        for (field, mask) in [("data", data_mask), ("stringData", string_mask)] {
+            if let Some(values) = map.get_mut(field).and_then(Value::as_object_mut) {
+                for value in values.values_mut() {
+                    *value = Value::String(mask.clone());
+                }
+            }
+        }
+        return;
+    }
+    if let Some(values) = map.get_mut("data").and_then(Value::as_object_mut) {
+        for value in values.values_mut() {
+            let encrypted = value
+                .as_str()
+                .and_then(|v| b64.decode(v).ok())
+                .is_some_and(|d| looks_encrypted(&d));
+            if encrypted {
+                *value = Value::String(encoded_mask.clone());
+            }
+        }
+    }
+    if let Some(values) = map.get_mut("stringData").and_then(Value::as_object_mut) {
+        for value in values.values_mut() {
+            if value
+                .as_str()
+                .is_some_and(|v| looks_encrypted(v.as_bytes()))
+            {
+                *value = Value::String(encoded_mask.clone());
+            }
+        }
+    }
+}

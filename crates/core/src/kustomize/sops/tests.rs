@@ -239,3 +239,44 @@ fn missing_metadata_is_an_error() {
     let err = Document::parse(b"a: 1\n", Format::Yaml).unwrap_err();
     assert!(matches!(err, SopsError::Metadata(_)), "{err}");
 }
+
+#[test]
+fn secrets_are_masked_as_flux_build_masks_them() {
+    let mut encrypted = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"a": "RU5DW3hd"}, "stringData": {"b": "ENC[AES256_GCM,data:x]"},
+        "sops": {"mac": "ENC[AES256_GCM,data:x]"}
+    });
+    mask_secret(&mut encrypted);
+    assert!(encrypted.get("sops").is_none());
+    assert_eq!(encrypted["data"]["a"], "KipTT1BTKio=");
+    assert_eq!(encrypted["stringData"]["b"], "**SOPS**");
+
+    let mut docker = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "RU5DW3hd"},
+        "sops": {"mac": "ENC[AES256_GCM,data:x]"}
+    });
+    mask_secret(&mut docker);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let shown = b64
+        .decode(docker["data"][".dockerconfigjson"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(shown, br#"{"mask":"**SOPS**"}"#);
+
+    // Without metadata only entries holding a SOPS file are masked.
+    let file = b64.encode("A=ENC[AES256_GCM,data:x]\nsops_mac=ENC[AES256_GCM,data:y]\n");
+    let mut generated = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "g"},
+        "data": {"app.env": file, "plain": "eA=="}
+    });
+    mask_secret(&mut generated);
+    assert_eq!(generated["data"]["app.env"], "KipTT1BTKio=");
+    assert_eq!(generated["data"]["plain"], "eA==");
+
+    let mut config_map = serde_json::json!({"kind": "ConfigMap", "sops": {"mac": "ENC[x]"}});
+    let before = config_map.clone();
+    mask_secret(&mut config_map);
+    assert_eq!(config_map, before);
+}
