@@ -206,6 +206,16 @@ enum BenchTask {
         #[arg(long)]
         gantry: Option<PathBuf>,
     },
+    /// Decryption time for N SOPS-encrypted Secrets in one build, files made by the real sops
+    /// CLI (no cluster).
+    Sops {
+        /// How many Secrets.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -368,6 +378,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 insecure: args.insecure,
             };
             image::image(&workspace_root(), &paths.cache, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Sops { count, runs }) => {
+            let sops = gotools::sops(&paths.cache)?;
+            bench::sops(&workspace_root(), &sops, count, runs)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
