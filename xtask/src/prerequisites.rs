@@ -73,6 +73,11 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
         files: &["/usr/bin/shellcheck"],
         why: "actionlint checks the workflows' shell steps with it",
     },
+    Package {
+        name: "gnupg",
+        files: &["/usr/bin/gpg", "/usr/bin/gpgconf"],
+        why: "OpenPGP keys for the SOPS decryption tests (sops encrypts for them with gpg)",
+    },
 ];
 
 /// Names of [`DEBIAN_PACKAGES`], plus `GANTRY_PREREQUISITES_EXTRA` (space-separated; lets a test

@@ -3,9 +3,10 @@
 //!
 //! - **Keys** ([`Keys::from_secret`]) come from the `spec.decryption.secretRef` Secret: every
 //!   entry whose name ends in `.agekey` holds age X25519 identities (`AGE-SECRET-KEY-1…` lines,
-//!   `#` comments allowed). Flux's other entries (`*.asc` OpenPGP keys, `sops.vault-token`,
-//!   `sops.aws-kms`, `sops.azure-kv`, `sops.gcp-kms`) are refused by name: Gantry has no OpenPGP,
-//!   Vault or cloud KMS client.
+//!   `#` comments allowed), every entry ending in `.asc` armored OpenPGP private keys without a
+//!   passphrase (rpgp). Flux's other entries (`sops.vault-token`, `sops.aws-kms`,
+//!   `sops.azure-kv`, `sops.gcp-kms`) are refused by name: Gantry has no Vault or cloud KMS
+//!   client.
 //! - **Files before the build** ([`decrypt_sources`]): in the build's private copy of the
 //!   artifact, the manifests the build reads (every `*.yaml`/`*.yml` of a plain directory; a
 //!   kustomization's `resources`, followed recursively with its `components`), its
@@ -42,6 +43,9 @@ const UNSUPPORTED_ENTRIES: [(&str, &str); 4] = [
     ("sops.gcp-kms", "GCP KMS credentials"),
 ];
 
+/// What the message says which keys the decryption Secret may hold.
+const SUPPORTED: &str = "use age keys ('*.agekey' entries) or OpenPGP keys ('*.asc' entries)";
+
 /// Why decryption failed. Never contains a decrypted value.
 #[derive(Debug, thiserror::Error)]
 pub enum DecryptError {
@@ -64,7 +68,7 @@ pub enum DecryptError {
     /// A key type Gantry does not implement.
     #[error(
         "sops decryption Secret '{secret}' has '{entry}' ({kind}), which Gantry does not \
-         support: use age keys ('*.agekey' entries)"
+         support: {SUPPORTED}"
     )]
     UnsupportedKey {
         /// The Secret's key.
@@ -112,12 +116,18 @@ impl DecryptError {
 #[derive(Default)]
 pub struct Keys {
     age: Vec<age::x25519::Identity>,
+    pgp: Vec<pgp::composed::SignedSecretKey>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
-        write!(f, "Keys {{ age: {} identities }}", self.age.len())
+        write!(
+            f,
+            "Keys {{ age: {} identities, pgp: {} keys }}",
+            self.age.len(),
+            self.pgp.len()
+        )
     }
 }
 
@@ -137,21 +147,18 @@ impl Keys {
                     kind,
                 });
             }
-            if entry.ends_with(".asc") {
-                return Err(DecryptError::UnsupportedKey {
-                    entry: entry.clone(),
-                    secret: secret.to_owned(),
-                    kind: "OpenPGP private key",
-                });
-            }
-            if !entry.ends_with(".agekey") {
-                continue;
-            }
             let import = |message: String| DecryptError::Import {
                 entry: entry.clone(),
                 secret: secret.to_owned(),
                 message,
             };
+            if entry.ends_with(".asc") {
+                keys.pgp.extend(read_pgp_keys(value).map_err(import)?);
+                continue;
+            }
+            if !entry.ends_with(".agekey") {
+                continue;
+            }
             let text = std::str::from_utf8(value).map_err(|_| import("not UTF-8".into()))?;
             let before = keys.age.len();
             for (n, line) in text.lines().enumerate() {
@@ -172,7 +179,10 @@ impl Keys {
 
     /// Keys from age identities (for `gantry` commands and tests).
     pub fn from_age(identities: Vec<age::x25519::Identity>) -> Keys {
-        Keys { age: identities }
+        Keys {
+            age: identities,
+            pgp: Vec::new(),
+        }
     }
 
     /// The file's data key, unwrapped with one of these keys.
@@ -188,8 +198,12 @@ impl Keys {
                         Err(why) => failures.push(why),
                     }
                 }
-                WrappedKey::Pgp { fingerprint, .. } => {
-                    wrapped_for.push(format!("OpenPGP {fingerprint} (not supported by Gantry)"));
+                WrappedKey::Pgp { fingerprint, enc } => {
+                    wrapped_for.push(format!("OpenPGP {fingerprint}"));
+                    match self.unwrap_pgp(enc) {
+                        Ok(key) => return Ok(key),
+                        Err(why) => failures.push(why),
+                    }
                 }
                 WrappedKey::Other(field) => {
                     wrapped_for.push(format!("{field} (not supported by Gantry)"));
@@ -201,8 +215,8 @@ impl Keys {
         } else {
             format!("encrypted for {}", wrapped_for.join(", "))
         };
-        if self.age.is_empty() {
-            detail.push_str("; the decryption Secret has no age key");
+        if self.age.is_empty() && self.pgp.is_empty() {
+            detail.push_str("; the decryption Secret has no age or OpenPGP key");
         } else if !failures.is_empty() {
             failures.dedup();
             detail.push_str(&format!("; {}", failures.join("; ")));
@@ -229,6 +243,26 @@ impl Keys {
             .read_to_end(&mut key)
             .map_err(|e| format!("reading the age payload: {e}"))?;
         Ok(key)
+    }
+
+    fn unwrap_pgp(&self, enc: &str) -> Result<Vec<u8>, String> {
+        if self.pgp.is_empty() {
+            return Err("no OpenPGP key".into());
+        }
+        let (message, _) = pgp::composed::Message::from_armor(enc.as_bytes())
+            .map_err(|e| format!("reading the OpenPGP message: {e}"))?;
+        let password = pgp::types::Password::empty();
+        let mut message = message
+            .decrypt_with_keys(vec![&password; self.pgp.len()], self.pgp.iter().collect())
+            .map_err(|_| "no OpenPGP key of the decryption Secret matches".to_string())?;
+        if message.is_compressed() {
+            message = message
+                .decompress()
+                .map_err(|e| format!("decompressing the OpenPGP message: {e}"))?;
+        }
+        message
+            .as_data_vec()
+            .map_err(|e| format!("reading the OpenPGP message: {e}"))
     }
 
     /// Decrypts a whole SOPS file read as `input` and writes it as `output`, verifying its MAC.
@@ -289,6 +323,20 @@ impl Keys {
         }
         Ok(out)
     }
+}
+
+/// The OpenPGP private keys of an armored `.asc` entry (one or more keys).
+fn read_pgp_keys(armored: &[u8]) -> Result<Vec<pgp::composed::SignedSecretKey>, String> {
+    use pgp::composed::Deserializable as _;
+    let (keys, _) = pgp::composed::SignedSecretKey::from_armor_many(armored)
+        .map_err(|e| format!("not an armored OpenPGP private key: {e}"))?;
+    let keys = keys
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not an armored OpenPGP private key: {e}"))?;
+    if keys.is_empty() {
+        return Err("no OpenPGP private key found".into());
+    }
+    Ok(keys)
 }
 
 /// Decrypts, in place, the SOPS-encrypted files the build of `dir` reads (see the module docs).

@@ -331,7 +331,6 @@ fn unsupported_and_invalid_key_entries_are_refused_by_name() {
         ("sops.vault-token", "HashiCorp Vault transit token"),
         ("sops.azure-kv", "Azure Key Vault credentials"),
         ("sops.gcp-kms", "GCP KMS credentials"),
-        ("private.asc", "OpenPGP private key"),
     ] {
         let data = BTreeMap::from([(entry.to_string(), b"x".to_vec())]);
         let err = Keys::from_secret("ns/keys", &data).unwrap_err();
@@ -347,6 +346,10 @@ fn unsupported_and_invalid_key_entries_are_refused_by_name() {
     assert!(matches!(err, DecryptError::Import { .. }), "{err}");
     assert!(!err.is_terminal());
     assert!(!err.to_string().contains("NOPE"), "{err}");
+    let bad_pgp = BTreeMap::from([("key.asc".to_string(), b"not a key".to_vec())]);
+    let err = Keys::from_secret("ns/keys", &bad_pgp).unwrap_err();
+    assert!(err.to_string().contains("'key.asc'"), "{err}");
+    assert!(!err.is_terminal());
     // Entries Flux ignores are ignored.
     let other = BTreeMap::from([("README".to_string(), b"notes".to_vec())]);
     assert!(Keys::from_secret("ns/keys", &other).is_ok());
@@ -366,4 +369,111 @@ fn an_encrypted_secret_data_entry_is_decrypted_after_the_build() {
     decrypt::decrypt_objects(&mut objects, &key.keys()).unwrap();
     assert_eq!(secret_data(&objects[0], "app.env"), b"A=1\n");
     assert_eq!(secret_data(&objects[0], "plain"), b"x");
+}
+
+/// A throwaway GnuPG home with one key (ed25519 + cv25519, no passphrase); its agent is stopped
+/// on drop so no process is left behind.
+struct GnuPg {
+    home: tempfile::TempDir,
+    fingerprint: String,
+}
+
+impl GnuPg {
+    fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg")
+                .env("GNUPGHOME", home.path())
+                .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args)
+                .output()
+                .expect("gpg (Debian gnupg, installed by `cargo xtask prerequisites`)");
+            assert!(
+                out.status.success(),
+                "gpg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        gpg(&[
+            "--quick-gen-key",
+            "Gantry Test <test@gantry.invalid>",
+            "future-default",
+            "default",
+            "never",
+        ]);
+        let listing = gpg(&["--with-colons", "--list-secret-keys"]);
+        let fingerprint = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.trim_matches(':').split(':').next_back())
+            .unwrap()
+            .to_string();
+        Self { home, fingerprint }
+    }
+
+    fn export_secret(&self) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(["--armor", "--export-secret-keys", &self.fingerprint])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    fn encrypt(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        std::fs::write(&file, plain).unwrap();
+        let out = Command::new(sops_bin())
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env("GNUPGHOME", self.home.path())
+            .args(["--encrypt", "--pgp", &self.fingerprint])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sops --encrypt --pgp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for GnuPg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "all"])
+            .status();
+    }
+}
+
+#[test]
+fn openpgp_keys_from_asc_entries_decrypt() {
+    let gnupg = GnuPg::new();
+    let root = tempfile::tempdir().unwrap();
+    let encrypted = gnupg.encrypt("secret.yaml", SECRET.as_bytes());
+    assert!(String::from_utf8_lossy(&encrypted).contains(&gnupg.fingerprint));
+    write(root.path(), "secret.yaml", &encrypted);
+    let data = BTreeMap::from([("pgp.asc".to_string(), gnupg.export_secret())]);
+    let keys = Keys::from_secret("ns/sops-gpg", &data).unwrap();
+    let objects = build_decrypted(root.path(), &keys, &spec()).unwrap();
+    assert_eq!(
+        find(&objects, "Secret", "db")["stringData"]["password"],
+        "hunter2"
+    );
+
+    // An age key alone cannot open it: the message names the OpenPGP fingerprint.
+    let root = tempfile::tempdir().unwrap();
+    write(root.path(), "secret.yaml", &encrypted);
+    let err = build_decrypted(root.path(), &AgeKey::new().keys(), &spec()).unwrap_err();
+    assert!(
+        err.contains(&format!("OpenPGP {}", gnupg.fingerprint)),
+        "{err}"
+    );
 }
