@@ -75,8 +75,13 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
     },
     Package {
         name: "gnupg",
-        files: &["/usr/bin/gpg", "/usr/bin/gpgconf"],
+        files: &["/usr/bin/gpg", "/usr/bin/gpg-agent"],
         why: "OpenPGP keys for the SOPS decryption tests (sops encrypts for them with gpg)",
+    },
+    Package {
+        name: "gpgconf",
+        files: &["/usr/bin/gpgconf"],
+        why: "stops the gpg-agent of the SOPS decryption tests",
     },
 ];
 
