@@ -1,5 +1,6 @@
 //! `cargo xtask bench gitops`: Flux's benchmark shape on the local control plane.
-//! (`cargo xtask bench policy`, at [`policy`], needs no cluster.)
+//! (`cargo xtask bench policy`, at [`policy`], and `cargo xtask bench sops`, at [`sops`], need no
+//! cluster.)
 //!
 //! N Kustomizations, each applying a Deployment (replicas 0), a ServiceAccount, a Service and an
 //! Ingress from one git repository, created at once; measured: the time until every one is
@@ -144,6 +145,24 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("the policy benchmark failed");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench sops`: the decryption example of gantry-core in release mode, with files
+/// the real `sops` at `sops` encrypts.
+pub fn sops(workspace: &Path, sops: &Path, count: usize, runs: usize) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the SOPS decryption benchmark (release)...");
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "gantry-core"])
+        .args(["--example", "sops_bench", "--"])
+        .arg(sops)
+        .args([count.to_string(), runs.to_string()])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("the SOPS benchmark failed");
     }
     Ok(())
 }

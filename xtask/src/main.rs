@@ -5,7 +5,7 @@
 //!   staging and production) on that control plane (see `sandbox`).
 //! - `test`: the whole test suite against that control plane (or `GANTRY_KUBECONFIG`).
 //! - `prerequisites`: the Debian packages and Go the two above need (they check it first).
-//! - `tool flux|actionlint|kustomize`: the path of a Go tool the tests use, built if missing.
+//! - `tool flux|actionlint|kustomize|sops`: the path of a Go tool the tests use, built if missing.
 //! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
@@ -109,6 +109,8 @@ enum GoTool {
     Flux,
     Actionlint,
     Kustomize,
+    /// The `sops` CLI (the decryption tests encrypt with it).
+    Sops,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +206,16 @@ enum BenchTask {
         /// building this workspace's.
         #[arg(long)]
         gantry: Option<PathBuf>,
+    },
+    /// Decryption time for N SOPS-encrypted Secrets in one build, files made by the real sops
+    /// CLI (no cluster).
+    Sops {
+        /// How many Secrets.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
     },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
@@ -369,6 +381,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image::image(&workspace_root(), &paths.cache, &options)?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Bench(BenchTask::Sops { count, runs }) => {
+            let sops = gotools::sops(&paths.cache)?;
+            bench::sops(&workspace_root(), &sops, count, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
             bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
@@ -394,6 +411,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 GoTool::Flux => gotools::flux(&paths.cache)?,
                 GoTool::Actionlint => gotools::actionlint(&paths.cache)?,
                 GoTool::Kustomize => kustomize::ensure(&paths.cache)?,
+                GoTool::Sops => gotools::sops(&paths.cache)?,
             };
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
@@ -418,7 +436,8 @@ fn go_needed(
     );
     let tools = test_tools
         && (missing("GANTRY_FLUX", gotools::flux_path(cache))
-            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache)));
+            || missing("GANTRY_ACTIONLINT", gotools::actionlint_path(cache))
+            || missing("GANTRY_SOPS", gotools::sops_path(cache)));
     control_plane || kustomize || tools
 }
 
@@ -472,6 +491,11 @@ fn test(
         Some(path) => PathBuf::from(path),
         None => gotools::actionlint(&paths.cache)?,
     };
+    // The real `sops` CLI encrypts the decryption tests' files.
+    let sops_bin = match std::env::var_os("GANTRY_SOPS") {
+        Some(path) => PathBuf::from(path),
+        None => gotools::sops(&paths.cache)?,
+    };
     // The image tests install and run the real image; cargo's release target dir is the cache,
     // so an unchanged tree only re-assembles the layers.
     let image_dir = match std::env::var_os("GANTRY_IMAGE_LAYOUT") {
@@ -505,6 +529,7 @@ fn test(
         .env("GANTRY_KUSTOMIZE", &kustomize_bin)
         .env("GANTRY_FLUX", &flux_bin)
         .env("GANTRY_ACTIONLINT", &actionlint_bin)
+        .env("GANTRY_SOPS", &sops_bin)
         .env("GANTRY_IMAGE_LAYOUT", &image_dir)
         .current_dir(workspace_root())
         .status()

@@ -90,6 +90,16 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
         files: &["/usr/bin/shellcheck"],
         why: "actionlint checks the workflows' shell steps with it",
     },
+    Package {
+        name: "gnupg",
+        files: &["/usr/bin/gpg", "/usr/bin/gpg-agent"],
+        why: "OpenPGP keys for the SOPS decryption tests (sops encrypts for them with gpg)",
+    },
+    Package {
+        name: "gpgconf",
+        files: &["/usr/bin/gpgconf"],
+        why: "stops the gpg-agent of the SOPS decryption tests",
+    },
 ];
 
 /// Names of [`DEBIAN_PACKAGES`], plus `GANTRY_PREREQUISITES_EXTRA` (space-separated; lets a test

@@ -139,7 +139,6 @@ fn without_a_file_the_spec_is_empty_and_the_namespace_flux_system() {
         "infra",
         "--path",
         dir.path().to_str().unwrap(),
-        "--dry-run",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let docs = documents(&stdout(&out));

@@ -6,10 +6,12 @@
 //!   per-object annotations, inventory and prune.
 //! - `health`: kstatus health waits with Flux's messages (used by `apply`; it knows only
 //!   [`discovery`], so the arrows run apply → health → discovery).
+//! - [`decrypt`]: SOPS decryption of the build's files and objects (`spec.decryption`).
 //! - [`controller`]: the Kustomization controller tying them together.
 
 pub mod apply;
 pub mod build;
 pub mod controller;
+pub mod decrypt;
 pub mod discovery;
 pub mod health;

@@ -6,9 +6,11 @@
 //! - [`inventory`]: object ids, the inventory diff that decides what to prune, apply ordering.
 //! - [`kstatus`]: health of applied objects as kstatus computes it.
 //! - [`depgraph`]: `dependsOn` cycles.
+//! - [`sops`]: SOPS-encrypted files (`spec.decryption`): parsing, value decryption, the MAC.
 
 pub mod depgraph;
 pub mod inventory;
 pub mod kstatus;
+pub mod sops;
 pub mod substitute;
 pub mod transform;

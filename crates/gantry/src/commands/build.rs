@@ -9,6 +9,13 @@
 //! `--var KEY=VALUE` instead. Substitution is strict: a variable that is unset and has no default
 //! fails the build, naming it (and when `substituteFrom` was skipped, substitution runs even
 //! without any variable, so such a variable is reported rather than printed as `${var}`).
+//!
+//! As `flux build kustomization` does, SOPS-encrypted Secrets are printed masked (every value
+//! `**SOPS**`, no `sops` key: [`gantry_core::kustomize::sops::mask_secret`]), `--ignore-paths`
+//! leaves files out of a directory without a kustomization file, and `--recursive` builds the
+//! Flux Kustomizations the build contains from `--local-sources KIND/NAMESPACE/NAME=DIR`,
+//! appending their objects after the parent's. `--dry-run` needs `--kustomization-file`, as in
+//! Flux.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,14 +49,23 @@ pub struct KustomizationArgs {
     #[command(flatten)]
     pub input: BuildInput,
 
-    /// Accepted for compatibility with `flux build kustomization`: this command never contacts a
-    /// cluster anyway.
+    /// Build from `--kustomization-file` without a cluster (required with it, as in Flux; this
+    /// command never contacts a cluster anyway).
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Build the Flux Kustomizations found in the output too, from `--local-sources`.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+
+    /// Where a nested Kustomization's source is checked out: `KIND/NAMESPACE/NAME=DIR`
+    /// (comma-separated or repeated), e.g. `GitRepository/flux-system/flux-system=./`.
+    #[arg(long, value_delimiter = ',', value_name = "KIND/NAMESPACE/NAME=DIR")]
+    pub local_sources: Vec<String>,
 }
 
 /// What to build: shared by `gantry build kustomization` and `gantry diff kustomization`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BuildInput {
     /// Name of the Kustomization (goes into the `kustomize.toolkit.fluxcd.io/name` label).
     pub name: String,
@@ -76,6 +92,11 @@ pub struct BuildInput {
     /// [default: $GANTRY_KUSTOMIZE, then kustomize, then kubectl on PATH].
     #[arg(long)]
     pub kustomize: Option<PathBuf>,
+
+    /// Paths to leave out, in .gitignore format (comma-separated or repeated); as in Flux they
+    /// apply to a directory without a kustomization file.
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN")]
+    pub ignore_paths: Vec<String>,
 }
 
 pub fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
@@ -89,10 +110,95 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<ExitCode> {
 
 /// The YAML stream `gantry build kustomization` prints.
 pub fn render(args: &KustomizationArgs) -> anyhow::Result<String> {
-    let args = &args.input;
-    let (spec, namespace) = file_spec(args)?;
-    let objects = build_objects(args, spec.unwrap_or_default(), &namespace, None)?;
+    if args.dry_run && args.input.kustomization_file.is_none() {
+        bail!("dry-run mode requires a kustomization file");
+    }
+    let sources = local_sources(&args.local_sources)?;
+    let input = &args.input;
+    let (spec, namespace) = file_spec(input)?;
+    let spec = spec.unwrap_or_default();
+    let mut objects = build_objects(input, spec.clone(), &namespace, None)?;
+    if args.recursive {
+        let mut seen = vec![(input.name.clone(), namespace.clone())];
+        let nested = build_nested(input, &objects, &sources, &namespace, &mut seen)?;
+        objects.extend(nested);
+    }
+    for object in &mut objects {
+        gantry_core::kustomize::sops::mask_secret(object);
+    }
     to_yaml_stream(&objects)
+}
+
+/// `--local-sources` as `KIND/NAMESPACE/NAME` → directory.
+fn local_sources(args: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    args.iter()
+        .filter(|a| !a.is_empty())
+        .map(|arg| match arg.split_once('=') {
+            Some((key, dir)) if !key.is_empty() && !dir.is_empty() => {
+                Ok((key.to_string(), PathBuf::from(dir)))
+            }
+            _ => bail!("--local-sources {arg:?}: expected KIND/NAMESPACE/NAME=DIR"),
+        })
+        .collect()
+}
+
+/// The objects of the Flux Kustomizations among `objects` (`--recursive`), each built from its
+/// source's local directory joined with its `spec.path`, depth first, as `flux build` does.
+fn build_nested(
+    input: &BuildInput,
+    objects: &[Value],
+    sources: &BTreeMap<String, PathBuf>,
+    parent_namespace: &str,
+    seen: &mut Vec<(String, String)>,
+) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for object in objects {
+        let is_kustomization = object.get("kind").and_then(Value::as_str) == Some("Kustomization")
+            && object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with("kustomize.toolkit.fluxcd.io/"));
+        if !is_kustomization {
+            continue;
+        }
+        let ks: Kustomization = serde_json::from_value(object.clone())
+            .context("a Kustomization in the build has an invalid spec")?;
+        let name = ks.metadata.name.clone().unwrap_or_default();
+        let namespace = ks
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| parent_namespace.to_string());
+        if seen.contains(&(name.clone(), namespace.clone())) {
+            continue;
+        }
+        seen.push((name.clone(), namespace.clone()));
+        let source = &ks.spec.source_ref;
+        let source_namespace = source
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| namespace.clone());
+        let kind = serde_json::to_value(source.kind)?;
+        let key = format!(
+            "{}/{source_namespace}/{}",
+            kind.as_str().unwrap_or_default(),
+            source.name
+        );
+        let Some(dir) = sources.get(&key) else {
+            bail!("cannot get local path for {key} of kustomization {name}");
+        };
+        let mut nested = input.clone();
+        nested.name = name;
+        nested.path = build::resolve_path(dir, ks.spec.path.as_deref());
+        nested.kustomization_file = None;
+        let built = build_objects(&nested, ks.spec.clone(), &namespace, None)?;
+        let deeper = build_nested(&nested, &built, sources, &namespace, seen)?;
+        out.extend(built);
+        out.extend(deeper);
+    }
+    Ok(out)
 }
 
 /// The spec of `--kustomization-file` (if given) and the Kustomization's namespace:
@@ -164,7 +270,9 @@ pub fn build_objects(
     };
     // Like the controller, build kustomizations on a private copy whose kustomization file takes
     // the spec's fields (Flux's way); the user's files are never written to.
-    let needs_copy = build::kustomization_file(&args.path).is_some() || !spec.components.is_empty();
+    let has_kustomization = build::kustomization_file(&args.path).is_some();
+    let ignore = !args.ignore_paths.is_empty() && !has_kustomization;
+    let needs_copy = has_kustomization || !spec.components.is_empty() || ignore;
     let mut objects = if needs_copy && args.path.is_dir() {
         let root = repository_root(&args.path)?;
         let scratch = tempfile::tempdir().context("creating a scratch directory")?;
@@ -172,6 +280,9 @@ pub fn build_objects(
         copy_tree(&root, &copy)?;
         let relative = args.path.canonicalize()?;
         let dir = copy.join(relative.strip_prefix(&root).unwrap_or(Path::new("")));
+        if ignore {
+            remove_ignored(&dir, &args.ignore_paths)?;
+        }
         kustomize.edit_in_place = true;
         build::build(&dir, &spec, &vars, &kustomize, true).map_err(|err| {
             // Name the user's files, not the copies.
@@ -185,6 +296,37 @@ pub fn build_objects(
     };
     build::set_owner_labels(&mut objects, &args.name, namespace);
     Ok(objects)
+}
+
+/// Removes from the scratch copy `dir` what `--ignore-paths` patterns (relative to `dir`, as
+/// Flux's generator reads them) exclude.
+fn remove_ignored(dir: &Path, patterns: &[String]) -> anyhow::Result<()> {
+    let patterns = gantry_source::sourceignore::read_patterns(&patterns.join("\n"), "");
+    let rules = gantry_source::sourceignore::SourceIgnore::from_patterns(&patterns)
+        .context("--ignore-paths")?;
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        rules: &gantry_source::sourceignore::SourceIgnore,
+    ) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let is_dir = entry.file_type()?.is_dir();
+            let rel = path.strip_prefix(base).unwrap_or(&path);
+            if rules.is_ignored(rel, is_dir) {
+                if is_dir {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            } else if is_dir {
+                walk(base, &path, rules)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, dir, &rules)
 }
 
 /// The checkout `path` belongs to (the nearest ancestor with `.git`), else `path` itself: what a

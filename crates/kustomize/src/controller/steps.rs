@@ -24,6 +24,7 @@ use super::decide::{self, Failure};
 use super::{Error, Kustomizations};
 use crate::apply::{self, Applier, ApplyOptions, Owner};
 use crate::build::{self, SourceData, SubstituteSource};
+use crate::decrypt::{self, DecryptError, Keys};
 use crate::health::WaitOptions;
 
 /// How long a reconciliation waits for this process to store an artifact its source names
@@ -143,6 +144,7 @@ impl Kustomizations {
         let store = self.settings.artifacts.clone();
         let spec = ks.spec.clone();
         let vars = substitute_from(ks, client).await?;
+        let keys = decryption_keys(ks, client).await?;
         let mut kustomize = self.settings.kustomize.clone();
         kustomize.timeout = timeout;
         let path = ks.spec.path.clone();
@@ -171,8 +173,26 @@ impl Kustomizations {
             }
             // Name files as they are in the repository, not in the scratch directory.
             let scratch = format!("{}/", dir.path().display());
-            build::build(&root, &spec, &vars, &kustomize, true)
-                .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, "")))
+            let decrypt_failure = |e: decrypt::DecryptError| {
+                let failure =
+                    Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, ""));
+                if e.is_terminal() {
+                    failure.terminal()
+                } else {
+                    failure
+                }
+            };
+            // Decrypted files stay in this private copy, removed with it.
+            if let Some(keys) = &keys {
+                decrypt::decrypt_sources(dir.path(), &root, keys).map_err(decrypt_failure)?;
+            }
+            let mut objects = build::build(&root, &spec, &vars, &kustomize, true).map_err(|e| {
+                Failure::new(BUILD_FAILED_REASON, e.to_string().replace(&scratch, ""))
+            })?;
+            if let Some(keys) = &keys {
+                decrypt::decrypt_objects(&mut objects, keys).map_err(decrypt_failure)?;
+            }
+            Ok(objects)
         })
         .await
         .map_err(|e| Failure::new(BUILD_FAILED_REASON, format!("build task failed: {e}")))?
@@ -372,4 +392,43 @@ async fn substitute_from(
     }
     build::merge_substitute_from(&sources)
         .map_err(|e| Failure::new(BUILD_FAILED_REASON, e.to_string()))
+}
+
+/// The keys of `spec.decryption.secretRef` (a Secret of the Kustomization's namespace), or
+/// `None` without `spec.decryption`. A missing Secret is retried (it may be created later); a key
+/// type Gantry cannot use stalls the Kustomization.
+async fn decryption_keys(ks: &Kustomization, client: &Client) -> Result<Option<Keys>, Failure> {
+    let Some(decryption) = &ks.spec.decryption else {
+        return Ok(None);
+    };
+    let Some(reference) = &decryption.secret_ref else {
+        return Ok(Some(Keys::default()));
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let id = format!("{namespace}/{}", reference.name);
+    let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| {
+            let message = format!("cannot get sops decryption Secret '{id}': {e}");
+            Failure::new(BUILD_FAILED_REASON, message)
+        })?;
+    let Some(secret) = secret else {
+        let err = DecryptError::SecretNotFound { secret: id };
+        return Err(Failure::new(BUILD_FAILED_REASON, err.to_string()));
+    };
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Keys::from_secret(&id, &data).map(Some).map_err(|e| {
+        let failure = Failure::new(BUILD_FAILED_REASON, e.to_string());
+        if e.is_terminal() {
+            failure.terminal()
+        } else {
+            failure
+        }
+    })
 }
