@@ -1,0 +1,3 @@
+//! Pure logic of the serving data path (Knative Serving's API): the autoscaler's decisions.
+
+pub mod autoscale;
