@@ -10,6 +10,7 @@
 //!   (`image.toolkit.fluxcd.io/v1`).
 //! - [`notification::v1`]: `Receiver`; [`notification::v1beta3`]: `Alert`, `Provider`
 //!   (`notification.toolkit.fluxcd.io`).
+//! - [`serving::v1`]: Knative Serving's `Service` and `Revision` (`serving.knative.dev/v1`).
 //! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
 //!   every Flux kind shares.
 //!
@@ -28,6 +29,7 @@ pub mod kustomize;
 pub mod meta;
 pub mod notification;
 mod schema;
+pub mod serving;
 pub mod source;
 
 /// Every CRD Gantry serves, in the order they should be installed.
@@ -41,5 +43,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         notification::v1::Receiver::crd(),
         notification::v1beta3::Alert::crd(),
         notification::v1beta3::Provider::crd(),
+        serving::v1::Service::crd(),
+        serving::v1::Revision::crd(),
     ]
 }

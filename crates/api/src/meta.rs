@@ -154,10 +154,33 @@ pub trait FluxObject {
     fn flux_status(&self) -> Option<&Self::Status>;
 }
 
+/// One condition as the harness reads it, whatever the kind's condition type (Flux's
+/// `metav1.Condition`, Knative's condition with a severity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConditionView<'a> {
+    pub status: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
 /// What every Flux status shows: kstatus conditions and the revision the object serves.
 pub trait FluxStatus: Serialize {
-    /// `status.conditions`.
-    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+    /// `status.conditions` when they are `metav1.Condition`s; kinds with another condition type
+    /// (Knative's) return none here and answer [`condition`](Self::condition) instead.
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        &[]
+    }
+    /// The condition of type `type_`.
+    fn condition(&self, type_: &str) -> Option<ConditionView<'_>> {
+        self.conditions()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| ConditionView {
+                status: &c.status,
+                reason: &c.reason,
+                message: &c.message,
+            })
+    }
     /// The revision `gotk_resource_info` reports (artifact, last applied, latest image).
     fn revision(&self) -> Option<&str>;
     /// [`revision`](Self::revision) as the `revision` label shows it; statuses that compose it

@@ -68,6 +68,35 @@ pub(crate) fn root_without_status<Spec: JsonSchema>(
     Schema::try_from(root).expect("a JSON object is a schema")
 }
 
+/// The top-level schema of a Knative kind: as [`root`], but without Flux's status default
+/// (Knative's CRDs default nothing) and with `spec.unsupported` keys kept, not pruned.
+pub(crate) fn root_knative<Spec: JsonSchema, Status: JsonSchema>(
+    generator: &mut SchemaGenerator,
+    description: &str,
+) -> Schema {
+    let spec = generator.subschema_for::<Spec>().to_value();
+    let status = generator.subschema_for::<Status>().to_value();
+    let mut root = json!({
+        "description": description,
+        "type": "object",
+        "properties": {
+            "apiVersion": {
+                "description": "Versioned schema of this object (group/version).",
+                "type": "string",
+            },
+            "kind": {
+                "description": "REST resource kind of this object, in CamelCase.",
+                "type": "string",
+            },
+            "metadata": { "type": "object" },
+            "spec": spec,
+            "status": status,
+        },
+    });
+    strip_nulls(&mut root);
+    Schema::try_from(root).expect("a JSON object is a schema")
+}
+
 /// Removes what `Option<T>` adds (`null` in `type`/`enum`, `anyOf [T, null]`, `nullable`).
 fn strip_nulls(value: &mut Value) {
     let Some(object) = value.as_object_mut() else {

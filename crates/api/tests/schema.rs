@@ -252,6 +252,8 @@ fn crds_lists_every_kind_once() {
             "receivers.notification.toolkit.fluxcd.io",
             "alerts.notification.toolkit.fluxcd.io",
             "providers.notification.toolkit.fluxcd.io",
+            "services.serving.knative.dev",
+            "revisions.serving.knative.dev",
         ]
     );
 }

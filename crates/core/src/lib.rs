@@ -15,3 +15,4 @@ pub mod source;
 
 pub mod gotemplate;
 pub mod semver;
+pub mod serving;

@@ -39,7 +39,7 @@ use tokio::sync::broadcast;
 use crate::events::{Events, FluxEvent, Severity};
 use crate::metrics::{Metrics, ResourceInfo};
 use crate::trigger::Trigger;
-use crate::{backoff, conditions, finalizer, status};
+use crate::{backoff, finalizer, status};
 
 /// What every controller of the process shares: the client, the metrics registry and the event
 /// stream the alert dispatcher subscribes to.
@@ -94,6 +94,11 @@ pub trait Reconciler: Send + Sync + 'static {
     /// Flux's controller name (`source-controller`, ...): field manager of status writes and
     /// reporter of events, so ownership carries over from Flux.
     const CONTROLLER: &'static str;
+
+    /// The finalizer the harness adds before the first reconcile and removes after
+    /// [`cleanup`](Self::cleanup); `None` for kinds whose children go with them through owner
+    /// references (Knative's, which carry no Flux finalizer).
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
     /// Brings the world in line with the object (never called while it is suspended or being
     /// deleted); reports through `cx`; says when to come back.
@@ -175,24 +180,23 @@ impl<K: Object> Cx<K> {
     /// Exports the object's state as metrics: `status`, or the object's own status when `None`.
     pub fn record(&self, obj: &K, status: Option<&K::Status>) {
         let status = status.or(obj.flux_status());
-        let conds = status.map(FluxStatus::conditions).unwrap_or_default();
-        let ready = conditions::get(conds, READY_CONDITION);
+        let ready = status.and_then(|s| s.condition(READY_CONDITION));
+        let stalled = status
+            .and_then(|s| s.condition(STALLED_CONDITION))
+            .is_some_and(|c| c.status == "True");
         let (namespace, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
         let kind = K::kind(&());
-        self.shared.metrics.set_stalled(
-            &kind,
-            &namespace,
-            &name,
-            conditions::is_true(conds, STALLED_CONDITION),
-        );
+        self.shared
+            .metrics
+            .set_stalled(&kind, &namespace, &name, stalled);
         self.shared.metrics.set_resource(&ResourceInfo {
             group: K::group(&()).into_owned(),
             kind: kind.into_owned(),
             version: K::version(&()).into_owned(),
             namespace,
             name,
-            ready: ready.map_or_else(|| "Unknown".to_owned(), |c| c.status.clone()),
-            reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
+            ready: ready.map_or_else(|| "Unknown".to_owned(), |c| c.status.to_owned()),
+            reason: ready.map(|c| c.reason.to_owned()).unwrap_or_default(),
             suspended: obj.suspended(),
             revision: status
                 .and_then(|s| s.revision_label())
@@ -218,11 +222,11 @@ impl<K: Object> Cx<K> {
             "{message}"
         );
         self.write_status(obj, status).await?;
+        // One event per change of Ready, not per retry.
         let previous = obj
             .flux_status()
-            .map(FluxStatus::conditions)
-            .unwrap_or_default();
-        if conditions::failure_is_news(previous, message) {
+            .and_then(|s| s.condition(READY_CONDITION));
+        if previous.is_none_or(|c| c.status != "False" || c.message != message) {
             self.event(obj, Severity::Error, reason, message, None)
                 .await;
         }
@@ -429,7 +433,9 @@ async fn reconcile<R: Reconciler>(
     let _timer = cx.metrics().reconcile_timer(&kind, &namespace, &name);
     let api = cx.api(&obj);
     if obj.meta().deletion_timestamp.is_some() {
-        if obj.finalizers().iter().any(|f| f == FINALIZER) {
+        if let Some(finalizer) = R::FINALIZER
+            && obj.finalizers().iter().any(|f| f == finalizer)
+        {
             inner
                 .reconciler
                 .cleanup(obj.clone(), cx)
@@ -438,7 +444,7 @@ async fn reconcile<R: Reconciler>(
             // Before the finalizer goes: once the object is gone from the API, so are its
             // series (whoever saw the deletion complete must not still scrape them).
             cx.metrics().remove_resource(&kind, &namespace, &name);
-            finalizer::remove(&api, obj.as_ref(), FINALIZER)
+            finalizer::remove(&api, obj.as_ref(), finalizer)
                 .await
                 .map_err(Error::Finalizer)?;
         }
@@ -447,9 +453,11 @@ async fn reconcile<R: Reconciler>(
         return Ok(Action::await_change());
     }
     // Before any work, so whatever the reconcile leaves behind is cleaned up on deletion.
-    finalizer::add(&api, obj.as_ref(), FINALIZER)
-        .await
-        .map_err(Error::Finalizer)?;
+    if let Some(finalizer) = R::FINALIZER {
+        finalizer::add(&api, obj.as_ref(), finalizer)
+            .await
+            .map_err(Error::Finalizer)?;
+    }
     if obj.suspended() {
         // Flux writes nothing for a suspended object; only the metric says so.
         cx.record(&obj, None);
