@@ -10,7 +10,6 @@ pub mod image;
 pub mod kustomize;
 pub mod notification;
 pub mod release;
-pub mod serving;
 pub mod source;
 
 pub mod gotemplate;
