@@ -505,6 +505,10 @@ fn test(
         .env("GANTRY_FLUX", &flux_bin)
         .env("GANTRY_ACTIONLINT", &actionlint_bin)
         .env("GANTRY_IMAGE_LAYOUT", &image_dir)
+        // Every `gantry run` a test starts serves its router on a free loopback port and dials
+        // loopback only (pods get 127.x addresses from kwok here).
+        .env("GANTRY_SERVING_ADDR", "127.0.0.1:0")
+        .env("GANTRY_SERVING_LOOPBACK_ONLY", "true")
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");

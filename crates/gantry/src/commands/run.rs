@@ -73,6 +73,8 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub serving_router: super::serving_router::ServingRouterArgs,
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
@@ -118,7 +120,8 @@ async fn serve(args: &RunArgs) -> Result<()> {
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
 
     let shutdown = CancellationToken::new();
-    let metrics = Metrics::new();
+    let router_metrics = gantry_router::metrics::RouterMetrics::default();
+    let metrics = Metrics::with_registered(|registry| router_metrics.register(registry));
     let health = Health {
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -164,11 +167,27 @@ async fn serve(args: &RunArgs) -> Result<()> {
         signal.cancel();
     });
 
+    // Every replica serves the data path; only the leader's autoscaler scales.
+    let leader = Arc::new(AtomicBool::new(false));
+    if args.serving_router.enabled() {
+        let router = args.serving_router.router(&client, router_metrics);
+        args.serving_router
+            .start(
+                client.clone(),
+                router,
+                args.watch_namespace.clone(),
+                leader.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+    }
+
     let lease = if args.leader_elect {
         Some(acquire_leadership(&client, args, &shutdown).await?)
     } else {
         None
     };
+    leader.store(true, Ordering::SeqCst);
     let result = if shutdown.is_cancelled() {
         Ok(())
     } else {
