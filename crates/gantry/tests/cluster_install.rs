@@ -383,6 +383,13 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     ("impersonate", "", "serviceaccounts", true),
     ("create", "events.k8s.io", "events", true),
     ("patch", "events.k8s.io", "events", true),
+    // The serving router.
+    ("watch", "serving.knative.dev", "services", false),
+    ("watch", "serving.knative.dev", "revisions", false),
+    ("watch", "", "pods", false),
+    ("watch", "apps", "deployments", false),
+    ("get", "apps", "deployments/scale", true),
+    ("patch", "apps", "deployments/scale", true),
 ];
 
 #[tokio::test]
