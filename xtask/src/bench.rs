@@ -148,6 +148,22 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench serving`: the router's benchmark example, built with optimisations.
+pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the serving benchmark (release)...");
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "gantry-router"])
+        .args(["--example", "serving_bench", "--"])
+        .args([runs.to_string(), seconds.to_string()])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("the serving benchmark failed");
+    }
+    Ok(())
+}
+
 struct Process(Child);
 
 impl Drop for Process {

@@ -204,6 +204,16 @@ enum BenchTask {
         #[arg(long)]
         gantry: Option<PathBuf>,
     },
+    /// The serving router (no cluster, loopback): cold-start overhead over pod ready, warm
+    /// latency direct vs through the router at 1000 and 5000 rps, saturation, router CPU/RSS.
+    Serving {
+        /// Cold starts to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Seconds per warm case.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -366,6 +376,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 insecure: args.insecure,
             };
             image::image(&workspace_root(), &paths.cache, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Serving { runs, seconds }) => {
+            bench::serving(&workspace_root(), runs, seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
