@@ -383,13 +383,6 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     ("impersonate", "", "serviceaccounts", true),
     ("create", "events.k8s.io", "events", true),
     ("patch", "events.k8s.io", "events", true),
-    // The serving router.
-    ("watch", "serving.knative.dev", "services", false),
-    ("watch", "serving.knative.dev", "revisions", false),
-    ("watch", "", "pods", false),
-    ("watch", "apps", "deployments", false),
-    ("get", "apps", "deployments/scale", true),
-    ("patch", "apps", "deployments/scale", true),
 ];
 
 #[tokio::test]
@@ -674,6 +667,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg("--default-service-account=deployer")
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+            .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--storage-path")
             .arg(storage.path())

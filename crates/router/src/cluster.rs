@@ -536,6 +536,71 @@ mod tests {
     }
 
     #[test]
+    fn revision_settings_come_from_spec_and_annotations() {
+        use gantry_api::serving::v1::{Container, ContainerPort, RevisionSpec};
+        let spec = RevisionSpec {
+            containers: vec![Container {
+                ports: vec![ContainerPort {
+                    name: Some("h2c".into()),
+                    container_port: Some(9000),
+                    ..Default::default()
+                }],
+                readiness_probe: Some(serde_json::json!({ "httpGet": { "path": "/ready" } })),
+                ..Default::default()
+            }],
+            container_concurrency: Some(10),
+            timeout_seconds: Some(120),
+            response_start_timeout_seconds: Some(30),
+            ..Default::default()
+        };
+        let mut rev = Revision::new("hello-00001", spec);
+        rev.metadata.annotations = Some(
+            [
+                (MIN_SCALE_ANNOTATION, "1"),
+                (MAX_SCALE_ANNOTATION, "5"),
+                (WINDOW_ANNOTATION, "10s"),
+                (TARGET_UTILIZATION_ANNOTATION, "50"),
+                (ACTIVATION_SCALE_ANNOTATION, "2"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let c = revision_config(&rev, &Defaults::default());
+        assert_eq!(c.container_concurrency, 10);
+        assert_eq!(
+            c.timeout,
+            Duration::from_secs(30),
+            "the response-start timeout is shorter"
+        );
+        assert!(c.h2c);
+        assert_eq!(
+            c.probe,
+            Probe::Http {
+                path: "/ready".into()
+            }
+        );
+        // containerConcurrency 10 × 50 %.
+        assert_eq!(c.autoscale.target, 5.0);
+        assert_eq!(c.autoscale.stable_window, Duration::from_secs(10));
+        assert_eq!(
+            (
+                c.autoscale.min_scale,
+                c.autoscale.max_scale,
+                c.autoscale.activation_scale
+            ),
+            (1, 5, 2)
+        );
+        let plain = revision_config(
+            &Revision::new("r", RevisionSpec::default()),
+            &Defaults::default(),
+        );
+        assert_eq!(plain.timeout, Duration::from_secs(300));
+        assert_eq!(plain.probe, Probe::Tcp);
+        assert_eq!(plain.autoscale.target, 70.0);
+    }
+
+    #[test]
     fn url_hosts() {
         assert_eq!(
             url_host("http://a.b.example.com/x").as_deref(),

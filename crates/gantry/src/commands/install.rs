@@ -41,10 +41,6 @@ pub const HEALTH_PORT: i32 = 9440;
 pub const METRICS_PORT: i32 = 8080;
 /// Port of the webhook receivers (Flux's notification-controller uses the same).
 pub const RECEIVER_PORT: i32 = 9292;
-/// Port of the serving router (`gantry run --serving-addr`).
-pub const SERVING_PORT: i32 = 8090;
-/// The router's Service: each Knative Service's `ExternalName` Service points here.
-pub const SERVING_SERVICE: &str = "gantry-serving";
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -192,7 +188,6 @@ fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
         to_value(&leader_election_binding(namespace))?,
         to_value(&deployment(namespace, &image(args)?, run_args))?,
         to_value(&webhook_service(namespace))?,
-        to_value(&serving_service(namespace))?,
     ]);
     Ok(objects)
 }
@@ -334,12 +329,6 @@ fn controller_role() -> ClusterRole {
         rule(&[""], &["namespaces"], &["get"]),
         rule(&[""], &["serviceaccounts"], &["impersonate"]),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
-        // The serving router (every replica): Knative Services and Revisions, the Pods and
-        // Deployments of Revisions read; those Deployments scaled through `/scale` only.
-        rule(&["serving.knative.dev"], &["services", "revisions"], READ),
-        rule(&[""], &["pods"], READ),
-        rule(&["apps"], &["deployments"], READ),
-        rule(&["apps"], &["deployments/scale"], &["get", "patch"]),
     ]);
     ClusterRole {
         metadata: meta(NAME, None),
@@ -479,27 +468,6 @@ fn webhook_service(namespace: &str) -> Service {
     }
 }
 
-/// `gantry-serving`: the router every replica serves; requests for Knative Services reach it
-/// through their `ExternalName` Services, routed by Host.
-fn serving_service(namespace: &str) -> Service {
-    Service {
-        metadata: meta(SERVING_SERVICE, Some(namespace)),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::String("http-serving".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
     let quantity = |q: &str| Quantity(q.into());
     let container = Container {
@@ -536,12 +504,6 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             ContainerPort {
                 name: Some("http-webhook".into()),
                 container_port: RECEIVER_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("http-serving".into()),
-                container_port: SERVING_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -716,7 +678,6 @@ mod tests {
                 "RoleBinding",
                 "Deployment",
                 "Service",
-                "Service",
             ]
         );
         for document in &documents {
@@ -822,10 +783,7 @@ mod tests {
             .iter()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(
-            ports,
-            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, SERVING_PORT]
-        );
+        assert_eq!(ports, [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT]);
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.run_as_non_root, Some(true));
@@ -1056,8 +1014,6 @@ mod tests {
         assert_eq!(i32::from(cli.run.health_addr.port()), HEALTH_PORT);
         assert_eq!(i32::from(cli.run.metrics_addr.port()), METRICS_PORT);
         assert_eq!(i32::from(cli.run.receiver_addr.port()), RECEIVER_PORT);
-        let serving: std::net::SocketAddr = cli.run.serving_router.serving_addr.parse().unwrap();
-        assert_eq!(i32::from(serving.port()), SERVING_PORT);
         // And the storage path is a volume of the read-only pod.
         let objects = manifests(&args(false)).unwrap();
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
