@@ -167,6 +167,22 @@ pub fn sops(workspace: &Path, sops: &Path, count: usize, runs: usize) -> Result<
     Ok(())
 }
 
+/// `cargo xtask bench serving`: the router's benchmark example, built with optimisations.
+pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the serving benchmark (release)...");
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "gantry-router"])
+        .args(["--example", "serving_bench", "--"])
+        .args([runs.to_string(), seconds.to_string()])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("the serving benchmark failed");
+    }
+    Ok(())
+}
+
 struct Process(Child);
 
 impl Drop for Process {
@@ -218,6 +234,7 @@ async fn measure(
     let child = Command::new(gantry)
         .args(["run", "--leader-elect=false", "--watch-namespace", ns])
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
+        .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
         .arg(format!("--concurrent={concurrency}"))
         .arg("--storage-path")
         .arg(storage.path())

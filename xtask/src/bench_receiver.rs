@@ -128,6 +128,7 @@ async fn measure(
     let child = Command::new(gantry)
         .args(["run", "--leader-elect=false", "--watch-namespace", ns])
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
+        .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
         .arg(format!("--receiver-addr=127.0.0.1:{port}"))
         .arg("--storage-path")
         .arg(storage.path())

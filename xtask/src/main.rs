@@ -217,6 +217,16 @@ enum BenchTask {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// The serving router (no cluster, loopback): cold-start overhead over pod ready, warm
+    /// latency direct vs through the router at 1000 and 5000 rps, saturation, router CPU/RSS.
+    Serving {
+        /// Cold starts to time.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Seconds per warm case.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -386,6 +396,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::sops(&workspace_root(), &sops, count, runs)?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Bench(BenchTask::Serving { runs, seconds }) => {
+            bench::serving(&workspace_root(), runs, seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
             bench::policy(&workspace_root(), tags, runs)?;
             Ok(ExitCode::SUCCESS)
@@ -531,6 +545,10 @@ fn test(
         .env("GANTRY_ACTIONLINT", &actionlint_bin)
         .env("GANTRY_SOPS", &sops_bin)
         .env("GANTRY_IMAGE_LAYOUT", &image_dir)
+        // Every `gantry run` a test starts serves its router on a free loopback port and dials
+        // loopback only (pods get 127.x addresses from kwok here).
+        .env("GANTRY_SERVING_ADDR", "127.0.0.1:0")
+        .env("GANTRY_SERVING_LOOPBACK_ONLY", "true")
         .current_dir(workspace_root())
         .status()
         .context("running cargo test");

@@ -65,6 +65,8 @@ pub struct Record {
     /// Receiver name and full webhook URL.
     pub webhooks: Vec<(String, String)>,
     pub metrics: String,
+    /// The serving router (Knative Services, routed by Host).
+    pub serving: String,
     pub health: String,
     pub gantry_pid: u32,
     pub gantry_log: PathBuf,
@@ -234,6 +236,7 @@ pub fn up(
         git_password,
         webhooks,
         metrics: gantry.metrics.clone(),
+        serving: gantry.serving.clone(),
         health: gantry.health.clone(),
         gantry_pid: gantry.pid,
         gantry_log: gantry.log.clone(),
@@ -912,6 +915,10 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
         r.gantry_log.display()
     );
     println!("  metrics      {}", r.metrics);
+    println!(
+        "  serving      http://{} (Knative Services, by Host header)",
+        r.serving
+    );
     println!("  ready        {}", r.health);
     for (name, url) in &r.webhooks {
         println!("  webhook      {name:<9} {url}");

@@ -51,6 +51,7 @@ impl Gantry {
             .env("POD_NAME", identity)
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg(format!("--health-addr=127.0.0.1:{health_port}"))
+            .arg("--serving-addr=127.0.0.1:0")
             // Loopback and a port of its own: replicas of parallel tests must not collide.
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--storage-path")

@@ -684,6 +684,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg("--default-service-account=deployer")
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+            .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--storage-path")
             .arg(storage.path())

@@ -223,6 +223,7 @@ impl Pipeline {
             .args(["run", "--leader-elect=false", "--watch-namespace", &ns])
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+            .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
             .arg("--storage-path")
             .arg(storage.path())

@@ -281,6 +281,7 @@ async fn uninstall_releases_finalizers_and_keeps_the_workloads() {
             .args(["run", "--leader-elect=false", "--watch-namespace", &tenant])
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+            .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--storage-path")
             .arg(storage.path())

@@ -102,7 +102,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_registered(|_| {})
+    }
+
+    /// Gantry's metrics plus whatever `register` adds to the same registry (the serving
+    /// router's series), so one `/metrics` endpoint serves them all.
+    pub fn with_registered(register: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
+        register(&mut registry);
         // Flux's buckets (fluxcd/pkg runtime/metrics): 10 ms to 100 s, by powers of ten.
         let reconcile_duration = Family::<ObjectLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.1, 1.0, 10.0, 100.0])

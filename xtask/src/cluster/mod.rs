@@ -318,7 +318,9 @@ fn start(
         format!("--tls-cert-file={}", s(&pki.serving_cert)),
         format!("--tls-private-key-file={}", s(&pki.serving_key)),
         "--manage-all-nodes=true".to_string(),
-        "--cidr=10.244.0.0/16".to_string(),
+        // Pod IPs on loopback: the serving router dials pod addresses directly, and tests bind
+        // stand-in servers to them. 10.x addresses would lead off the machine (forbidden here).
+        "--cidr=127.244.0.0/16".to_string(),
         "--node-ip=127.0.0.1".to_string(),
         format!("--server-address=127.0.0.1:{kwok_port}"),
         // Without node leases kwok heartbeats a node only every ~10 minutes; the node lifecycle
@@ -635,6 +637,8 @@ pub struct GantryProcess {
     pub pid: u32,
     pub metrics: String,
     pub health: String,
+    /// The serving router's address (`--serving-addr`).
+    pub serving: String,
     pub log: PathBuf,
 }
 
@@ -664,6 +668,7 @@ pub fn start_gantry(
     }
     let (metrics_port, health_port) = (free_port()?, free_port()?);
     let receiver_port = opts.receiver_port.map_or_else(free_port, Ok)?;
+    let serving_port = free_port()?;
     let storage = opts.dir.join("gantry-storage");
     fs::create_dir_all(&storage)?;
     let args = vec![
@@ -672,6 +677,8 @@ pub fn start_gantry(
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         format!("--health-addr=127.0.0.1:{health_port}"),
         format!("--receiver-addr=127.0.0.1:{receiver_port}"),
+        format!("--serving-addr=127.0.0.1:{serving_port}"),
+        "--serving-loopback-only=true".to_string(),
         format!("--storage-path={}", storage.display()),
     ];
     let mut env = vec![("KUBECONFIG", kubeconfig.as_os_str())];
@@ -692,6 +699,7 @@ pub fn start_gantry(
         pid: gantry.pid(),
         metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
         health: format!("http://{health}/readyz"),
+        serving: format!("127.0.0.1:{serving_port}"),
         log: gantry.log.clone(),
     })
 }

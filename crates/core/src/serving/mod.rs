@@ -8,7 +8,9 @@
 //! - [`supported`]: which fields and annotations of a Service Gantry serves; everything else is
 //!   named by path so it is reported, never ignored.
 //! - [`gc`]: which Revisions without traffic Knative's `config-gc` rules delete.
+//! - [`autoscale`]: the KPA's decisions (desired pods, idle, bounds) from the router's counts.
 
+pub mod autoscale;
 pub mod domain;
 pub mod gc;
 pub mod naming;

@@ -11,6 +11,7 @@ pub mod init;
 pub mod install;
 pub mod release;
 pub mod run;
+pub mod serving_router;
 pub mod uninstall;
 pub mod webhook_url;
 

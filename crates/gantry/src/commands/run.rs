@@ -75,6 +75,8 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub serving: ServingArgs,
+    #[command(flatten)]
+    pub serving_router: super::serving_router::ServingRouterArgs,
 }
 
 /// Knative Serving's cluster-wide settings (`config-domain`, `config-network`, `config-gc`),
@@ -218,7 +220,8 @@ async fn serve(args: &RunArgs) -> Result<()> {
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
 
     let shutdown = CancellationToken::new();
-    let metrics = Metrics::new();
+    let router_metrics = gantry_router::metrics::RouterMetrics::default();
+    let metrics = Metrics::with_registered(|registry| router_metrics.register(registry));
     let health = Health {
         metrics: metrics.clone(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -264,11 +267,27 @@ async fn serve(args: &RunArgs) -> Result<()> {
         signal.cancel();
     });
 
+    // Every replica serves the data path; only the leader's autoscaler scales.
+    let leader = Arc::new(AtomicBool::new(false));
+    if args.serving_router.enabled() {
+        let router = args.serving_router.router(&client, router_metrics);
+        args.serving_router
+            .start(
+                client.clone(),
+                router,
+                args.watch_namespace.clone(),
+                leader.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+    }
+
     let lease = if args.leader_elect {
         Some(acquire_leadership(&client, args, &shutdown).await?)
     } else {
         None
     };
+    leader.store(true, Ordering::SeqCst);
     let result = if shutdown.is_cancelled() {
         Ok(())
     } else {

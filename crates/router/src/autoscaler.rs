@@ -1,0 +1,171 @@
+//! The autoscaler loop: every tick, each Revision's exact in-flight area (or requests started)
+//! since the last tick goes into its windows, the KPA decides, and changed replica counts go to
+//! the [`Scaler`](crate::Scaler). Only the leader runs it; every replica wakes Revisions.
+//!
+//! Scaling to zero takes two ticks: the first marks the Revision draining and remembers its
+//! last-activity reading; the second scales to zero only if nothing started or finished in
+//! between. A request in the meantime cancels the scale-down.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use gantry_core::serving::autoscale::{Metric, bounded, is_idle};
+
+use crate::metrics::RevisionLabels;
+use crate::revision::Revision;
+use crate::{Router, ScaleReason};
+
+/// Knative's autoscaler ticks every 2 s; the router's counts are exact, so a shorter tick costs
+/// little and reacts sooner.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+
+/// One decision of a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub revision: crate::table::RevisionKey,
+    pub replicas: u32,
+    pub reason: ScaleReason,
+}
+
+impl Router {
+    /// Records this tick's measurements and returns the scale changes to make.
+    pub fn autoscale_tick(&self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for rev in self.revisions() {
+            if let Some(d) = self.decide(&rev) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    fn decide(&self, rev: &Arc<Revision>) -> Option<Decision> {
+        let config = rev.config();
+        let s = &config.autoscale;
+        let now = rev.now();
+        let mut st = rev.scale.lock().unwrap_or_else(PoisonError::into_inner);
+        let area = rev.area_us();
+        let delta = st.last_area.map_or(0, |a| area.wrapping_sub(a));
+        st.last_area = Some(area);
+        let started = rev.started.load(Ordering::Relaxed);
+        let delta_started = started.wrapping_sub(st.last_started);
+        st.last_started = started;
+        let value = match s.metric {
+            Metric::Concurrency => delta as f64 / 1e6,
+            Metric::Rps => delta_started as f64,
+        };
+        st.buckets.record(now, value);
+        let stable = st.buckets.average(now, s.stable_window);
+        let panic = st.buckets.average(now, s.panic_window());
+        let ready = rev.ready_pods();
+        let kpa = st.decider.desired(s, now, stable, panic, ready);
+        let activity = rev.activity();
+        let idle = is_idle(s, &activity, now);
+        let want = bounded(s, kpa, idle);
+        let labels = RevisionLabels::from(&rev.key);
+        let m = &self.inner.metrics;
+        m.in_flight
+            .get_or_create(&labels)
+            .set(activity.in_flight as i64);
+        m.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(want));
+        let current = rev.replicas.load(Ordering::SeqCst);
+        if current < 0 {
+            return None; // not reported by the cluster yet
+        }
+        if current == 0 {
+            st.draining = None;
+            // Requests wake a sleeping Revision themselves; only `min-scale` raises it here, so a
+            // restarted router leaves sleeping Revisions asleep.
+            return (s.min_scale > 0).then(|| Decision {
+                revision: rev.key.clone(),
+                replicas: want,
+                reason: ScaleReason::Autoscale,
+            });
+        }
+        if want == 0 {
+            let mark = rev.last_active_raw();
+            match st.draining {
+                Some(m) if m == mark && activity.in_flight == 0 => {
+                    st.draining = None;
+                    return Some(Decision {
+                        revision: rev.key.clone(),
+                        replicas: 0,
+                        reason: ScaleReason::Sleep,
+                    });
+                }
+                Some(_) => {
+                    tracing::debug!(revision = %rev.key, "scale to zero cancelled by a request");
+                    st.draining = None;
+                }
+                None => {
+                    tracing::debug!(revision = %rev.key, "idle: draining before scaling to zero");
+                    st.draining = Some(mark);
+                }
+            }
+            return None;
+        }
+        st.draining = None;
+        (i64::from(want) != current).then(|| Decision {
+            revision: rev.key.clone(),
+            replicas: want,
+            reason: ScaleReason::Autoscale,
+        })
+    }
+
+    /// Applies decisions through the scaler; the replica count is updated at once so the next
+    /// tick does not repeat a decision the cluster has not reported back yet.
+    pub async fn apply(&self, decisions: Vec<Decision>) {
+        for d in decisions {
+            let result = self
+                .inner
+                .scaler
+                .scale(&d.revision, d.replicas, d.reason)
+                .await;
+            match result {
+                Ok(()) => {
+                    self.revision(&d.revision)
+                        .replicas
+                        .store(i64::from(d.replicas), Ordering::SeqCst);
+                    if d.reason == ScaleReason::Sleep {
+                        self.inner
+                            .metrics
+                            .sleeps
+                            .get_or_create(&RevisionLabels::from(&d.revision))
+                            .inc();
+                        tracing::info!(revision = %d.revision, "scaled to zero");
+                    } else {
+                        tracing::info!(revision = %d.revision, replicas = d.replicas, "scaled");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(revision = %d.revision, replicas = d.replicas, %err, "scaling failed")
+                }
+            }
+        }
+    }
+
+    /// Runs the autoscaler every `tick` while `is_leader()` says so, until `shutdown`.
+    pub async fn run_autoscaler(
+        self,
+        tick: Duration,
+        is_leader: impl Fn() -> bool,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = &mut shutdown => return,
+            }
+            let decisions = self.autoscale_tick();
+            if is_leader() {
+                self.apply(decisions).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The HTTP side: accept (HTTP/1.1 and h2c), route by Host, hold while a Revision wakes,
+//! forward to a pod, pass upgrades and streams through.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::dial::{DialGuard, GuardedConnector};
+use crate::metrics::RevisionLabels;
+use crate::probe::phase;
+use crate::revision::{Lease, Pod, Revision};
+use crate::table::{RevisionConfig, normalize_host};
+use crate::{Router, ScaleReason};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// HTTP/1.1 and HTTP/2-prior-knowledge clients to the pods, both behind the dial guard.
+pub(crate) struct Clients {
+    http1: Client<GuardedConnector, Incoming>,
+    h2c: Client<GuardedConnector, Incoming>,
+}
+
+impl Clients {
+    pub(crate) fn new(guard: Arc<DialGuard>) -> Self {
+        let connector = GuardedConnector::new(guard);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Clients { http1, h2c }
+    }
+}
+
+/// A response body that holds the request's lease until the body ends or is dropped, so an open
+/// stream (SSE, a long download) counts as in flight.
+pub struct ProxyBody {
+    inner: BoxBody<Bytes, BoxError>,
+    lease: Option<Lease>,
+}
+
+impl ProxyBody {
+    fn new(inner: BoxBody<Bytes, BoxError>, lease: Option<Lease>) -> Self {
+        ProxyBody { inner, lease }
+    }
+
+    fn text(s: impl Into<Bytes>) -> Self {
+        ProxyBody::new(
+            Full::new(s.into())
+                .map_err(|n: Infallible| match n {})
+                .boxed(),
+            None,
+        )
+    }
+
+    fn empty() -> Self {
+        ProxyBody::new(
+            Empty::new().map_err(|n: Infallible| match n {}).boxed(),
+            None,
+        )
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // The stream is over: free the pod slot now rather than when hyper drops the body.
+            self.lease = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::text(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Serves the router on `listener` until `shutdown` completes.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(%err, "accepting a serving connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.handle(req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%err, "serving connection ended");
+            }
+        });
+    }
+}
+
+/// Binds `addr` and serves; returns the bound address and the server task.
+pub async fn bind(
+    router: Router,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((local, tokio::spawn(serve(router, listener, shutdown))))
+}
+
+impl Router {
+    /// Handles one request end to end.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(normalize_host)
+            .unwrap_or_default();
+        let Some(route) = self.route(&host) else {
+            return answer(
+                StatusCode::NOT_FOUND,
+                &format!("no Knative Service serves host \"{host}\""),
+            );
+        };
+        let Some(rev) = route.pick().cloned() else {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route has no traffic target",
+            );
+        };
+        let accounted = rev.start();
+        let config = rev.config();
+        let deadline = tokio::time::Instant::now() + config.timeout;
+        let pod = match rev.try_acquire(config.container_concurrency) {
+            Some(pod) => pod,
+            None => match self.wait_for_pod(&rev, &config, deadline).await {
+                Ok(pod) => pod,
+                Err(resp) => return resp,
+            },
+        };
+        self.forward(req, Lease::new(pod, accounted), rev, &config, deadline)
+            .await
+    }
+
+    /// Holds a request until a pod has a free slot, waking the Revision if it has none.
+    async fn wait_for_pod(
+        &self,
+        rev: &Arc<Revision>,
+        config: &RevisionConfig,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Pod>, Response<ProxyBody>> {
+        let labels = RevisionLabels::from(&rev.key);
+        let m = &self.inner.metrics;
+        if rev.waiting.fetch_add(1, Ordering::SeqCst) >= self.inner.settings.queue_limit {
+            rev.waiting.fetch_sub(1, Ordering::SeqCst);
+            m.rejected.get_or_create(&labels).inc();
+            let mut resp = answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pending request queue full",
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return Err(resp);
+        }
+        m.requests_held.get_or_create(&labels).inc();
+        let depth = m.queue_depth.get_or_create(&labels).clone();
+        depth.inc();
+        let _waiting = Waiting { rev, depth };
+        loop {
+            let notified = rev.capacity.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(pod) = rev.try_acquire(config.container_concurrency) {
+                return Ok(pod);
+            }
+            if rev.ready_pods() == 0 && rev.replicas.load(Ordering::SeqCst) <= 0 {
+                self.wake(rev, config);
+            }
+            // Re-check at least every second: a failed wake is retried, a missed change seen.
+            let recheck =
+                (tokio::time::Instant::now() + std::time::Duration::from_secs(1)).min(deadline);
+            if tokio::time::timeout_at(recheck, notified).await.is_err() && recheck >= deadline {
+                m.rejected.get_or_create(&labels).inc();
+                let mut resp = answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "no pod of the revision became ready in time",
+                );
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err(resp);
+            }
+        }
+    }
+
+    /// Asks for the Revision's first pods, once per wake.
+    fn wake(&self, rev: &Arc<Revision>, config: &RevisionConfig) {
+        if rev.waking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let requested = Instant::now();
+        *rev.wake_times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = crate::revision::WakeTimes {
+            requested: Some(requested),
+            ..Default::default()
+        };
+        let s = &config.autoscale;
+        let mut replicas = s.min_scale.max(s.activation_scale).max(1);
+        if s.max_scale > 0 {
+            replicas = replicas.min(s.max_scale);
+        }
+        self.inner
+            .metrics
+            .wakes
+            .get_or_create(&RevisionLabels::from(&rev.key))
+            .inc();
+        tracing::info!(revision = %rev.key, replicas, "waking from zero");
+        let scaling = self
+            .inner
+            .scaler
+            .scale(&rev.key, replicas, ScaleReason::Wake);
+        let rev = rev.clone();
+        let router = self.clone();
+        tokio::spawn(async move {
+            match scaling.await {
+                Ok(()) => {
+                    let now = Instant::now();
+                    rev.wake_times
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .scale_done = Some(now);
+                    router
+                        .inner
+                        .metrics
+                        .cold_start
+                        .get_or_create(&phase("scale_request"))
+                        .observe((now - requested).as_secs_f64());
+                }
+                Err(err) => {
+                    tracing::warn!(revision = %rev.key, %err, "waking the revision failed; held requests retry");
+                    rev.waking.store(false, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        lease: Lease,
+        rev: Arc<Revision>,
+        config: &RevisionConfig,
+        deadline: tokio::time::Instant,
+    ) -> Response<ProxyBody> {
+        let addr = lease.pod.endpoint.addr;
+        let upgrading = is_upgrade(req.headers());
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(HOST, v);
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match format!("http://{addr}{path}").parse() {
+            Ok(uri) => uri,
+            Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
+        };
+        parts.version = if config.h2c {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        strip_hop_headers(&mut parts.headers, upgrading && !config.h2c);
+        let client = if config.h2c {
+            &self.inner.clients.h2c
+        } else {
+            &self.inner.clients.http1
+        };
+        let labels = RevisionLabels::from(&rev.key);
+        let mut resp = match tokio::time::timeout_at(
+            deadline,
+            client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => {
+                self.inner.metrics.rejected.get_or_create(&labels).inc();
+                if err.is_connect() {
+                    // The pod stopped answering: route around it until a probe succeeds again.
+                    lease.pod.ready.store(false, Ordering::SeqCst);
+                    crate::probe::spawn(self.clone(), rev.clone(), lease.pod.clone());
+                }
+                tracing::warn!(revision = %rev.key, pod = %addr, %err, "forwarding failed");
+                return answer(StatusCode::BAD_GATEWAY, "the revision's pod did not answer");
+            }
+            Err(_) => {
+                self.inner.metrics.rejected.get_or_create(&labels).inc();
+                let mut resp = answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the revision did not answer in time",
+                );
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return resp;
+            }
+        };
+        self.first_byte(&rev);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (client, backend) = tokio::join!(client_upgrade, backend_upgrade);
+                if let (Ok(client), Ok(backend)) = (client, backend) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(backend),
+                    )
+                    .await;
+                }
+                // The upgraded connection was in flight until here.
+                drop(lease);
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+        strip_hop_headers(resp.headers_mut(), false);
+        resp.map(|b| ProxyBody::new(b.map_err(BoxError::from).boxed(), Some(lease)))
+    }
+
+    fn first_byte(&self, rev: &Revision) {
+        let mut w = rev
+            .wake_times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(requested), Some(_)) = (w.requested, w.ready) {
+            self.inner
+                .metrics
+                .cold_start
+                .get_or_create(&phase("first_byte"))
+                .observe(requested.elapsed().as_secs_f64());
+            *w = Default::default();
+        }
+    }
+}
+
+/// Keeps the queue-depth gauge and the waiting count right however the wait ends.
+struct Waiting<'a> {
+    rev: &'a Revision,
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rev.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.depth.dec();
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1); an upgrade keeps `Connection` and `Upgrade`.
+fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !(t.is_empty() || (keep_upgrade && t == "upgrade")))
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_headers_go_upgrades_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade, X-Private"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        assert!(is_upgrade(&h));
+        let mut up = h.clone();
+        strip_hop_headers(&mut up, true);
+        assert!(up.contains_key(UPGRADE) && up.contains_key(CONNECTION));
+        assert!(!up.contains_key("x-private") && !up.contains_key("keep-alive"));
+        strip_hop_headers(&mut h, false);
+        assert!(h.is_empty());
+    }
+}
