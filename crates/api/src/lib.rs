@@ -10,6 +10,7 @@
 //!   (`image.toolkit.fluxcd.io/v1`).
 //! - [`notification::v1`]: `Receiver`; [`notification::v1beta3`]: `Alert`, `Provider`
 //!   (`notification.toolkit.fluxcd.io`).
+//! - [`uptime::v1alpha1`]: `Monitor` (`uptime.gantry.dev/v1alpha1`), Gantry's own kind.
 //! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
 //!   every Flux kind shares.
 //!
@@ -29,6 +30,7 @@ pub mod meta;
 pub mod notification;
 mod schema;
 pub mod source;
+pub mod uptime;
 
 /// Every CRD Gantry serves, in the order they should be installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -41,5 +43,6 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         notification::v1::Receiver::crd(),
         notification::v1beta3::Alert::crd(),
         notification::v1beta3::Provider::crd(),
+        uptime::v1alpha1::Monitor::crd(),
     ]
 }

@@ -252,6 +252,7 @@ fn crds_lists_every_kind_once() {
             "receivers.notification.toolkit.fluxcd.io",
             "alerts.notification.toolkit.fluxcd.io",
             "providers.notification.toolkit.fluxcd.io",
+            "monitors.uptime.gantry.dev",
         ]
     );
 }
