@@ -206,16 +206,21 @@ pub fn seconds_left(der: &[u8]) -> Option<i64> {
 pub fn describe_chain(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(describe(tls));
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
-        {
+        if let Some(tls) = find(e) {
             return Some(describe(tls));
         }
         current = e.source();
+    }
+    None
+}
+
+// `io::Error::source` skips the error it wraps, and boxed errors hide their type: look inside.
+fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.get_ref().and_then(|inner| find(inner));
     }
     None
 }
