@@ -26,6 +26,10 @@ pub struct Settings {
     pub receiver_addr: std::net::SocketAddr,
     /// ServiceAccount Kustomizations without `spec.serviceAccountName` impersonate.
     pub default_service_account: Option<String>,
+    /// Where heartbeat Monitors are called.
+    pub uptime_addr: std::net::SocketAddr,
+    /// A heartbeat URL to call, and how often.
+    pub uptime_heartbeat: Option<(String, std::time::Duration)>,
 }
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -99,11 +103,50 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, _, notifications) = tokio::join!(
+    // Monitors: the engine only runs here, in the process holding the leader Lease, so each
+    // alert is sent once; heartbeats are served beside it.
+    // Heartbeats are one feature among many: a busy port is reported, and delivery goes on.
+    let uptime_listener = match tokio::net::TcpListener::bind(settings.uptime_addr).await {
+        Ok(l) => Some(l),
+        Err(err) => {
+            tracing::error!(addr = %settings.uptime_addr, %err, "cannot serve heartbeats (--uptime-addr)");
+            None
+        }
+    };
+    let (engine_tx, engine_rx) = tokio::sync::oneshot::channel();
+    let uptime = gantry_uptime::controller::run(
+        shared.clone(),
+        gantry_uptime::controller::Settings {
+            namespace: settings.watch_namespace.clone(),
+            concurrency: settings.concurrency,
+            check_concurrency: gantry_uptime::engine::DEFAULT_CONCURRENCY,
+        },
+        Some(engine_tx),
+        shutdown.clone(),
+    );
+    let stop4 = shutdown.clone();
+    let heartbeats = async move {
+        let (Ok(engine), Some(uptime_listener)) = (engine_rx.await, uptime_listener) else {
+            return;
+        };
+        let _ = axum::serve(uptime_listener, gantry_uptime::heartbeat::router(engine))
+            .with_graceful_shutdown(async move { stop4.cancelled().await })
+            .await;
+    };
+    let stop5 = shutdown.clone();
+    let heartbeat_sender = async move {
+        if let Some((url, every)) = settings.uptime_heartbeat.clone() {
+            gantry_uptime::heartbeat::send_heartbeats(url, every, stop5).await;
+        }
+    };
+    let (_, _, _, notifications, _, _, _) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
         gantry_notification::run(shared.clone(), alert_events, notification, shutdown.clone()),
+        uptime,
+        heartbeats,
+        heartbeat_sender,
     );
     notifications.with_context(|| {
         format!(

@@ -668,6 +668,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+            .arg("--uptime-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", &kubeconfig)

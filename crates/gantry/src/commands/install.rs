@@ -41,6 +41,8 @@ pub const HEALTH_PORT: i32 = 9440;
 pub const METRICS_PORT: i32 = 8080;
 /// Port of the webhook receivers (Flux's notification-controller uses the same).
 pub const RECEIVER_PORT: i32 = 9292;
+/// Heartbeat Monitors are called here (`gantry run --uptime-addr`).
+pub const UPTIME_PORT: i32 = 9334;
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -341,6 +343,7 @@ fn controller_role() -> ClusterRole {
 const SERVED_KINDS: &[(&str, &[&str])] = &[
     ("source.toolkit.fluxcd.io", &["gitrepositories"]),
     ("kustomize.toolkit.fluxcd.io", &["kustomizations"]),
+    ("uptime.gantry.dev", &["monitors"]),
     (
         "image.toolkit.fluxcd.io",
         &[
@@ -504,6 +507,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             ContainerPort {
                 name: Some("http-webhook".into()),
                 container_port: RECEIVER_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http-uptime".into()),
+                container_port: UPTIME_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -1014,6 +1023,7 @@ mod tests {
         assert_eq!(i32::from(cli.run.health_addr.port()), HEALTH_PORT);
         assert_eq!(i32::from(cli.run.metrics_addr.port()), METRICS_PORT);
         assert_eq!(i32::from(cli.run.receiver_addr.port()), RECEIVER_PORT);
+        assert_eq!(i32::from(cli.run.uptime_addr.port()), UPTIME_PORT);
         // And the storage path is a volume of the read-only pod.
         let objects = manifests(&args(false)).unwrap();
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
