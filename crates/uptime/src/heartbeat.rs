@@ -32,10 +32,11 @@ pub async fn send_heartbeats(
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-    {
+    let options = gantry_runtime::http::ClientOptions {
+        timeout: Some(std::time::Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let client = match gantry_runtime::http::client(&options) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!(%err, "heartbeat client");

@@ -143,7 +143,7 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
 }
 
 /// Providers, Alerts and Secrets from the configuration.
-pub struct ConfigDirectory(Arc<Config>);
+pub struct ConfigDirectory(pub Arc<Config>);
 
 impl Directory for ConfigDirectory {
     fn resolve<'a>(
