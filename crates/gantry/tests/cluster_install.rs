@@ -276,6 +276,9 @@ async fn installs_into_a_real_cluster_and_the_deployment_rolls_out() {
 /// Everything the controllers call (the `Api` uses in crates/), independently of how install.rs
 /// spells the rules: (verb, group, resource, in a namespace).
 const NEEDED: &[(&str, &str, &str, bool)] = &[
+    ("watch", "uptime.gantry.dev", "monitors", false),
+    ("patch", "uptime.gantry.dev", "monitors/status", true),
+    ("update", "uptime.gantry.dev", "monitors/finalizers", true),
     (
         "watch",
         "source.toolkit.fluxcd.io",

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-struct Gantry(Child, tempfile::TempDir);
+// The storage directory lives as long as the process.
+struct Gantry(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Gantry {
     fn drop(&mut self) {
