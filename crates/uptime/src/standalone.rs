@@ -293,6 +293,7 @@ pub async fn start(
     let app = crate::heartbeat::router(engine.clone()).merge(
         Router::new()
             .route("/api/v1/monitors", get(monitors))
+            .route("/api/v1/scheduler", get(scheduler))
             .route("/metrics", get(metrics_text))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(Served {
@@ -318,6 +319,17 @@ pub async fn start(
 
 async fn monitors(State(s): State<Served>) -> impl IntoResponse {
     axum::Json(s.engine.snapshots())
+}
+
+/// How the scheduler keeps up: checks run and how late they started (p50, p99).
+async fn scheduler(State(s): State<Served>) -> impl IntoResponse {
+    let (p50, measured) = s.engine.jitter(0.50);
+    let (p99, _) = s.engine.jitter(0.99);
+    axum::Json(serde_json::json!({
+        "monitors": s.engine.len(),
+        "checks": s.engine.checks(),
+        "lateness": {"measured": measured, "p50Ms": p50.as_millis() as u64, "p99Ms": p99.as_millis() as u64},
+    }))
 }
 
 async fn metrics_text(State(s): State<Served>) -> impl IntoResponse {
