@@ -77,8 +77,12 @@ pub fn uptime(
         let hits = Arc::new(AtomicU64::new(0));
         let addr = target(hits.clone()).await?;
         let dir = tempfile::tempdir()?;
-        let mut file = std::fs::File::create(dir.path().join("monitors.yaml"))?;
+        // 500 documents a file: the YAML reader caps documents per file (1024).
+        let mut file = std::fs::File::create(dir.path().join("monitors-0.yaml"))?;
         for i in 0..monitors {
+            if i > 0 && i % 500 == 0 {
+                file = std::fs::File::create(dir.path().join(format!("monitors-{}.yaml", i / 500)))?;
+            }
             writeln!(
                 file,
                 "apiVersion: uptime.gantry.dev/v1alpha1\nkind: Monitor\nmetadata: {{name: m{i}}}\nspec:\n  type: http\n  interval: {}s\n  http: {{url: \"http://{addr}/m{i}\"}}\n---",
