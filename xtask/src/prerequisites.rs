@@ -69,6 +69,23 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
         why: "checks the shipped alert rules and scrapes /metrics",
     },
     Package {
+        name: "postgresql",
+        // The server binaries live under /usr/lib/postgresql/<major>/bin (the major version is
+        // Debian release's); the testkit picks the newest there. This file is the metapackage's own.
+        files: &["/usr/share/doc/postgresql/copyright"],
+        why: "the uptime history tests run a private Postgres server (initdb, postgres) on loopback",
+    },
+    Package {
+        name: "chromium",
+        files: &["/usr/bin/chromium"],
+        why: "the status page is tested in a real headless browser",
+    },
+    Package {
+        name: "chromium-driver",
+        files: &["/usr/bin/chromedriver"],
+        why: "WebDriver for that browser (driven from Rust with fantoccini)",
+    },
+    Package {
         name: "shellcheck",
         files: &["/usr/bin/shellcheck"],
         why: "actionlint checks the workflows' shell steps with it",

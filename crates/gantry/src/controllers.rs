@@ -28,6 +28,8 @@ pub struct Settings {
     pub default_service_account: Option<String>,
     /// Where heartbeat Monitors are called.
     pub uptime_addr: std::net::SocketAddr,
+    /// Postgres for the uptime history (else SQLite under `storage_path`).
+    pub database_url: Option<String>,
     /// A heartbeat URL to call, and how often.
     pub uptime_heartbeat: Option<(String, std::time::Duration)>,
 }
@@ -113,6 +115,15 @@ pub async fn run(
             None
         }
     };
+    // The uptime history: states recovered after a restart (so a recovery is announced by the
+    // new leader too) and the status page served beside the heartbeats.
+    let location = gantry_uptime_store::Location::from_flags(
+        &settings.storage_path,
+        settings.database_url.as_deref(),
+    )?;
+    let store = gantry_uptime_store::Store::open(gantry_uptime_store::StoreConfig::new(location))
+        .await
+        .context("opening the uptime history (--storage-path, --database-url)")?;
     let (engine_tx, engine_rx) = tokio::sync::oneshot::channel();
     let uptime = gantry_uptime::controller::run(
         shared.clone(),
@@ -120,6 +131,7 @@ pub async fn run(
             namespace: settings.watch_namespace.clone(),
             concurrency: settings.concurrency,
             check_concurrency: gantry_uptime::engine::DEFAULT_CONCURRENCY,
+            recorder: Some(std::sync::Arc::new(store.clone())),
         },
         Some(engine_tx),
         shutdown.clone(),
@@ -129,7 +141,10 @@ pub async fn run(
         let (Ok(engine), Some(uptime_listener)) = (engine_rx.await, uptime_listener) else {
             return;
         };
-        let _ = axum::serve(uptime_listener, gantry_uptime::heartbeat::router(engine))
+        let page = gantry_uptime_store::StatusPage::new(store.clone(), Default::default());
+        let app = gantry_uptime::heartbeat::router(engine)
+            .merge(gantry_uptime_store::status::router(page));
+        let _ = axum::serve(uptime_listener, app)
             .with_graceful_shutdown(async move { stop4.cancelled().await })
             .await;
     };

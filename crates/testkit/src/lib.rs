@@ -14,6 +14,7 @@
 //! ```
 
 pub mod git;
+pub mod postgres;
 pub mod registry;
 
 use std::fmt::Debug;

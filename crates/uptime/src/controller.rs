@@ -441,12 +441,14 @@ impl Directory for ClusterDirectory {
 }
 
 /// Settings of the Monitor controller in `gantry run`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub namespace: Option<String>,
     pub concurrency: u16,
     /// Checks at once.
     pub check_concurrency: usize,
+    /// Where results are kept and states recovered from.
+    pub recorder: Option<Arc<dyn crate::engine::Recorder>>,
 }
 
 /// Runs the Monitor controller, the engine and the status writer until `shutdown`; returns the
@@ -461,12 +463,15 @@ pub async fn run(
     let notifier = Notifier::new(Arc::new(ClusterDirectory {
         client: shared.client.clone(),
     }));
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         notifier,
         sink,
         Some(shared.metrics.uptime().clone()),
         settings.check_concurrency,
     );
+    if let Some(recorder) = settings.recorder.clone() {
+        engine = engine.with_recorder(recorder);
+    }
     if let Some(tx) = started {
         let _ = tx.send(engine.clone());
     }

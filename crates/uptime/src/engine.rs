@@ -72,6 +72,19 @@ pub trait Sink: Send + Sync + 'static {
     fn report(&self, report: Report);
 }
 
+/// Where every result is kept and where the last state comes back from after a restart (the
+/// history store; see [`crate::store`]).
+pub trait Recorder: Send + Sync + 'static {
+    /// A Monitor is (again) scheduled.
+    fn register(&self, plan: &Plan);
+    /// The state recorded before this process started: the state and since when.
+    fn recovered(&self, key: &Key) -> Option<(State, Timestamp)>;
+    /// One check's result and the state it left.
+    fn record(&self, plan: &Plan, at: Timestamp, state: State, result: &CheckResult);
+    /// The Monitor is gone.
+    fn forget(&self, key: &Key);
+}
+
 /// A sink that only logs state changes.
 pub struct LogSink;
 
@@ -127,6 +140,7 @@ struct Inner {
     notifier: Notifier,
     sink: Arc<dyn Sink>,
     metrics: Option<UptimeMetrics>,
+    recorder: Mutex<Option<Arc<dyn Recorder>>>,
     jitter: Vec<AtomicU32>,
     checks: AtomicU64,
 }
@@ -158,10 +172,22 @@ impl Engine {
                 notifier,
                 sink,
                 metrics,
+                recorder: Mutex::new(None),
                 jitter: (0..JITTER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
                 checks: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Keeps every result in `recorder` and recovers states from it (call before the first
+    /// [`upsert`](Self::upsert)).
+    pub fn with_recorder(self, recorder: Arc<dyn Recorder>) -> Self {
+        *lock(&self.inner.recorder) = Some(recorder);
+        self
+    }
+
+    fn recorder(&self) -> Option<Arc<dyn Recorder>> {
+        lock(&self.inner.recorder).clone()
     }
 
     /// Schedules a Monitor, or takes its new plan. The state and history carry over; a new
@@ -189,12 +215,15 @@ impl Engine {
                 Entry {
                     plan: plan.clone(),
                     epoch: 1,
-                    runtime: Arc::default(),
+                    runtime: Arc::new(Mutex::new(self.recovered(&plan))),
                 },
                 Some(Duration::from_millis(spread(&key, plan.interval))),
             ),
         };
         let epoch = entry.epoch;
+        if let Some(r) = self.recorder() {
+            r.register(&plan);
+        }
         if let Some(old) = monitors.insert(key.clone(), entry)
             && old.plan.heartbeat_path != plan.heartbeat_path
             && let Some(path) = &old.plan.heartbeat_path
@@ -208,6 +237,35 @@ impl Engine {
         if let Some(after) = first {
             self.schedule(Instant::now() + after, key, epoch, false);
         }
+    }
+
+    /// The runtime of a Monitor new to this process: its state from before a restart, so an
+    /// outage announced by the previous process is still announced when it ends.
+    fn recovered(&self, plan: &Plan) -> Runtime {
+        let mut runtime = Runtime::default();
+        let Some((state, since)) = self.recorder().and_then(|r| r.recovered(&plan.key)) else {
+            return runtime;
+        };
+        let m = &mut runtime.machine;
+        m.last_change = Some(since);
+        match state {
+            State::Down => {
+                m.state = State::Down;
+                m.underlying = State::Down;
+                m.failures = plan.settings.failure_threshold;
+                m.down_since = Some(since);
+                m.failing_since = Some(since);
+                m.announced_down = true;
+                m.last_alert = Some(Timestamp::now());
+            }
+            State::Up => {
+                m.state = State::Up;
+                m.underlying = State::Up;
+            }
+            State::Pending | State::Maintenance => {}
+        }
+        tracing::info!(monitor = %plan.key, %state, %since, "state recovered");
+        runtime
     }
 
     /// Restores a Monitor's state machine (recovered after a restart) before its first check.
@@ -227,6 +285,9 @@ impl Engine {
         }
         if let Some(m) = &self.inner.metrics {
             m.remove(&key.namespace, &key.name, entry.plan.type_.as_str());
+        }
+        if let Some(r) = self.recorder() {
+            r.forget(key);
         }
     }
 
@@ -438,6 +499,9 @@ impl Engine {
             });
             (step, snapshot(plan, &rt, now))
         };
+        if let Some(r) = self.recorder() {
+            r.record(plan, now, step.to, result);
+        }
         if let Some(m) = &self.inner.metrics {
             let (ns, name, t) = (&plan.key.namespace, &plan.key.name, plan.type_.as_str());
             m.observe_check(

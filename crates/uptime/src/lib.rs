@@ -8,6 +8,7 @@
 //! - [`alert`]: alerts rendered and sent with the notification code's providers and retries.
 //! - [`controller`]: the Monitor controller on the shared harness, status and Events.
 //! - [`standalone`]: `gantry uptime serve --config DIR`: Monitors and Providers from YAML.
+//! - [`store`]: results kept in the history store (SQLite/Postgres), states recovered after a restart.
 //! - [`heartbeat`]: the push endpoint, and the sender `gantry run --uptime-heartbeat-url` uses.
 
 pub mod alert;
@@ -19,4 +20,5 @@ pub mod heartbeat;
 pub mod history;
 pub mod plan;
 pub mod standalone;
+pub mod store;
 pub mod tls;

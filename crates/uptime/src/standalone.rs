@@ -45,6 +45,8 @@ pub enum Error {
     Invalid(String),
     #[error("{0} holds no Monitor")]
     Empty(PathBuf),
+    #[error("opening the history store: {0}")]
+    Store(#[from] gantry_uptime_store::Error),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -242,6 +244,9 @@ pub struct Settings {
     pub config: PathBuf,
     pub listen: SocketAddr,
     pub concurrency: usize,
+    /// Where history is kept (and states recovered from after a restart); memory only when
+    /// `None`.
+    pub storage: Option<gantry_uptime_store::Location>,
 }
 
 impl Settings {
@@ -250,6 +255,7 @@ impl Settings {
             config,
             listen,
             concurrency: DEFAULT_CONCURRENCY,
+            storage: None,
         }
     }
 }
@@ -272,12 +278,24 @@ pub async fn start(
     }
     let metrics = Metrics::new();
     let notifier = Notifier::new(Arc::new(ConfigDirectory(config.clone())));
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         notifier,
         Arc::new(LogSink),
         Some(metrics.uptime().clone()),
         settings.concurrency,
     );
+    let store = match &settings.storage {
+        Some(location) => Some(
+            gantry_uptime_store::Store::open(gantry_uptime_store::StoreConfig::new(
+                location.clone(),
+            ))
+            .await?,
+        ),
+        None => None,
+    };
+    if let Some(store) = &store {
+        engine = engine.with_recorder(Arc::new(store.clone()));
+    }
     let count = schedule(&config, &engine)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -290,7 +308,7 @@ pub async fn start(
         source,
     })?;
     tracing::info!(%addr, monitors = count, "serving uptime monitors");
-    let app = crate::heartbeat::router(engine.clone()).merge(
+    let mut app = crate::heartbeat::router(engine.clone()).merge(
         Router::new()
             .route("/api/v1/monitors", get(monitors))
             .route("/api/v1/scheduler", get(scheduler))
@@ -301,6 +319,14 @@ pub async fn start(
                 metrics,
             }),
     );
+    // The status page (HTML, JSON, badges) from the history, on the same listener.
+    if let Some(store) = &store {
+        let page = gantry_uptime_store::StatusPage::new(
+            store.clone(),
+            gantry_uptime_store::StatusOptions::default(),
+        );
+        app = app.merge(gantry_uptime_store::status::router(page));
+    }
     let running = {
         let engine = engine.clone();
         async move {
@@ -311,6 +337,12 @@ pub async fn start(
             let (served, ()) = tokio::join!(server, engine.run(shutdown));
             if let Err(err) = served {
                 tracing::error!(%err, "uptime server");
+            }
+            // What is queued is written before the process ends.
+            if let Some(store) = store
+                && let Err(err) = store.close().await
+            {
+                tracing::error!(%err, "writing the last results");
             }
         }
     };

@@ -315,3 +315,98 @@ spec:
         "{err}"
     );
 }
+
+/// A restart during an outage: the new process recovers DOWN from the history store and
+/// announces the recovery (no zombie alert), without announcing the DOWN again.
+#[tokio::test]
+async fn a_restart_during_an_outage_still_announces_the_recovery() {
+    let port = closed_port();
+    let web_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (receiver, received) = alert_receiver().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let storage = tempfile::tempdir().expect("storage");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        format!(
+            r#"apiVersion: uptime.gantry.dev/v1alpha1
+kind: Monitor
+metadata: {{name: web}}
+spec:
+  type: http
+  interval: 1s
+  timeout: 1s
+  failureThreshold: 1
+  http: {{url: "http://{web_addr}/ok"}}
+  alerts: {{providerRefs: [{{name: hook}}]}}
+---
+apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata: {{name: hook}}
+spec: {{type: generic, address: "http://{}/alerts"}}
+"#,
+            receiver.addr
+        ),
+    )
+    .expect("write");
+    let settings = || {
+        let mut s = Settings::new(dir.path().to_path_buf(), loopback());
+        s.storage = Some(gantry_uptime_store::Location::Sqlite(
+            storage.path().join("uptime.sqlite"),
+        ));
+        s
+    };
+    let first = CancellationToken::new();
+    let (engine, _, running) = standalone::start(settings(), first.clone())
+        .await
+        .expect("start");
+    let handle = tokio::spawn(running);
+    eventually(WAIT, "DOWN", || {
+        (state(&engine, "web") == Some(State::Down)).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the DOWN alert", || {
+        received
+            .reasons()
+            .contains(&"MonitorDown".to_string())
+            .then_some(())
+    })
+    .await;
+    // Let a few more results reach the store, then stop the process (its queue is written).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.cancel();
+    handle.await.expect("stopped");
+    drop(engine);
+
+    let _web = http_server(web_addr).await;
+    let second = CancellationToken::new();
+    let (engine, _, running) = standalone::start(settings(), second.clone())
+        .await
+        .expect("restart");
+    tokio::spawn(running);
+    eventually(WAIT, "UP after the restart", || {
+        (state(&engine, "web") == Some(State::Up)).then_some(())
+    })
+    .await;
+    let up = eventually(WAIT, "the recovery alert", || {
+        received
+            .all()
+            .into_iter()
+            .find(|e| e["reason"] == "MonitorUp")
+    })
+    .await;
+    assert!(
+        up["metadata"]["outageSeconds"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<u64>()
+            .expect("outage")
+            >= 2,
+        "{up}"
+    );
+    assert_eq!(
+        received.reasons(),
+        ["MonitorDown", "MonitorUp"],
+        "DOWN announced once, recovery once"
+    );
+    second.cancel();
+}

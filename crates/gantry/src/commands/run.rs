@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// so that instance alerts when the cluster goes silent.
     #[arg(long, env = "GANTRY_UPTIME_HEARTBEAT_URL")]
     pub uptime_heartbeat_url: Option<String>,
+    /// `postgres://...`: keep the uptime history in Postgres (shared by replicas) instead of an
+    /// SQLite file under `--storage-path`.
+    #[arg(long, env = "GANTRY_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// How often the heartbeat URL is called.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub uptime_heartbeat_interval: Duration,
@@ -194,6 +198,7 @@ async fn serve(args: &RunArgs) -> Result<()> {
             receiver_addr: args.receiver_addr,
             default_service_account: args.default_service_account.clone(),
             uptime_addr: args.uptime_addr,
+            database_url: args.database_url.clone(),
             uptime_heartbeat: args
                 .uptime_heartbeat_url
                 .clone()

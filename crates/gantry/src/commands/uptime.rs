@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// Where heartbeats, `/api/v1/monitors` and `/metrics` are served.
     #[arg(long, env = "GANTRY_UPTIME_LISTEN", default_value = "0.0.0.0:9334")]
     listen: SocketAddr,
+    /// Where the history (an SQLite file) is kept; states are recovered from it after a restart.
+    #[arg(long, env = "GANTRY_STORAGE_PATH", default_value = "gantry-uptime")]
+    storage_path: PathBuf,
+    /// `postgres://...` to keep the history in Postgres instead.
+    #[arg(long, env = "GANTRY_DATABASE_URL")]
+    database_url: Option<String>,
     /// Checks running at once at most.
     #[arg(long, default_value_t = gantry_uptime::engine::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -54,6 +60,10 @@ fn run_serve(args: &ServeArgs) -> Result<ExitCode> {
         let mut settings =
             gantry_uptime::standalone::Settings::new(args.config.clone(), args.listen);
         settings.concurrency = args.concurrency;
+        settings.storage = Some(gantry_uptime_store::Location::from_flags(
+            &args.storage_path,
+            args.database_url.as_deref(),
+        )?);
         let (_engine, _addr, running) =
             gantry_uptime::standalone::start(settings, shutdown.clone())
                 .await
