@@ -194,3 +194,102 @@ async fn a_monitor_goes_down_and_up_with_one_alert_each_and_events() {
     })
     .await;
 }
+
+/// The outside watcher: `gantry uptime serve` (no Kubernetes) with a heartbeat Monitor, and
+/// `gantry run --uptime-heartbeat-url` calling it: UP while the cluster's Gantry runs, DOWN once
+/// it stops.
+#[tokio::test]
+async fn the_outside_watcher_notices_a_silent_cluster() {
+    with_namespace("uptime-hb", |_client, ns| async move {
+        let config = tempfile::tempdir().unwrap();
+        let storage = tempfile::tempdir().unwrap();
+        std::fs::write(
+            config.path().join("watch.yaml"),
+            r#"apiVersion: uptime.gantry.dev/v1alpha1
+kind: Monitor
+metadata: {name: cluster, namespace: watch}
+spec:
+  type: heartbeat
+  interval: 2s
+  timeout: 1s
+  failureThreshold: 2
+  heartbeat: {tokenSecretRef: {name: beat}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: beat, namespace: watch}
+stringData: {token: outside}
+"#,
+        )
+        .unwrap();
+        let port = free_port();
+        let watcher = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["uptime", "serve", "--config"])
+            .arg(config.path())
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--storage-path")
+            .arg(storage.path())
+            .env("GANTRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting gantry uptime serve");
+        let _watcher = Gantry(watcher, tempfile::tempdir().unwrap());
+        let path = gantry_uptime::plan::heartbeat_path("outside", "cluster", "watch");
+        let storage2 = tempfile::tempdir().unwrap();
+        let cluster = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["run", "--leader-elect=false", "--watch-namespace", &ns])
+            .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+            .arg("--uptime-addr=127.0.0.1:0")
+            .arg(format!(
+                "--uptime-heartbeat-url=http://127.0.0.1:{port}{path}"
+            ))
+            .arg("--uptime-heartbeat-interval=1s")
+            .arg("--storage-path")
+            .arg(storage2.path())
+            .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
+            .env("GANTRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting gantry run");
+        let mut cluster = Gantry(cluster, storage2);
+        let http = gantry_runtime::http::client(&Default::default()).unwrap();
+        let state = || {
+            let http = http.clone();
+            async move {
+                let all: serde_json::Value = http
+                    .get(format!("http://127.0.0.1:{port}/api/v1/monitors"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                all[0]["state"].as_str().map(str::to_string)
+            }
+        };
+        let until = |want: &'static str| {
+            let state = state.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + WAIT;
+                loop {
+                    let now = state().await;
+                    if now.as_deref() == Some(want) {
+                        return;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "watcher never saw {want}: {now:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        };
+        until("UP").await;
+        let _ = cluster.0.kill();
+        let _ = cluster.0.wait();
+        until("DOWN").await;
+    })
+    .await;
+}
