@@ -269,21 +269,18 @@ stringData: {token: outside}
                 all[0]["state"].as_str().map(str::to_string)
             }
         };
-        let until = |want: &'static str| {
-            let state = state.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + WAIT;
-                loop {
-                    let now = state().await;
-                    if now.as_deref() == Some(want) {
-                        return;
-                    }
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "watcher never saw {want}: {now:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+        let until = |want: &'static str| async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let now = state().await;
+                if now.as_deref() == Some(want) {
+                    return;
                 }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "watcher never saw {want}: {now:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         };
         until("UP").await;

@@ -792,7 +792,10 @@ mod tests {
             .iter()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(ports, [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, UPTIME_PORT]);
+        assert_eq!(
+            ports,
+            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, UPTIME_PORT]
+        );
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.run_as_non_root, Some(true));
