@@ -235,6 +235,7 @@ async fn measure(
         .args(["run", "--leader-elect=false", "--watch-namespace", ns])
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
         .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
+        .arg("--uptime-addr=127.0.0.1:0")
         .arg(format!("--concurrent={concurrency}"))
         .arg("--storage-path")
         .arg(storage.path())

@@ -13,6 +13,7 @@ mod bench_pipeline;
 mod bench_receiver;
 mod bench_support;
 mod cache_lock;
+mod bench_uptime;
 mod cluster;
 mod gotools;
 mod image;
@@ -227,6 +228,22 @@ enum BenchTask {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// N HTTP Monitors against a local server, checked by `gantry uptime serve` (no cluster):
+    /// CPU, RSS and scheduling lateness.
+    Uptime {
+        /// How many Monitors.
+        #[arg(long, default_value_t = 10_000)]
+        monitors: usize,
+        /// Their interval, seconds.
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        /// How long to measure after one interval of warm-up, seconds.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+        /// Benchmark this `gantry` binary instead of building a release one.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -398,6 +415,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Bench(BenchTask::Serving { runs, seconds }) => {
             bench::serving(&workspace_root(), runs, seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Uptime {
+            monitors,
+            interval,
+            duration,
+            gantry,
+        }) => {
+            bench_uptime::uptime(
+                &workspace_root(),
+                gantry.as_deref(),
+                monitors,
+                std::time::Duration::from_secs(interval),
+                std::time::Duration::from_secs(duration),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {

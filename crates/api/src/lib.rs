@@ -11,6 +11,7 @@
 //! - [`notification::v1`]: `Receiver`; [`notification::v1beta3`]: `Alert`, `Provider`
 //!   (`notification.toolkit.fluxcd.io`).
 //! - [`serving::v1`]: Knative Serving's `Service` and `Revision` (`serving.knative.dev/v1`).
+//! - [`uptime::v1alpha1`]: `Monitor` (`uptime.gantry.dev/v1alpha1`), Gantry's own kind.
 //! - [`meta`]: references, condition types and reasons, annotations, labels and the finalizer
 //!   every Flux kind shares.
 //!
@@ -31,6 +32,7 @@ pub mod notification;
 mod schema;
 pub mod serving;
 pub mod source;
+pub mod uptime;
 
 /// Every CRD Gantry serves, in the order they should be installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -45,5 +47,6 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         notification::v1beta3::Provider::crd(),
         serving::v1::Service::crd(),
         serving::v1::Revision::crd(),
+        uptime::v1alpha1::Monitor::crd(),
     ]
 }

@@ -254,6 +254,7 @@ fn crds_lists_every_kind_once() {
             "providers.notification.toolkit.fluxcd.io",
             "services.serving.knative.dev",
             "revisions.serving.knative.dev",
+            "monitors.uptime.gantry.dev",
         ]
     );
 }

@@ -4,13 +4,14 @@
 //! the offline CLI commands (`gantry image policy`, `gantry release next`, ...) share exactly the
 //! code the controllers run.
 
-// One room per pipeline (source → kustomize, image, notification, release); shared helpers
+// One room per pipeline (source → kustomize, image, notification, release, uptime); shared helpers
 // (Go templates, Masterminds semver) below.
 pub mod image;
 pub mod kustomize;
 pub mod notification;
 pub mod release;
 pub mod source;
+pub mod uptime;
 
 pub mod gotemplate;
 pub mod semver;

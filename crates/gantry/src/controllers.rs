@@ -28,6 +28,12 @@ pub struct Settings {
     pub default_service_account: Option<String>,
     /// Knative Serving: domain templates, the router's host, revision GC.
     pub serving: gantry_serving::Settings,
+    /// Where heartbeat Monitors are called.
+    pub uptime_addr: std::net::SocketAddr,
+    /// Postgres for the uptime history (else SQLite under `storage_path`).
+    pub database_url: Option<String>,
+    /// A heartbeat URL to call, and how often.
+    pub uptime_heartbeat: Option<(String, std::time::Duration)>,
 }
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -103,7 +109,56 @@ pub async fn run(
         "starting controllers"
     );
     let serving_stop = async move { stop4.cancelled_owned().await };
-    let (_, _, _, _, notifications) = tokio::join!(
+    // Monitors: the engine only runs here, in the process holding the leader Lease, so each
+    // alert is sent once; heartbeats are served beside it.
+    // Heartbeats are one feature among many: a busy port is reported, and delivery goes on.
+    let uptime_listener = match tokio::net::TcpListener::bind(settings.uptime_addr).await {
+        Ok(l) => Some(l),
+        Err(err) => {
+            tracing::error!(addr = %settings.uptime_addr, %err, "cannot serve heartbeats (--uptime-addr)");
+            None
+        }
+    };
+    // The uptime history: states recovered after a restart (so a recovery is announced by the
+    // new leader too) and the status page served beside the heartbeats.
+    let location = gantry_uptime_store::Location::from_flags(
+        &settings.storage_path,
+        settings.database_url.as_deref(),
+    )?;
+    let store = gantry_uptime_store::Store::open(gantry_uptime_store::StoreConfig::new(location))
+        .await
+        .context("opening the uptime history (--storage-path, --database-url)")?;
+    let (engine_tx, engine_rx) = tokio::sync::oneshot::channel();
+    let uptime = gantry_uptime::controller::run(
+        shared.clone(),
+        gantry_uptime::controller::Settings {
+            namespace: settings.watch_namespace.clone(),
+            concurrency: settings.concurrency,
+            check_concurrency: gantry_uptime::engine::DEFAULT_CONCURRENCY,
+            recorder: Some(std::sync::Arc::new(store.clone())),
+        },
+        Some(engine_tx),
+        shutdown.clone(),
+    );
+    let stop_page = shutdown.clone();
+    let heartbeats = async move {
+        let (Ok(engine), Some(uptime_listener)) = (engine_rx.await, uptime_listener) else {
+            return;
+        };
+        let page = gantry_uptime_store::StatusPage::new(store.clone(), Default::default());
+        let app = gantry_uptime::heartbeat::router(engine)
+            .merge(gantry_uptime_store::status::router(page));
+        let _ = axum::serve(uptime_listener, app)
+            .with_graceful_shutdown(async move { stop_page.cancelled().await })
+            .await;
+    };
+    let stop_beat = shutdown.clone();
+    let heartbeat_sender = async move {
+        if let Some((url, every)) = settings.uptime_heartbeat.clone() {
+            gantry_uptime::heartbeat::send_heartbeats(url, every, stop_beat).await;
+        }
+    };
+    let (_, _, _, _, notifications, _, _, _) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
@@ -113,6 +168,9 @@ pub async fn run(
             futures::FutureExt::shared(Box::pin(serving_stop))
         ),
         gantry_notification::run(shared.clone(), alert_events, notification, shutdown.clone()),
+        uptime,
+        heartbeats,
+        heartbeat_sender,
     );
     notifications.with_context(|| {
         format!(

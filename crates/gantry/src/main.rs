@@ -43,6 +43,8 @@ enum Command {
     Tree(commands::get::TreeArgs),
     /// Test ImagePolicy tag choices and setter markers offline; list a registry's tags.
     Image(commands::image::ImageArgs),
+    /// Uptime monitoring without Kubernetes (`gantry uptime serve --config DIR`).
+    Uptime(commands::uptime::UptimeArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Get(args) => commands::get::run_get(&args),
         Command::Tree(args) => commands::get::run_tree(&args),
         Command::Image(args) => commands::image::run(&args),
+        Command::Uptime(args) => commands::uptime::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -276,6 +276,9 @@ async fn installs_into_a_real_cluster_and_the_deployment_rolls_out() {
 /// Everything the controllers call (the `Api` uses in crates/), independently of how install.rs
 /// spells the rules: (verb, group, resource, in a namespace).
 const NEEDED: &[(&str, &str, &str, bool)] = &[
+    ("watch", "uptime.gantry.dev", "monitors", false),
+    ("patch", "uptime.gantry.dev", "monitors/status", true),
+    ("update", "uptime.gantry.dev", "monitors/finalizers", true),
     (
         "watch",
         "source.toolkit.fluxcd.io",
@@ -686,6 +689,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
             .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+            .arg("--uptime-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", &kubeconfig)

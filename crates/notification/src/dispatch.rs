@@ -321,57 +321,74 @@ impl Dispatcher {
                 Ok::<_, String>(data)
             }
         };
-        let mut config = ProviderConfig {
-            type_: provider.spec.type_.clone(),
-            address: provider.spec.address.clone().unwrap_or_default(),
-            channel: provider.spec.channel.clone(),
-            username: provider.spec.username.clone(),
-            token: None,
-            uid: provider.metadata.uid.clone().unwrap_or_default(),
-        };
-        let mut headers = Vec::new();
-        if let Some(secret_ref) = &provider.spec.secret_ref {
-            let data = read(secret_ref.name.clone()).await?;
-            if let Some(address) = data.get("address") {
-                config.address = address.trim().to_string();
-            }
-            config.token = data.get("token").map(|t| t.trim().to_string());
-            if let Some(yaml) = data.get("headers") {
-                let map: BTreeMap<String, String> = serde_saphyr::from_str(yaml)
-                    .map_err(|e| format!("the secret's 'headers' is not a YAML map: {e}"))?;
-                headers.extend(map);
-            }
-        }
-        let mut options = ClientOptions {
-            timeout: Some(
-                gantry_api::meta::parse_duration(provider.timeout())
-                    .ok()
-                    .ok_or_else(|| format!("invalid timeout '{}'", provider.timeout()))?,
-            ),
-            proxy: provider.spec.proxy.clone(),
-            ..Default::default()
-        };
-        if let Some(proxy_ref) = &provider.spec.proxy_secret_ref {
-            let data = read(proxy_ref.name.clone()).await?;
-            let address = data
-                .get("address")
-                .ok_or("the proxy secret has no 'address'")?;
-            options.proxy = Some(match (data.get("username"), data.get("password")) {
-                (Some(u), Some(p)) => address.replacen("://", &format!("://{u}:{p}@"), 1),
-                _ => address.clone(),
-            });
-        }
-        if let Some(cert_ref) = &provider.spec.cert_secret_ref {
-            let data = read(cert_ref.name.clone()).await?;
-            let ca = data
-                .get("ca.crt")
-                .or_else(|| data.get("caFile"))
-                .ok_or("the certificate secret has no 'ca.crt'")?;
-            options.ca_pem = Some(ca.clone().into_bytes());
-        }
-        let http = client(&options).map_err(|e| e.to_string())?;
-        Ok((config, http, headers))
+        prepare_provider(provider, read).await
     }
+}
+
+/// A Secret's data, values as text.
+pub type SecretData = BTreeMap<String, String>;
+
+/// A Provider's settings with its Secrets resolved (`read` fetches one by name), and an HTTP
+/// client for it: what the alert dispatcher and the uptime monitors (in the cluster and
+/// standalone) deliver with.
+pub async fn prepare_provider<F, Fut>(
+    provider: &Provider,
+    read: F,
+) -> Result<(ProviderConfig, reqwest::Client, Vec<(String, String)>), String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<SecretData, String>>,
+{
+    let mut config = ProviderConfig {
+        type_: provider.spec.type_.clone(),
+        address: provider.spec.address.clone().unwrap_or_default(),
+        channel: provider.spec.channel.clone(),
+        username: provider.spec.username.clone(),
+        token: None,
+        uid: provider.metadata.uid.clone().unwrap_or_default(),
+    };
+    let mut headers = Vec::new();
+    if let Some(secret_ref) = &provider.spec.secret_ref {
+        let data = read(secret_ref.name.clone()).await?;
+        if let Some(address) = data.get("address") {
+            config.address = address.trim().to_string();
+        }
+        config.token = data.get("token").map(|t| t.trim().to_string());
+        if let Some(yaml) = data.get("headers") {
+            let map: BTreeMap<String, String> = serde_saphyr::from_str(yaml)
+                .map_err(|e| format!("the secret's 'headers' is not a YAML map: {e}"))?;
+            headers.extend(map);
+        }
+    }
+    let mut options = ClientOptions {
+        timeout: Some(
+            gantry_api::meta::parse_duration(provider.timeout())
+                .ok()
+                .ok_or_else(|| format!("invalid timeout '{}'", provider.timeout()))?,
+        ),
+        proxy: provider.spec.proxy.clone(),
+        ..Default::default()
+    };
+    if let Some(proxy_ref) = &provider.spec.proxy_secret_ref {
+        let data = read(proxy_ref.name.clone()).await?;
+        let address = data
+            .get("address")
+            .ok_or("the proxy secret has no 'address'")?;
+        options.proxy = Some(match (data.get("username"), data.get("password")) {
+            (Some(u), Some(p)) => address.replacen("://", &format!("://{u}:{p}@"), 1),
+            _ => address.clone(),
+        });
+    }
+    if let Some(cert_ref) = &provider.spec.cert_secret_ref {
+        let data = read(cert_ref.name.clone()).await?;
+        let ca = data
+            .get("ca.crt")
+            .or_else(|| data.get("caFile"))
+            .ok_or("the certificate secret has no 'ca.crt'")?;
+        options.ca_pem = Some(ca.clone().into_bytes());
+    }
+    let http = client(&options).map_err(|e| e.to_string())?;
+    Ok((config, http, headers))
 }
 
 fn filter_of(alert: &Alert) -> Result<Filter, alert::BadPattern> {

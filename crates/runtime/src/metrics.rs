@@ -7,6 +7,9 @@
 //! - `gotk_reconcile_condition{kind,name,namespace,type,status}`: the older readiness gauge
 //!   that many existing dashboards still query (`type="Ready"`), plus `type="Stalled"`,
 //!   `status="True"` while an object is stalled (kstatus: absent otherwise), for alerts.
+//! - `gantry_uptime_up{namespace,name,type}` (1 up, 0 down), `gantry_uptime_check_duration_seconds`,
+//!   `gantry_uptime_certificate_expiry_seconds`, `gantry_uptime_checks_total{result}`: one series
+//!   set per Monitor ([`UptimeMetrics`]).
 //! - `process_*`: resident memory, CPU seconds, open fds, threads, start time (Linux `/proc`).
 
 use std::collections::HashMap;
@@ -92,6 +95,130 @@ pub struct Metrics {
     current: Arc<Mutex<HashMap<ObjectKey, (InfoLabels, ConditionLabels)>>>,
     /// Objects exported as `Stalled=True`.
     stalled: Arc<Mutex<std::collections::HashSet<ObjectKey>>>,
+    uptime: UptimeMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MonitorLabels {
+    namespace: String,
+    name: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MonitorResultLabels {
+    namespace: String,
+    name: String,
+    r#type: String,
+    result: String,
+}
+
+/// Per-Monitor series of uptime checks, in the same registry as everything else.
+#[derive(Clone, Debug)]
+pub struct UptimeMetrics {
+    up: Family<MonitorLabels, Gauge>,
+    duration: Family<MonitorLabels, Histogram>,
+    certificate_expiry: Family<MonitorLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    checks: Family<MonitorResultLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+impl UptimeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            up: Family::default(),
+            // Check latencies: 5 ms to 30 s.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            }),
+            certificate_expiry: Family::default(),
+            checks: Family::default(),
+        };
+        registry.register(
+            "gantry_uptime_up",
+            "Whether the monitored endpoint is up (1) or down (0); absent while pending.",
+            this.up.clone(),
+        );
+        registry.register(
+            "gantry_uptime_check_duration_seconds",
+            "How long each uptime check took.",
+            this.duration.clone(),
+        );
+        registry.register(
+            "gantry_uptime_certificate_expiry_seconds",
+            "Seconds until the endpoint's TLS certificate expires (negative once expired).",
+            this.certificate_expiry.clone(),
+        );
+        registry.register(
+            "gantry_uptime_checks",
+            "Uptime checks by result (success, failure).",
+            this.checks.clone(),
+        );
+        this
+    }
+
+    fn labels(namespace: &str, name: &str, type_: &str) -> MonitorLabels {
+        MonitorLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            r#type: type_.to_string(),
+        }
+    }
+
+    /// Records one check.
+    pub fn observe_check(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+        success: bool,
+        took: Duration,
+        certificate_expiry: Option<f64>,
+    ) {
+        let labels = Self::labels(namespace, name, type_);
+        self.duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(seconds) = certificate_expiry {
+            self.certificate_expiry.get_or_create(&labels).set(seconds);
+        }
+        self.checks
+            .get_or_create(&MonitorResultLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                r#type: type_.to_string(),
+                result: if success { "success" } else { "failure" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets `gantry_uptime_up`: `Some(true)` up, `Some(false)` down, `None` unknown (removed).
+    pub fn set_up(&self, namespace: &str, name: &str, type_: &str, up: Option<bool>) {
+        let labels = Self::labels(namespace, name, type_);
+        match up {
+            Some(up) => {
+                self.up.get_or_create(&labels).set(i64::from(up));
+            }
+            None => {
+                self.up.remove(&labels);
+            }
+        }
+    }
+
+    /// Forgets a Monitor: every series that names it.
+    pub fn remove(&self, namespace: &str, name: &str, type_: &str) {
+        let labels = Self::labels(namespace, name, type_);
+        self.up.remove(&labels);
+        self.duration.remove(&labels);
+        self.certificate_expiry.remove(&labels);
+        for result in ["success", "failure"] {
+            self.checks.remove(&MonitorResultLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                r#type: type_.to_string(),
+                result: result.to_string(),
+            });
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -131,8 +258,10 @@ impl Metrics {
             "The current state of a Flux resource.",
             info.clone(),
         );
+        let uptime = UptimeMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         Self {
+            uptime,
             registry: Arc::new(registry),
             reconcile_duration,
             condition,
@@ -140,6 +269,11 @@ impl Metrics {
             current: Arc::default(),
             stalled: Arc::default(),
         }
+    }
+
+    /// The uptime checks' series.
+    pub fn uptime(&self) -> &UptimeMetrics {
+        &self.uptime
     }
 
     /// Records how long one reconciliation of `kind` `namespace/name` took.

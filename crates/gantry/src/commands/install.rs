@@ -45,6 +45,8 @@ pub const RECEIVER_PORT: i32 = 9292;
 pub const SERVING_PORT: i32 = 8090;
 /// The router's Service: every Knative Service's Kubernetes Service is an ExternalName to it.
 pub const SERVING_SERVICE: &str = "gantry-serving";
+/// Heartbeat Monitors are called here (`gantry run --uptime-addr`).
+pub const UPTIME_PORT: i32 = 9334;
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -383,6 +385,7 @@ fn controller_role() -> ClusterRole {
 const SERVED_KINDS: &[(&str, &[&str])] = &[
     ("source.toolkit.fluxcd.io", &["gitrepositories"]),
     ("kustomize.toolkit.fluxcd.io", &["kustomizations"]),
+    ("uptime.gantry.dev", &["monitors"]),
     (
         "image.toolkit.fluxcd.io",
         &[
@@ -572,6 +575,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             ContainerPort {
                 name: Some("serving".into()),
                 container_port: SERVING_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http-uptime".into()),
+                container_port: UPTIME_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -854,7 +863,7 @@ mod tests {
             .collect();
         assert_eq!(
             ports,
-            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, SERVING_PORT]
+            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, SERVING_PORT, UPTIME_PORT]
         );
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
@@ -1086,6 +1095,7 @@ mod tests {
         assert_eq!(i32::from(cli.run.health_addr.port()), HEALTH_PORT);
         assert_eq!(i32::from(cli.run.metrics_addr.port()), METRICS_PORT);
         assert_eq!(i32::from(cli.run.receiver_addr.port()), RECEIVER_PORT);
+        assert_eq!(i32::from(cli.run.uptime_addr.port()), UPTIME_PORT);
         // And the storage path is a volume of the read-only pod.
         let objects = manifests(&args(false)).unwrap();
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();

@@ -13,11 +13,11 @@ pub mod release;
 pub mod run;
 pub mod serving_router;
 pub mod uninstall;
+pub mod uptime;
 pub mod webhook_url;
 
 /// Shown under `gantry --help`: the command groups that are planned but not built yet,
 /// so nobody mistakes them for working commands.
 pub const PLANNED: &str = "\
 Planned, not yet available:
-  scale to zero for staging workloads, waking on the first request
-  uptime checks of public endpoints, with alerts";
+  scale to zero for staging workloads, waking on the first request";

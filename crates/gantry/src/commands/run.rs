@@ -73,6 +73,20 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where heartbeat Monitors are called (`/heartbeat/<hash>`).
+    #[arg(long, env = "GANTRY_UPTIME_ADDR", default_value = "0.0.0.0:9334")]
+    pub uptime_addr: SocketAddr,
+    /// A heartbeat URL of an outside `gantry uptime serve`, called while this process leads,
+    /// so that instance alerts when the cluster goes silent.
+    #[arg(long, env = "GANTRY_UPTIME_HEARTBEAT_URL")]
+    pub uptime_heartbeat_url: Option<String>,
+    /// `postgres://...`: keep the uptime history in Postgres (shared by replicas) instead of an
+    /// SQLite file under `--storage-path`.
+    #[arg(long, env = "GANTRY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How often the heartbeat URL is called.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub uptime_heartbeat_interval: Duration,
     #[command(flatten)]
     pub serving: ServingArgs,
     #[command(flatten)]
@@ -177,6 +191,10 @@ impl ServingArgs {
     }
 }
 
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    gantry_api::meta::parse_duration(text).map_err(|e| e.to_string())
+}
+
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -191,7 +209,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -303,6 +321,12 @@ async fn serve(args: &RunArgs) -> Result<()> {
                 args.watch_namespace.clone(),
                 args.concurrent,
             )?,
+            uptime_addr: args.uptime_addr,
+            database_url: args.database_url.clone(),
+            uptime_heartbeat: args
+                .uptime_heartbeat_url
+                .clone()
+                .map(|url| (url, args.uptime_heartbeat_interval)),
         };
         let leadership_lost = lease.as_ref().map(|l| l.lost.clone());
         let controllers = controllers::run(client.clone(), metrics, settings, shutdown.clone());
@@ -368,7 +392,7 @@ async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
     )
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

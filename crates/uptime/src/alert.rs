@@ -1,0 +1,192 @@
+//! Alerts about Monitors, through Flux's Providers: an [`Alert`](state::Alert) decided by the
+//! state machine becomes Flux's event JSON, is rendered by the same provider code as delivery
+//! events (generic, generic-hmac, slack, discord, msteams) and sent with the same retries.
+//!
+//! Sending never blocks a check: each delivery is its own task; a provider that is down is
+//! retried ([`MAX_ATTEMPTS`](gantry_notification::dispatch::MAX_ATTEMPTS)) in the background
+//! and the failure is logged and counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use gantry_api::uptime::v1alpha1::{MONITOR_DOWN_REASON, MONITOR_SLOW_REASON, MONITOR_UP_REASON};
+use gantry_core::notification::alert::{self, Event, InvolvedObject, ProviderConfig};
+use gantry_core::uptime::state::{self, human};
+use gantry_notification::dispatch::{Stats, send_with_retries};
+
+use crate::plan::{AlertTargets, Plan};
+
+/// Reporter of alert events (Flux's `reportingController`).
+pub const CONTROLLER: &str = "uptime-controller";
+
+/// One Provider ready to send to, with the Alert settings that apply.
+pub struct Delivery {
+    /// `namespace/name` of the Provider (for logs).
+    pub name: String,
+    pub config: ProviderConfig,
+    pub http: reqwest::Client,
+    pub headers: Vec<(String, String)>,
+    /// An `alertRef`'s `eventMetadata` and `summary`.
+    pub metadata: BTreeMap<String, String>,
+    pub summary: Option<String>,
+}
+
+/// Finds the Providers a Monitor names (the cluster's API, or the standalone configuration).
+pub trait Directory: Send + Sync + 'static {
+    fn resolve<'a>(
+        &'a self,
+        namespace: &'a str,
+        targets: &'a AlertTargets,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, String>>;
+}
+
+/// Sends alerts in the background.
+#[derive(Clone)]
+pub struct Notifier {
+    directory: Arc<dyn Directory>,
+    pub stats: Arc<Stats>,
+    /// Wait before the first retry (doubles per attempt).
+    pub retry_base: Duration,
+}
+
+impl Notifier {
+    pub fn new(directory: Arc<dyn Directory>) -> Self {
+        Self {
+            directory,
+            stats: Arc::default(),
+            retry_base: Duration::from_secs(1),
+        }
+    }
+
+    /// Sends `alert` about `plan`'s Monitor to its Providers, in the background.
+    pub fn send(&self, plan: &Plan, alert: &state::Alert, now: jiff::Timestamp) {
+        if plan.alerts == AlertTargets::default() {
+            return;
+        }
+        let event = event_for(plan, alert, now);
+        let this = self.clone();
+        let namespace = plan.key.namespace.clone();
+        let targets = plan.alerts.clone();
+        let key = plan.key.to_string();
+        tokio::spawn(async move {
+            let deliveries = match this.directory.resolve(&namespace, &targets).await {
+                Ok(d) => d,
+                Err(err) => {
+                    this.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(monitor = %key, "alert not sent: {err}");
+                    return;
+                }
+            };
+            for delivery in deliveries {
+                let mut event = event.clone();
+                alert::enrich(&mut event, &delivery.metadata, delivery.summary.as_deref());
+                let this = this.clone();
+                let key = key.clone();
+                tokio::spawn(async move { this.deliver(&key, delivery, event).await });
+            }
+        });
+    }
+
+    async fn deliver(&self, key: &str, delivery: Delivery, event: Event) {
+        let mut outgoing = match alert::render(&delivery.config, &event) {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(err) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(monitor = %key, provider = %delivery.name, "alert not sent: {err}");
+                return;
+            }
+        };
+        outgoing.headers.extend(delivery.headers);
+        match send_with_retries(&delivery.http, &outgoing, self.retry_base, &self.stats).await {
+            Ok(attempts) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(monitor = %key, provider = %delivery.name, attempts, reason = %event.reason, "alert sent");
+            }
+            Err(err) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(monitor = %key, provider = %delivery.name, "alert not delivered: {err}");
+            }
+        }
+    }
+}
+
+/// The event (Flux's JSON) an alert is sent as.
+pub fn event_for(plan: &Plan, alert: &state::Alert, now: jiff::Timestamp) -> Event {
+    let name = &plan.display_name;
+    let endpoint = &plan.endpoint;
+    let mut metadata = BTreeMap::from([("endpoint".to_string(), endpoint.clone())]);
+    if let Some(group) = &plan.group {
+        metadata.insert("group".into(), group.clone());
+    }
+    let (severity, reason, message) = match alert {
+        state::Alert::Down { since, reason } => {
+            metadata.insert("state".into(), "DOWN".into());
+            metadata.insert("downSince".into(), since.to_string());
+            (
+                "error",
+                MONITOR_DOWN_REASON,
+                format!("{name} is DOWN ({endpoint}): {reason}"),
+            )
+        }
+        state::Alert::StillDown { since, reason } => {
+            let down_for = Duration::try_from(now.duration_since(*since)).unwrap_or_default();
+            metadata.insert("state".into(), "DOWN".into());
+            metadata.insert("downSince".into(), since.to_string());
+            (
+                "error",
+                MONITOR_DOWN_REASON,
+                format!(
+                    "{name} is still DOWN after {} ({endpoint}): {reason}",
+                    human(down_for)
+                ),
+            )
+        }
+        state::Alert::Recovered { outage } => {
+            metadata.insert("state".into(), "UP".into());
+            metadata.insert("outage".into(), human(*outage));
+            metadata.insert("outageSeconds".into(), outage.as_secs().to_string());
+            (
+                "info",
+                MONITOR_UP_REASON,
+                format!(
+                    "{name} is UP again ({endpoint}) after an outage of {}",
+                    human(*outage)
+                ),
+            )
+        }
+        state::Alert::Slow { took } => {
+            metadata.insert("state".into(), "UP".into());
+            metadata.insert("responseTime".into(), format!("{}ms", took.as_millis()));
+            (
+                "info",
+                MONITOR_SLOW_REASON,
+                format!(
+                    "{name} responds slowly ({endpoint}): {}ms, over the {}ms limit",
+                    took.as_millis(),
+                    plan.settings.slow.unwrap_or_default().as_millis()
+                ),
+            )
+        }
+    };
+    Event {
+        involved_object: InvolvedObject {
+            kind: "Monitor".into(),
+            namespace: plan.key.namespace.clone(),
+            name: plan.key.name.clone(),
+            uid: None,
+            api_version: Some("uptime.gantry.dev/v1alpha1".into()),
+            resource_version: None,
+        },
+        severity: severity.into(),
+        timestamp: now.to_string(),
+        message,
+        reason: reason.into(),
+        metadata,
+        reporting_controller: CONTROLLER.into(),
+        reporting_instance: None,
+    }
+}

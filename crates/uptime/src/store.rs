@@ -1,0 +1,80 @@
+//! The history store (`gantry-uptime-store`: SQLite or Postgres) as the engine's
+//! [`Recorder`]: every result is written (buffered while the database is away), and the last
+//! state comes back after a restart, so a recovery is announced even by a new process.
+
+use gantry_core::uptime::state::State;
+use gantry_uptime_store::{MonitorInfo, MonitorKey, Sample, Store};
+use jiff::Timestamp;
+
+use crate::check::CheckResult;
+use crate::engine::Recorder;
+use crate::plan::{Key, Plan};
+
+fn key_of(key: &Key) -> MonitorKey {
+    MonitorKey::new(key.namespace.clone(), key.name.clone())
+}
+
+fn state_to(state: State) -> gantry_uptime_store::State {
+    match state {
+        State::Up => gantry_uptime_store::State::Up,
+        State::Down => gantry_uptime_store::State::Down,
+        State::Pending => gantry_uptime_store::State::Pending,
+        State::Maintenance => gantry_uptime_store::State::Maintenance,
+    }
+}
+
+fn state_from(state: gantry_uptime_store::State) -> State {
+    match state {
+        gantry_uptime_store::State::Up => State::Up,
+        gantry_uptime_store::State::Down => State::Down,
+        gantry_uptime_store::State::Pending => State::Pending,
+        gantry_uptime_store::State::Maintenance => State::Maintenance,
+    }
+}
+
+impl Recorder for Store {
+    fn register(&self, plan: &Plan) {
+        self.upsert_monitor(MonitorInfo {
+            key: key_of(&plan.key),
+            display_name: plan.display_name.clone(),
+            group: plan.group.clone().unwrap_or_default(),
+            kind: plan.type_.as_str().to_string(),
+            target: if plan.heartbeat_path.is_some() {
+                String::new()
+            } else {
+                plan.endpoint.clone()
+            },
+        });
+    }
+
+    fn recovered(&self, key: &Key) -> Option<(State, Timestamp)> {
+        let last = self.last_state(&key_of(key))?;
+        let since = Timestamp::from_millisecond(last.since).ok()?;
+        Some((state_from(last.state), since))
+    }
+
+    fn record(&self, plan: &Plan, at: Timestamp, state: State, result: &CheckResult) {
+        Store::record(
+            self,
+            Sample {
+                key: key_of(&plan.key),
+                at: at.as_millisecond(),
+                state: state_to(state),
+                success: result.success,
+                response_us: i32::try_from(result.response_time.as_micros()).ok(),
+                http_status: None,
+                message: (!result.success).then(|| result.message.chars().take(512).collect()),
+            },
+        );
+    }
+
+    fn forget(&self, key: &Key) {
+        let store = self.clone();
+        let key = key_of(key);
+        tokio::spawn(async move {
+            if let Err(err) = store.remove_monitor(&key).await {
+                tracing::warn!(monitor = %key, %err, "removing the monitor's history");
+            }
+        });
+    }
+}
