@@ -145,6 +145,13 @@ impl ObjectCache {
                 let cache = ObjectCache { inner };
                 match event {
                     Ok(event) => cache.handle(&gk, event),
+                    // Not allowed to list this kind (e.g. `gantry install --multi-tenant`, no
+                    // cluster-admin): the kind stays unknown and readers ask the API server
+                    // with their own (impersonated) client, as without a cache.
+                    Err(err) if forbidden(&err) => {
+                        debug!(kind = %gk.1, %err, "not watching applied objects of this kind");
+                        return;
+                    }
                     Err(err) => {
                         debug!(kind = %gk.1, %err, "watch of applied objects");
                     }
@@ -235,10 +242,13 @@ impl ObjectCache {
             return;
         };
         let mut state = self.lock();
-        let seen = state
-            .kinds
-            .get(&(id.group.clone(), id.kind.clone()))
-            .and_then(|k| k.objects.get(&(id.namespace.clone(), id.name.clone())))
+        // Only kinds being watched: no event would ever settle the others.
+        let Some(kind) = state.kinds.get(&(id.group.clone(), id.kind.clone())) else {
+            return;
+        };
+        let seen = kind
+            .objects
+            .get(&(id.namespace.clone(), id.name.clone()))
             .and_then(|c| c.resource_version.parse::<u64>().ok());
         if seen.is_some_and(|seen| seen >= version) {
             return;
@@ -263,6 +273,18 @@ impl ObjectCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn forbidden(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => {
+            matches!(status.code, 401 | 403)
+        }
+        watcher::Error::WatchError(status) => matches!(status.code, 401 | 403),
+        _ => false,
     }
 }
 

@@ -32,7 +32,7 @@ const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a run of a new revision may take before it writes `Reconciling` (Flux's tools
 /// then see it in progress); quicker runs write their status once, at the end.
-const PROGRESS_DELAY: Duration = Duration::from_secs(1);
+const PROGRESS_DELAY: Duration = Duration::from_secs(2);
 
 impl Kustomizations {
     /// The reconciliation proper; returns the applied revision. Writes progress into `status`.
