@@ -292,7 +292,10 @@ async fn run_one(
     idle_secs: u64,
 ) -> Result<Figures> {
     let client = crate::cluster::client(kubeconfig).await?;
-    gantry_testkit::install_crds(&client).await;
+    match contender {
+        Contender::Gantry(_) => gantry_testkit::install_crds(&client).await,
+        Contender::Flux(bin) => crate::flux_controllers::install_crds(&client, bin).await?,
+    }
     let ns = format!("bench-{}-{count}-{}", contender.name(), std::process::id());
     create_namespace(&client, &ns).await?;
     let result = measure(

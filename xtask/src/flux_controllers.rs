@@ -30,13 +30,21 @@ const KUSTOMIZE_REPLACES: &[&str] = &[
     "replace sigs.k8s.io/kustomize/kyaml => sigs.k8s.io/kustomize/kyaml v0.21.1",
     "replace gopkg.in/yaml.v3 => gopkg.in/yaml.v3 v3.0.1",
 ];
-const SOURCE_REPLACES: &[&str] = &[DIGEST_REPLACE];
+const SOURCE_REPLACES: &[&str] = &[
+    DIGEST_REPLACE,
+    // v0.18.3, which source-controller v1.9.6 names, is refused by the module proxy
+    // ("not available"); v0.18.0 of the same minor line is served.
+    "replace github.com/fluxcd/pkg/artifact => github.com/fluxcd/pkg/artifact v0.18.0",
+];
 
-/// The two controller binaries.
+/// The two controller binaries and their CustomResourceDefinitions.
 #[derive(Clone, Debug)]
 pub struct Binaries {
     pub source: PathBuf,
     pub kustomize: PathBuf,
+    /// Flux's own CRD files (`config/crd/bases` of both modules): the controllers watch kinds
+    /// Gantry does not serve (HelmChart, Bucket, ExternalArtifact, ...) and exit without them.
+    pub crds: Vec<PathBuf>,
 }
 
 /// The cached controllers, built first if missing (several minutes each on 2 cores).
@@ -56,7 +64,60 @@ pub fn build(cache: &Path) -> Result<Binaries> {
         &version,
         KUSTOMIZE_REPLACES,
     )?;
-    Ok(Binaries { source, kustomize })
+    let mut crds = Vec::new();
+    for module in [
+        "github.com/fluxcd/source-controller",
+        "github.com/fluxcd/kustomize-controller",
+    ] {
+        let bases = gotools::module_dir(cache, module, &version)?.join("config/crd/bases");
+        for entry in
+            std::fs::read_dir(&bases).with_context(|| format!("reading {}", bases.display()))?
+        {
+            crds.push(entry?.path());
+        }
+    }
+    crds.sort();
+    Ok(Binaries {
+        source,
+        kustomize,
+        crds,
+    })
+}
+
+/// Server-side applies Flux's CRDs (over Gantry's, which serve the same API) and waits until
+/// each is established.
+pub async fn install_crds(client: &kube::Client, bin: &Binaries) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("bench-flux").force();
+    let mut names = Vec::new();
+    for file in &bin.crds {
+        let text = std::fs::read_to_string(file)?;
+        let crd: serde_json::Value =
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.patch(&name, &params, &Patch::Apply(&crd)).await?;
+        names.push(name);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for name in names {
+        loop {
+            let crd = api.get(&name).await?;
+            let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {

@@ -150,6 +150,22 @@ pub fn wrapped(
     })
 }
 
+/// The directory of `module@version` in the module cache, downloaded first if need be.
+pub fn module_dir(cache: &Path, module: &str, version: &str) -> Result<PathBuf> {
+    let scratch = cache.join("go");
+    fs::create_dir_all(&scratch)?;
+    let info = go_json(
+        cache,
+        &scratch,
+        &["mod", "download", "-json", &format!("{module}@{version}")],
+    )?;
+    Ok(PathBuf::from(
+        info["Dir"]
+            .as_str()
+            .context("go mod download printed no module directory")?,
+    ))
+}
+
 /// `go install package@version` into the cache.
 pub fn install(cache: &Path, name: &str, package: &str, version: &str) -> Result<PathBuf> {
     cached(cache, name, version, |work| {
