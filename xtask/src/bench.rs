@@ -2,23 +2,38 @@
 //! (`cargo xtask bench policy`, at [`policy`], and `cargo xtask bench sops`, at [`sops`], need no
 //! cluster.)
 //!
-//! N Kustomizations, each applying a Deployment (replicas 0), a ServiceAccount, a Service and an
-//! Ingress from one git repository, created at once; measured: the time until every one is
-//! Ready, and the peak RSS of the `gantry run` process doing it. For comparison, one
-//! `kubectl apply --server-side` of the same 4N objects.
+//! N Kustomizations, each applying its own Deployment (replicas 0), ServiceAccount, Service and
+//! Ingress from one directory of one git repository, with its own selector (`app-${INDEX}`
+//! through `postBuild.substitute`, as fluxcd/flux-benchmark does: a shared selector would make
+//! every health check that lists Pods by selector see all N apps), created at once. Measured
+//! per run: the time until every one is Ready, the controller's peak RSS and CPU, the API
+//! server's CPU, and the API requests by verb and resource (`apiserver_request_total` from the
+//! API server's `/metrics`, before and after; the API server counts every client, so rows
+//! that the control plane's own controllers make too are marked). Then the **floor**: the same
+//! 4N objects server-side-applied by a minimal client at the same concurrency, no dry-run, no
+//! status, no health: what the API server itself allows on this machine.
+//!
+//! `--against flux` runs Flux's source-controller and kustomize-controller (built from the Go
+//! module proxy, see `flux_controllers`) the same way, alternating with Gantry.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use futures::StreamExt;
 
-use crate::bench_support;
-use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
+use crate::bench_support::{self, RequestKey};
+use gantry_api::kustomize::v1::{
+    CrossNamespaceSourceReference, Kustomization, KustomizationSpec, PostBuild,
+};
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
 
 const APP: &str = r#"apiVersion: v1
 kind: ServiceAccount
@@ -32,10 +47,12 @@ metadata:
 spec:
   replicas: 0
   selector:
-    matchLabels: {app: app}
+    matchLabels:
+      app: app-${INDEX}
   template:
     metadata:
-      labels: {app: app}
+      labels:
+        app: app-${INDEX}
     spec:
       serviceAccountName: app
       containers:
@@ -49,7 +66,8 @@ kind: Service
 metadata:
   name: app
 spec:
-  selector: {app: app}
+  selector:
+    app: app-${INDEX}
   ports:
   - port: 80
     targetPort: 8080
@@ -60,7 +78,7 @@ metadata:
   name: app
 spec:
   rules:
-  - host: app.example.com
+  - host: app-${INDEX}.example.com
     http:
       paths:
       - path: /
@@ -72,24 +90,66 @@ spec:
               number: 80
 "#;
 
+/// The kinds the benchmark applies: requests on these (main resource) with the verbs only a
+/// GitOps controller uses are its own; the control plane updates Deployments with `UPDATE`.
+const APPLIED: &[&str] = &["deployments", "services", "serviceaccounts", "ingresses"];
+const CONTROLLER_VERBS: &[&str] = &["GET", "APPLY", "PATCH", "CREATE", "DELETE", "LIST"];
+
+/// What `cargo xtask bench gitops` is asked to do.
+pub struct Options {
+    pub counts: Vec<usize>,
+    pub concurrency: u16,
+    /// A `gantry` binary to measure instead of this workspace's release build.
+    pub gantry: Option<PathBuf>,
+    /// Also run Flux's controllers, alternating with Gantry.
+    pub against_flux: bool,
+    /// Where Go tools are cached (Flux's controllers).
+    pub cache: PathBuf,
+    /// Seconds of idle measurement after all are Ready (0: none).
+    pub idle_secs: u64,
+}
+
+/// Who reconciles the Kustomizations in a run.
+#[derive(Clone, Debug)]
+enum Contender {
+    Gantry(PathBuf),
+    Flux(crate::flux_controllers::Binaries),
+}
+
+impl Contender {
+    fn name(&self) -> &'static str {
+        match self {
+            Contender::Gantry(_) => "gantry",
+            Contender::Flux(_) => "flux",
+        }
+    }
+}
+
+/// The figures of one run.
+#[derive(Debug, Default)]
 pub struct Figures {
-    pub all_ready: Duration,
+    pub wall: Duration,
     pub peak_rss_mib: f64,
-    /// CPU seconds from the GitRepository's creation to all Ready, with kustomize children.
+    /// CPU seconds of the controller process(es) from the start to all Ready (children too).
     pub cpu_seconds: f64,
-    /// RSS (MiB) and CPU (% of one core) over 30 s once everything is Ready.
-    pub idle: (f64, f64),
-    pub kubectl: Option<Duration>,
+    pub apiserver_cpu_seconds: Option<f64>,
+    pub requests: BTreeMap<RequestKey, f64>,
+    /// RSS (MiB) and CPU (% of one core) over the idle period once everything is Ready.
+    pub idle: Option<(f64, f64)>,
+    pub load_before: f64,
 }
 
 /// Runs the benchmark for each count against the cluster in `kubeconfig`.
-pub fn gitops(
-    workspace: &Path,
-    kubeconfig: &Path,
-    counts: &[usize],
-    concurrency: u16,
-) -> Result<Vec<Figures>> {
-    let gantry = bench_support::build_release(workspace)?;
+pub fn gitops(workspace: &Path, kubeconfig: &Path, opts: &Options) -> Result<()> {
+    let gantry = match &opts.gantry {
+        Some(path) => path.clone(),
+        None => bench_support::build_release(workspace)?,
+    };
+    let mut contenders = vec![Contender::Gantry(gantry)];
+    if opts.against_flux {
+        let flux = crate::flux_controllers::build(&opts.cache)?;
+        contenders.insert(0, Contender::Flux(flux));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -99,36 +159,465 @@ pub fn gitops(
     repo.commit("benchmark application");
     repo.push("HEAD:refs/heads/main");
     let server = GitHttpServer::start(root.path(), HttpAuth::None);
+    let url = server.url("bench.git");
 
-    let mut all = Vec::new();
-    for &count in counts {
-        let figures = runtime.block_on(run_one(
-            &gantry,
-            kubeconfig,
-            &server.url("bench.git"),
-            count,
-            concurrency,
-        ))?;
-        println!(
-            "N={count}: all Ready in {:.1}s, gantry peak RSS {:.0} MiB, CPU {:.1} s ({:.2} cores on average), idle afterwards RSS {:.0} MiB and {:.2}% of one core{}",
-            figures.all_ready.as_secs_f64(),
-            figures.peak_rss_mib,
-            figures.cpu_seconds,
-            figures.cpu_seconds / figures.all_ready.as_secs_f64(),
-            figures.idle.0,
-            figures.idle.1,
-            figures
-                .kubectl
-                .map(|d| format!(
-                    "; kubectl apply --server-side of the same {} objects: {:.1}s",
-                    count * 4,
-                    d.as_secs_f64()
-                ))
-                .unwrap_or_default()
-        );
-        all.push(figures);
+    for &count in &opts.counts {
+        let mut results = Vec::new();
+        for contender in &contenders {
+            let figures = runtime.block_on(run_one(
+                contender,
+                kubeconfig,
+                &url,
+                count,
+                opts.concurrency,
+                opts.idle_secs,
+            ))?;
+            eprintln!(
+                "[bench] {} N={count}: all Ready in {:.1} s, {:.1} requests per Kustomization",
+                contender.name(),
+                figures.wall.as_secs_f64(),
+                figures.requests.values().sum::<f64>() / count as f64
+            );
+            results.push((contender.name().to_string(), figures));
+        }
+        let floor = runtime.block_on(floor(kubeconfig, count, opts.concurrency))?;
+        results.push(("floor".to_string(), floor));
+        print_table(count, opts.concurrency, &results);
     }
-    Ok(all)
+    Ok(())
+}
+
+fn print_table(count: usize, concurrency: u16, results: &[(String, Figures)]) {
+    let n = count as f64;
+    println!(
+        "\nN={count} (concurrency {concurrency}; load average before each run: {})",
+        results
+            .iter()
+            .map(|(name, f)| format!("{name} {:.1}", f.load_before))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| run | wall (s) | controller peak RSS (MiB) | controller CPU (s) | API server CPU (s) | controller requests / Kustomization | all requests / Kustomization |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, f) in results {
+        let controller: f64 = f
+            .requests
+            .iter()
+            .filter(|(k, _)| is_controller_request(k))
+            .map(|(_, v)| v)
+            .sum();
+        let all: f64 = f.requests.values().sum();
+        println!(
+            "| {name} | {:.1} | {} | {} | {} | {:.1} | {:.1} |",
+            f.wall.as_secs_f64(),
+            if name == "floor" {
+                "-".into()
+            } else {
+                format!("{:.0}", f.peak_rss_mib)
+            },
+            if name == "floor" {
+                "-".into()
+            } else {
+                format!("{:.1}", f.cpu_seconds)
+            },
+            f.apiserver_cpu_seconds
+                .map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            controller / n,
+            all / n,
+        );
+    }
+    for (name, f) in results {
+        if let Some((rss, cpu)) = f.idle {
+            println!("{name} idle afterwards: RSS {rss:.0} MiB, {cpu:.2}% of one core");
+        }
+    }
+    // Rows by verb and resource, per Kustomization, side by side.
+    let mut keys: Vec<&RequestKey> = results
+        .iter()
+        .flat_map(|(_, f)| f.requests.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    println!(
+        "\nAPI requests per Kustomization by verb and resource (* = counted as the controller's):"
+    );
+    println!(
+        "| request | {} |",
+        results
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("| --- |{}", " ---: |".repeat(results.len()));
+    for key in keys {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|(_, f)| {
+                f.requests
+                    .get(key)
+                    .map_or_else(|| "-".into(), |v| format!("{:.2}", v / n))
+            })
+            .collect();
+        let mark = if is_controller_request(key) { "*" } else { "" };
+        println!("| {key}{mark} | {} |", cells.join(" | "));
+    }
+}
+
+/// Requests only a GitOps controller (or the floor's client) makes: its own kinds, the applied
+/// kinds with the verbs the control plane does not use, and Events (with `replicas: 0` the
+/// control plane emits none here: see the floor's column).
+fn is_controller_request(key: &RequestKey) -> bool {
+    let resource = key.resource.split('/').next().unwrap_or_default();
+    if resource == "events" {
+        return true;
+    }
+    if matches!(
+        resource,
+        "kustomizations" | "gitrepositories" | "ocirepositories" | "buckets"
+    ) {
+        // The benchmark's own creates are not the controller's.
+        return !(key.verb == "POST" || key.verb == "CREATE") || key.resource.contains('/');
+    }
+    APPLIED.contains(&key.resource.as_str()) && CONTROLLER_VERBS.contains(&key.verb.as_str())
+}
+
+async fn run_one(
+    contender: &Contender,
+    kubeconfig: &Path,
+    url: &str,
+    count: usize,
+    concurrency: u16,
+    idle_secs: u64,
+) -> Result<Figures> {
+    let client = crate::cluster::client(kubeconfig).await?;
+    match contender {
+        Contender::Gantry(_) => gantry_testkit::install_crds(&client).await,
+        Contender::Flux(bin) => crate::flux_controllers::install_crds(&client, bin).await?,
+    }
+    let ns = format!("bench-{}-{count}-{}", contender.name(), std::process::id());
+    create_namespace(&client, &ns).await?;
+    let result = measure(
+        contender,
+        kubeconfig,
+        &client,
+        &ns,
+        url,
+        count,
+        concurrency,
+        idle_secs,
+    )
+    .await;
+    // The controller is stopped: its finalizers would keep the namespace terminating forever.
+    drop_finalizers(&client, &ns).await?;
+    delete_namespace(&client, &ns).await?;
+    result
+}
+
+/// Removes the finalizers of the run's Flux objects, so the namespace can go without a
+/// controller.
+async fn drop_finalizers(client: &kube::Client, ns: &str) -> Result<()> {
+    let patch = serde_json::json!({ "metadata": { "finalizers": null } });
+    let params = PatchParams::default();
+    let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = kustomizations
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|k| k.metadata.name)
+        .collect();
+    let results: Vec<_> = futures::stream::iter(names.iter().map(|name| {
+        let api = kustomizations.clone();
+        let (patch, params) = (&patch, &params);
+        async move { api.patch(name, params, &Patch::Merge(patch)).await }
+    }))
+    .buffer_unordered(50)
+    .collect()
+    .await;
+    for result in results {
+        result?;
+    }
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
+    if repos.get_opt("bench").await?.is_some() {
+        repos.patch("bench", &params, &Patch::Merge(&patch)).await?;
+    }
+    Ok(())
+}
+
+async fn create_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.to_string());
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    Ok(())
+}
+
+/// Deletes `ns` and waits until it is gone, so its deletion does not load the next run.
+async fn delete_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::background()).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while namespaces.get_opt(ns).await?.is_some() {
+        if Instant::now() > deadline {
+            eprintln!("namespace {ns} still terminating after 5 minutes; going on");
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    contender: &Contender,
+    kubeconfig: &Path,
+    client: &kube::Client,
+    ns: &str,
+    url: &str,
+    count: usize,
+    concurrency: u16,
+    idle_secs: u64,
+) -> Result<Figures> {
+    let storage = tempfile::tempdir()?;
+    let processes = match contender {
+        Contender::Gantry(gantry) => vec![start_gantry(
+            gantry,
+            kubeconfig,
+            ns,
+            concurrency,
+            storage.path(),
+        )?],
+        Contender::Flux(flux) => {
+            crate::flux_controllers::start(flux, kubeconfig, ns, concurrency, storage.path())?
+        }
+    };
+    let pids: Vec<u32> = processes.iter().map(|p| p.0.id()).collect();
+    // Let the controllers start their watches before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let apiserver = bench_support::apiserver_pid(kubeconfig);
+    let load_before = bench_support::load_average();
+    let requests_before = bench_support::api_requests(client).await?;
+    let apiserver_before = apiserver.map(bench_support::cpu_seconds);
+    let cpu_before: f64 = pids.iter().map(|&p| bench_support::cpu_seconds(p)).sum();
+    let started = Instant::now();
+
+    let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
+    let spec = GitRepositorySpec {
+        url: url.into(),
+        interval: "10m".into(),
+        r#ref: Some(GitRepositoryRef {
+            branch: Some("main".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    repos
+        .create(&PostParams::default(), &GitRepository::new("bench", spec))
+        .await?;
+    let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
+    let creates = (0..count).map(|i| {
+        let api = kustomizations.clone();
+        let spec = KustomizationSpec {
+            interval: "1h".into(),
+            path: Some("./app".into()),
+            prune: true,
+            wait: true,
+            timeout: Some("5m".into()),
+            target_namespace: Some(ns.to_string()),
+            name_prefix: Some(format!("k{i}-")),
+            source_ref: CrossNamespaceSourceReference {
+                kind: gantry_api::kustomize::v1::SourceKind::GitRepository,
+                name: "bench".into(),
+                ..Default::default()
+            },
+            post_build: Some(PostBuild {
+                substitute: BTreeMap::from([("INDEX".to_string(), i.to_string())]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        async move {
+            api.create(
+                &PostParams::default(),
+                &Kustomization::new(&format!("k{i}"), spec),
+            )
+            .await
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(creates)
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    for result in results {
+        result?;
+    }
+    let mut peak = 0.0f64;
+    let mut lists = 0usize;
+    loop {
+        for &pid in &pids {
+            peak = peak.max(bench_support::peak_rss_mib(pid));
+        }
+        let list = kustomizations.list(&ListParams::default()).await?;
+        lists += 1;
+        let ready = list
+            .items
+            .iter()
+            .filter(|k| {
+                k.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == count {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("only {ready} of {count} Kustomizations became Ready within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let wall = started.elapsed();
+    let cpu_seconds = pids
+        .iter()
+        .map(|&p| bench_support::cpu_seconds(p))
+        .sum::<f64>()
+        - cpu_before;
+    let apiserver_cpu_seconds = apiserver
+        .zip(apiserver_before)
+        .map(|(pid, before)| bench_support::cpu_seconds(pid) - before);
+    let mut requests = bench_support::request_delta(
+        &requests_before,
+        &bench_support::api_requests(client).await?,
+    );
+    // The benchmark's own readiness polling.
+    let own = RequestKey {
+        verb: "LIST".into(),
+        resource: "kustomizations".into(),
+        dry_run: false,
+    };
+    if let Some(v) = requests.get_mut(&own) {
+        *v = (*v - lists as f64).max(0.0);
+        if *v == 0.0 {
+            requests.remove(&own);
+        }
+    }
+    for &pid in &pids {
+        peak = peak.max(bench_support::peak_rss_mib(pid));
+    }
+    let idle = if idle_secs > 0 {
+        // Every Kustomization applied, intervals (1h) far away: what does keeping watch cost?
+        Some(bench_support::idle_usage(pids[0], Duration::from_secs(idle_secs)).await)
+    } else {
+        None
+    };
+    drop(processes);
+    Ok(Figures {
+        wall,
+        peak_rss_mib: peak,
+        cpu_seconds,
+        apiserver_cpu_seconds,
+        requests,
+        idle,
+        load_before,
+    })
+}
+
+fn start_gantry(
+    gantry: &Path,
+    kubeconfig: &Path,
+    ns: &str,
+    concurrency: u16,
+    storage: &Path,
+) -> Result<Process> {
+    let child = Command::new(gantry)
+        .args(["run", "--leader-elect=false", "--watch-namespace", ns])
+        .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
+        .args(["--receiver-addr=127.0.0.1:0", "--uptime-addr=127.0.0.1:0"])
+        .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
+        .arg(format!("--concurrent={concurrency}"))
+        .arg("--storage-path")
+        .arg(storage)
+        .env("KUBECONFIG", kubeconfig)
+        .env("GANTRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting gantry run")?;
+    Ok(Process(child))
+}
+
+/// The floor: the same 4N objects, server-side applied by a minimal client with `concurrency`
+/// requests in flight; no dry-run, no status, no health.
+async fn floor(kubeconfig: &Path, count: usize, concurrency: u16) -> Result<Figures> {
+    let client = crate::cluster::client(kubeconfig).await?;
+    let ns = format!("bench-floor-{count}-{}", std::process::id());
+    create_namespace(&client, &ns).await?;
+    let mut objects = Vec::with_capacity(count * 4);
+    for i in 0..count {
+        for doc in APP.split("---\n") {
+            let doc = doc
+                .replace("name: app\n", &format!("name: k{i}-app\n"))
+                .replace(
+                    "serviceAccountName: app",
+                    &format!("serviceAccountName: k{i}-app"),
+                )
+                .replace("${INDEX}", &i.to_string());
+            let mut object: serde_json::Value = serde_saphyr::from_str(&doc)?;
+            object["metadata"]["namespace"] = serde_json::json!(ns);
+            objects.push(object);
+        }
+    }
+    let resource = |object: &serde_json::Value| {
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let kind = object["kind"].as_str().unwrap_or_default();
+        ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+    };
+    let apiserver = bench_support::apiserver_pid(kubeconfig);
+    let load_before = bench_support::load_average();
+    let requests_before = bench_support::api_requests(&client).await?;
+    let apiserver_before = apiserver.map(bench_support::cpu_seconds);
+    let started = Instant::now();
+    let params = PatchParams::apply("bench-floor").force();
+    let results: Vec<Result<DynamicObject, kube::Error>> =
+        futures::stream::iter(objects.iter().map(|object| {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns, &resource(object));
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let params = params.clone();
+            async move { api.patch(&name, &params, &Patch::Apply(object)).await }
+        }))
+        .buffer_unordered(usize::from(concurrency.max(1)))
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    let apiserver_cpu_seconds = apiserver
+        .zip(apiserver_before)
+        .map(|(pid, before)| bench_support::cpu_seconds(pid) - before);
+    let requests = bench_support::request_delta(
+        &requests_before,
+        &bench_support::api_requests(&client).await?,
+    );
+    delete_namespace(&client, &ns).await?;
+    for result in results {
+        result.context("floor apply")?;
+    }
+    Ok(Figures {
+        wall,
+        apiserver_cpu_seconds,
+        requests,
+        load_before,
+        ..Figures::default()
+    })
 }
 
 /// `cargo xtask bench policy`: runs gantry-core's `policy_bench` example in release mode, which
@@ -183,199 +672,12 @@ pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
-struct Process(Child);
+/// A child process killed on drop.
+pub struct Process(pub Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn run_one(
-    gantry: &Path,
-    kubeconfig: &Path,
-    url: &str,
-    count: usize,
-    concurrency: u16,
-) -> Result<Figures> {
-    let client = crate::cluster::client(kubeconfig).await?;
-    gantry_testkit::install_crds(&client).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = format!("bench-{count}-{}", std::process::id());
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(ns.clone());
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    let result = measure(gantry, kubeconfig, &client, &ns, url, count, concurrency).await;
-    namespaces.delete(&ns, &DeleteParams::background()).await?;
-    let mut figures = result?;
-    figures.kubectl = match kubectl_apply_time(kubeconfig, &client, count).await {
-        Ok(took) => Some(took),
-        Err(err) => {
-            eprintln!("N={count}: no kubectl comparison: {err:#}");
-            None
-        }
-    };
-    Ok(figures)
-}
-
-async fn measure(
-    gantry: &Path,
-    kubeconfig: &Path,
-    client: &kube::Client,
-    ns: &str,
-    url: &str,
-    count: usize,
-    concurrency: u16,
-) -> Result<Figures> {
-    let storage = tempfile::tempdir()?;
-    let child = Command::new(gantry)
-        .args(["run", "--leader-elect=false", "--watch-namespace", ns])
-        .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
-        .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
-        .arg("--uptime-addr=127.0.0.1:0")
-        .arg(format!("--concurrent={concurrency}"))
-        .arg("--storage-path")
-        .arg(storage.path())
-        .env("KUBECONFIG", kubeconfig)
-        .env("GANTRY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting gantry run")?;
-    let process = Process(child);
-    let pid = process.0.id();
-
-    let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
-    let spec = GitRepositorySpec {
-        url: url.into(),
-        interval: "10m".into(),
-        r#ref: Some(GitRepositoryRef {
-            branch: Some("main".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let cpu_before = bench_support::cpu_seconds(pid);
-    repos
-        .create(&PostParams::default(), &GitRepository::new("bench", spec))
-        .await?;
-    let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
-    let creates = (0..count).map(|i| {
-        let api = kustomizations.clone();
-        let spec = KustomizationSpec {
-            interval: "1h".into(),
-            path: Some("./app".into()),
-            prune: true,
-            wait: true,
-            timeout: Some("5m".into()),
-            target_namespace: Some(ns.to_string()),
-            name_prefix: Some(format!("k{i}-")),
-            source_ref: CrossNamespaceSourceReference {
-                name: "bench".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        async move {
-            api.create(
-                &PostParams::default(),
-                &Kustomization::new(&format!("k{i}"), spec),
-            )
-            .await
-        }
-    });
-    for result in futures::future::join_all(creates).await {
-        result?;
-    }
-    let mut peak = 0.0f64;
-    loop {
-        peak = peak.max(bench_support::peak_rss_mib(pid));
-        let list = kustomizations.list(&ListParams::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|k| {
-                k.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
-        if ready == count {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!("only {ready} of {count} Kustomizations became Ready within 30 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let all_ready = started.elapsed();
-    let cpu_seconds = bench_support::cpu_seconds(pid) - cpu_before;
-    peak = peak.max(bench_support::peak_rss_mib(pid));
-    // Idle: every Kustomization applied, intervals (1h) far away; what does keeping watch cost?
-    let idle = bench_support::idle_usage(pid, Duration::from_secs(30)).await;
-    drop(process);
-    Ok(Figures {
-        all_ready,
-        peak_rss_mib: peak,
-        cpu_seconds,
-        idle,
-        kubectl: None,
-    })
-}
-
-/// One `kubectl apply --server-side` of the same objects into a fresh namespace.
-async fn kubectl_apply_time(
-    kubeconfig: &Path,
-    client: &kube::Client,
-    count: usize,
-) -> Result<Duration> {
-    let ns = format!("bench-kubectl-{count}-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(ns.clone());
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    let mut all = String::new();
-    for i in 0..count {
-        for doc in APP.split("---\n") {
-            let doc = doc
-                .replace("name: app\n", &format!("name: k{i}-app\n"))
-                .replace(
-                    "serviceAccountName: app",
-                    &format!("serviceAccountName: k{i}-app"),
-                );
-            all.push_str("---\n");
-            all.push_str(&doc);
-        }
-    }
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), all)?;
-    let started = Instant::now();
-    let status = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=bench",
-            "-n",
-            &ns,
-            "-f",
-        ])
-        .arg(file.path())
-        .stdout(Stdio::null())
-        .status()
-        .context("running kubectl (the comparison needs it on PATH)")?;
-    let took = started.elapsed();
-    namespaces.delete(&ns, &DeleteParams::background()).await?;
-    if !status.success() {
-        bail!("kubectl apply failed");
-    }
-    Ok(took)
 }

@@ -125,6 +125,64 @@ pub fn flux(cache: &Path) -> Result<PathBuf> {
     })
 }
 
+/// The main package of `module@version`, built as a dependency of a wrapper module with the
+/// given go.mod `replace` lines (a dependency's own replace directives do not apply), cached as
+/// `<cache>/<name>-<version>/bin/<name>`.
+pub fn wrapped(
+    cache: &Path,
+    name: &str,
+    module: &str,
+    version: &str,
+    replaces: &[&str],
+) -> Result<PathBuf> {
+    cached(cache, name, version, |work| {
+        let src = work.join("src");
+        fs::create_dir_all(&src)?;
+        let go_mod = format!(
+            "module gantry.local/wrapper/{name}\n\ngo 1.26.0\n\nrequire {module} {version}\n\n{}\n",
+            replaces.join("\n")
+        );
+        fs::write(src.join("go.mod"), go_mod)?;
+        let out = work.join("bin").join(name);
+        eprintln!(
+            "[build] {name} {version}: compiling from the Go module proxy; the first build takes \
+             several minutes on 2 cores and is cached afterwards"
+        );
+        run_go(
+            cache,
+            &src,
+            &[
+                "build",
+                "-trimpath",
+                "-buildvcs=false",
+                "-ldflags",
+                "-s -w",
+                "-o",
+                &out.to_string_lossy(),
+                module,
+            ],
+            // The wrapper has no go.sum yet: let the build resolve and record the module graph.
+            &[("GOFLAGS", std::ffi::OsStr::new("-mod=mod"))],
+        )
+    })
+}
+
+/// The directory of `module@version` in the module cache, downloaded first if need be.
+pub fn module_dir(cache: &Path, module: &str, version: &str) -> Result<PathBuf> {
+    let scratch = cache.join("go");
+    fs::create_dir_all(&scratch)?;
+    let info = go_json(
+        cache,
+        &scratch,
+        &["mod", "download", "-json", &format!("{module}@{version}")],
+    )?;
+    Ok(PathBuf::from(
+        info["Dir"]
+            .as_str()
+            .context("go mod download printed no module directory")?,
+    ))
+}
+
 /// `go install package@version` into the cache.
 pub fn install(cache: &Path, name: &str, package: &str, version: &str) -> Result<PathBuf> {
     cached(cache, name, version, |work| {

@@ -15,6 +15,7 @@ mod bench_support;
 mod cache_lock;
 mod bench_uptime;
 mod cluster;
+mod flux_controllers;
 mod gotools;
 mod image;
 mod kustomize;
@@ -179,14 +180,28 @@ struct UpArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchTask {
-    /// N Kustomizations from one git repository: time until all are Ready, peak RSS.
+    /// N Kustomizations from one git repository: time until all are Ready, peak RSS and CPU,
+    /// API server CPU and requests per Kustomization, beside a floor (the same objects applied
+    /// by a minimal client) and, with `--against flux`, Flux's own controllers.
     Gitops {
         /// Comma-separated counts of Kustomizations.
         #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
         count: Vec<usize>,
-        /// `gantry run --concurrent`.
-        #[arg(long, default_value_t = 16)]
+        /// Concurrent reconciles (`gantry run --concurrent`, kustomize-controller's
+        /// `--concurrent`; source-controller gets 10) and the floor's requests in flight.
+        #[arg(long, default_value_t = 20)]
         concurrent: u16,
+        /// Also run Flux's source-controller and kustomize-controller (built from the Go module
+        /// proxy and cached), alternating with Gantry on the same input.
+        #[arg(long, value_parser = ["flux"])]
+        against: Option<String>,
+        /// Benchmark this `gantry` binary (e.g. another branch's release build) instead of
+        /// building this workspace's.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
+        /// Seconds to measure the idle cost after all are Ready (0: skip).
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
     },
     /// Push-to-running latency of the staging pipeline (registry webhook to rollout), per hop.
     Pipeline {
@@ -365,12 +380,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&cli.global, &paths, &versions, &args),
-        Task::Bench(BenchTask::Gitops { count, concurrent }) => {
+        Task::Bench(BenchTask::Gitops {
+            count,
+            concurrent,
+            against,
+            gantry,
+            idle_secs,
+        }) => {
             let kubeconfig = match &cli.global.kubeconfig {
                 Some(kubeconfig) => kubeconfig.clone(),
                 None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
             };
-            bench::gitops(&workspace_root(), &kubeconfig, &count, concurrent)?;
+            let options = bench::Options {
+                counts: count,
+                concurrency: concurrent,
+                gantry,
+                against_flux: against.is_some(),
+                cache: paths.cache.clone(),
+                idle_secs,
+            };
+            bench::gitops(&workspace_root(), &kubeconfig, &options)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Pipeline { runs }) => {

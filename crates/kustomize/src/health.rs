@@ -1,4 +1,5 @@
-//! Health waits: poll objects until kstatus calls all of them `Current`, bounded by a timeout,
+//! Health waits: until kstatus calls all objects `Current` (read from the watch cache of
+//! [`crate::cache`] when there is one, else polled), bounded by a timeout,
 //! failing fast when one is `Failed` (a rollout past its progress deadline, a stalled Flux
 //! object, a failed Job). As in Flux, a Job counts only once it has completed
 //! ([`gantry_core::kustomize::kstatus::compute_flux`]).
@@ -17,10 +18,14 @@ use kube::Client;
 use kube::api::{Api, DynamicObject};
 use tracing::debug;
 
+use crate::cache::{Lookup, ObjectCache};
 use crate::discovery::Resolver;
 
 /// How many objects are read at the same time.
 const CONCURRENCY: usize = 16;
+
+/// With a watch cache, how often objects it cannot answer for are read from the API server.
+pub const FALLBACK_READ: Duration = Duration::from_secs(2);
 
 /// Bounds of a wait.
 #[derive(Clone, Debug)]
@@ -105,12 +110,31 @@ pub async fn check(
     resolver: &Resolver,
     targets: &[InventoryEntry],
 ) -> Result<Vec<(ObjectId, Health)>, HealthError> {
+    check_with(client, resolver, None, targets, true).await
+}
+
+/// [`check`], reading from `cache` what it knows; objects it cannot answer for are read from
+/// the API server when `read` (else they count as in progress for now).
+async fn check_with(
+    client: &Client,
+    resolver: &Resolver,
+    cache: Option<&ObjectCache>,
+    targets: &[InventoryEntry],
+    read: bool,
+) -> Result<Vec<(ObjectId, Health)>, HealthError> {
     let results: Vec<Result<(ObjectId, Health), HealthError>> =
         stream::iter((0..targets.len()).map(|i| {
             // By index, for the same reason as in `apply::evaluate_all` (rust-lang/rust#102211).
             let entry = &targets[i];
             async move {
-                let health = health_of(client, resolver, entry).await?;
+                let health = match cached_health(client, resolver, cache, entry).await? {
+                    Some(health) => health,
+                    None if read => health_of(client, resolver, entry).await?,
+                    None => Health {
+                        status: Status::InProgress,
+                        message: "waiting for the watch".into(),
+                    },
+                };
                 Ok((entry.id.clone(), health))
             }
         }))
@@ -118,6 +142,35 @@ pub async fn check(
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// The health the watch cache knows, starting the kind's watch if need be; `None` when the
+/// cache cannot say (kind not synced, object not labelled, a write not seen yet).
+async fn cached_health(
+    client: &Client,
+    resolver: &Resolver,
+    cache: Option<&ObjectCache>,
+    entry: &InventoryEntry,
+) -> Result<Option<Health>, HealthError> {
+    let Some(cache) = cache else {
+        return Ok(None);
+    };
+    let id = &entry.id;
+    let resolved = resolver
+        .resolve(client, &id.group, &entry.version, &id.kind)
+        .await
+        .map_err(|source| HealthError::Kube {
+            id: id.clone(),
+            source: Box::new(source),
+        })?;
+    let Some(resolved) = resolved else {
+        return Ok(Some(Health::not_found()));
+    };
+    cache.watch_kind(&resolved);
+    Ok(match cache.lookup(id) {
+        Lookup::Present(cached) => Some(cached.health),
+        Lookup::Unknown | Lookup::Absent | Lookup::Stale => None,
+    })
 }
 
 async fn health_of(
@@ -151,20 +204,41 @@ async fn health_of(
     }
 }
 
-/// Polls `targets` until all are `Current`; errors on timeout, or as soon as one is `Failed`
+/// Waits until all `targets` are `Current`; errors on timeout, or as soon as one is `Failed`
 /// when `fail_fast`.
+///
+/// With a `cache`, health comes from the watches: each change of a watched object wakes the
+/// wait, and only objects the cache cannot answer for are read from the API server, at most
+/// every [`FALLBACK_READ`] (or `interval`, if longer). Without one, every target is read every
+/// `interval`.
 pub async fn wait(
     client: &Client,
     resolver: &Resolver,
+    cache: Option<&ObjectCache>,
     targets: &[InventoryEntry],
     opts: &WaitOptions,
 ) -> Result<(), HealthError> {
     if targets.is_empty() {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + opts.timeout;
+    let mut changes = cache.map(ObjectCache::subscribe);
+    let fallback_every = opts.interval.max(FALLBACK_READ);
+    // With a cache, objects it cannot answer for are first read after `fallback_every`: a
+    // just-written object is usually delivered by the watch well before.
+    let mut next_read = started + fallback_every;
     loop {
-        let healths = check(client, resolver, targets).await?;
+        if let Some(changes) = &mut changes {
+            changes.borrow_and_update();
+        }
+        let now = tokio::time::Instant::now();
+        // At the deadline, a last read gives the error the objects' real state.
+        let read = cache.is_none() || now >= next_read || now >= deadline;
+        if read {
+            next_read = now + fallback_every;
+        }
+        let healths = check_with(client, resolver, cache, targets, read).await?;
         let unhealthy: Vec<Unhealthy> = healths
             .into_iter()
             .filter(|(_, h)| h.status != Status::Current)
@@ -186,10 +260,25 @@ pub async fn wait(
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(HealthError::Timeout { unhealthy });
+            if read {
+                return Err(HealthError::Timeout { unhealthy });
+            }
+            continue;
         }
         debug!(waiting_for = unhealthy.len(), "health check");
-        tokio::time::sleep(opts.interval.min(deadline - now)).await;
+        let until = deadline.min(now + opts.interval);
+        match &mut changes {
+            // A closed channel (cache gone) ends in the interval sleep below next time round.
+            Some(rx) => {
+                if tokio::time::timeout_at(until, rx.changed())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
+                    changes = None;
+                }
+            }
+            None => tokio::time::sleep_until(until).await,
+        }
     }
 }
 

@@ -7,10 +7,13 @@
 //! - `health`: kstatus health waits with Flux's messages (used by `apply`; it knows only
 //!   [`discovery`], so the arrows run apply → health → discovery).
 //! - [`decrypt`]: SOPS decryption of the build's files and objects (`spec.decryption`).
+//! - [`cache`]: what the watches saw of the applied objects (health, drift fingerprints), read by
+//!   `apply` and `health` instead of a request per object.
 //! - [`controller`]: the Kustomization controller tying them together.
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod controller;
 pub mod decrypt;
 pub mod discovery;

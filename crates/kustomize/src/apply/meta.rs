@@ -57,6 +57,27 @@ pub fn set_owner_labels(object: &mut Value, name: &str, namespace: &str) {
     }
 }
 
+/// Why a stale object is kept instead of pruned, if it is; `None` when prune may delete it.
+///
+/// Flux's rule (kustomize-controller's `prune` with fluxcd/pkg `ssa.DeleteOptions`): the live
+/// object must match the owner labels as a label selector (`matchLabels` with both
+/// `kustomize.toolkit.fluxcd.io/name` and `/namespace`, so *both* must carry this
+/// Kustomization's values; one alone is another owner's or a hand-made object), and it is
+/// excluded when any label or annotation says `kustomize.toolkit.fluxcd.io/prune: disabled` or
+/// `kustomize.toolkit.fluxcd.io/reconcile: disabled` (values compared case-insensitively).
+pub fn kept_from_prune(live: &Value, name: &str, namespace: &str) -> Option<&'static str> {
+    if !is_owned_by(live, name, namespace) {
+        return Some("owner labels do not match");
+    }
+    if has_flag(live, PRUNE_ANNOTATION, "disabled") {
+        return Some("prune disabled");
+    }
+    if has_flag(live, RECONCILE_ANNOTATION, "disabled") {
+        return Some("reconcile disabled");
+    }
+    None
+}
+
 /// Whether `object` carries both owner labels pointing at `name`/`namespace`.
 pub fn is_owned_by(object: &Value, name: &str, namespace: &str) -> bool {
     let label = |key: &str| {
@@ -66,6 +87,50 @@ pub fn is_owned_by(object: &Value, name: &str, namespace: &str) -> bool {
             .and_then(Value::as_str)
     };
     label(OWNER_NAME_LABEL) == Some(name) && label(OWNER_NAMESPACE_LABEL) == Some(namespace)
+}
+
+/// A fingerprint of `manager`'s server-side-apply entry of the object (the main resource,
+/// not a subresource) and of the object's uid; `None` when it has no such entry.
+///
+/// This is how drift is seen without asking the API server: every change another writer makes
+/// to a field this manager applied moves that field out of the entry (an `Update` takes over
+/// what it changes; a forced apply by another manager too), and a delete and recreate changes
+/// the uid, so the fingerprint changes. Writes that leave the entry alone are not drift in
+/// server-side apply's terms: fields nobody applied (status, an annotation a controller adds),
+/// and fields shared with another manager that set the same value. The limit: a writer that
+/// applies as the same field manager (`kustomize-controller`, e.g. Flux itself) with the same
+/// set of fields changes only the entry's `time`, which is part of the fingerprint, so it is
+/// seen too, unless it lands within the same second as Gantry's own apply.
+pub fn applied_fingerprint(live: &Value, manager: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let entry = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Apply")
+                && e.get("subresource")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty()
+        })?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    live.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .hash(&mut hasher);
+    for key in ["apiVersion", "time", "fieldsV1"] {
+        entry.get(key).map(Value::to_string).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// A hash of the desired object exactly as it would be sent.
+pub fn desired_hash(object: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.to_string().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Removes what must never be sent in an apply: server-owned metadata and the stale
@@ -249,6 +314,99 @@ mod tests {
         let mut bare = json!({ "metadata": { "name": "a" } });
         set_owner_labels(&mut bare, "x", "y");
         assert!(is_owned_by(&bare, "x", "y"));
+    }
+
+    #[test]
+    fn prune_follows_flux_selector_and_exclusions() {
+        let labelled = |labels: Value, annotations: Value| json!({ "metadata": { "name": "a", "labels": labels, "annotations": annotations } });
+        let ours = json!({ OWNER_NAME_LABEL: "apps", OWNER_NAMESPACE_LABEL: "flux-system" });
+        assert_eq!(
+            kept_from_prune(&labelled(ours.clone(), json!({})), "apps", "flux-system"),
+            None
+        );
+        // One owner label alone does not match Flux's selector: another owner's or hand-made.
+        for partial in [
+            json!({ OWNER_NAME_LABEL: "apps" }),
+            json!({ OWNER_NAMESPACE_LABEL: "flux-system" }),
+            json!({ OWNER_NAME_LABEL: "apps", OWNER_NAMESPACE_LABEL: "other" }),
+        ] {
+            assert_eq!(
+                kept_from_prune(&labelled(partial, json!({})), "apps", "flux-system"),
+                Some("owner labels do not match")
+            );
+        }
+        let annotated = |key: &str, value: &str| {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(key.into(), json!(value));
+            labelled(ours.clone(), Value::Object(annotations))
+        };
+        assert_eq!(
+            kept_from_prune(
+                &annotated(PRUNE_ANNOTATION, "Disabled"),
+                "apps",
+                "flux-system"
+            ),
+            Some("prune disabled")
+        );
+        assert_eq!(
+            kept_from_prune(
+                &annotated(RECONCILE_ANNOTATION, "disabled"),
+                "apps",
+                "flux-system"
+            ),
+            Some("reconcile disabled")
+        );
+        assert_eq!(
+            kept_from_prune(
+                &annotated(PRUNE_ANNOTATION, "enabled"),
+                "apps",
+                "flux-system"
+            ),
+            None
+        );
+        // Exclusions as labels count too.
+        let mut label_excluded = ours.clone();
+        label_excluded[RECONCILE_ANNOTATION] = json!("DISABLED");
+        assert_eq!(
+            kept_from_prune(&labelled(label_excluded, json!({})), "apps", "flux-system"),
+            Some("reconcile disabled")
+        );
+    }
+
+    #[test]
+    fn fingerprint_follows_our_apply_entry_and_uid() {
+        let object = |uid: &str, fields: Value, time: &str| {
+            json!({ "metadata": { "name": "a", "uid": uid, "managedFields": [
+                { "manager": "kube-controller-manager", "operation": "Update",
+                  "subresource": "status", "fieldsV1": { "f:status": {} } },
+                { "manager": "kustomize-controller", "operation": "Apply", "apiVersion": "v1",
+                  "time": time, "fieldsV1": fields },
+            ] } })
+        };
+        let fields = json!({ "f:data": { "f:a": {} } });
+        let base = applied_fingerprint(&object("u1", fields.clone(), "t1"), "kustomize-controller");
+        assert!(base.is_some());
+        assert_eq!(
+            base,
+            applied_fingerprint(&object("u1", fields.clone(), "t1"), "kustomize-controller")
+        );
+        // A field taken over by another writer, a recreated object, a newer apply: all differ.
+        let taken = json!({ "f:data": {} });
+        for other in [
+            object("u1", taken, "t1"),
+            object("u2", fields.clone(), "t1"),
+            object("u1", fields.clone(), "t2"),
+        ] {
+            assert_ne!(base, applied_fingerprint(&other, "kustomize-controller"));
+        }
+        assert_eq!(
+            applied_fingerprint(&object("u1", fields, "t1"), "someone-else"),
+            None
+        );
+        assert_eq!(
+            applied_fingerprint(&json!({ "metadata": {} }), "kustomize-controller"),
+            None
+        );
     }
 
     #[test]

@@ -30,10 +30,11 @@
 //! into the `kustomize-controller` Apply entry, so fields that were removed from git are really
 //! removed instead of staying owned by a stale kubectl entry.
 
-mod meta;
+pub(crate) mod meta;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -43,6 +44,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use crate::cache::{Lookup, ObjectCache};
 pub use crate::discovery::{Resolved, Resolver};
 use crate::health::{self, HealthError, WaitOptions};
 pub use meta::{
@@ -324,12 +326,37 @@ enum Plan {
     Defer,
 }
 
-/// The apply engine. Cheap to clone; clones share the discovery cache.
+/// What the engine last sent for an object, and what the object looked like then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LastApplied {
+    /// [`meta::desired_hash`] of the object as sent (or found equal to the live one).
+    desired: u64,
+    /// [`meta::applied_fingerprint`] of the live object right after.
+    fingerprint: u64,
+}
+
+/// What the watch cache says about an object before any request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// Nothing useful: read it and dry-run it.
+    Nothing,
+    /// No labelled object: dry-run without reading first.
+    Absent,
+    /// Unchanged since this applier's last apply: nothing to send.
+    Unchanged,
+    /// There, and `ssa: IfNotPresent`: never updated.
+    Skip,
+}
+
+/// The apply engine. Cheap to clone; clones share the discovery cache, the watch cache and
+/// the record of what was applied.
 #[derive(Clone)]
 pub struct Applier {
     client: Client,
     field_manager: String,
     resolver: Resolver,
+    cache: Option<ObjectCache>,
+    applied: Arc<Mutex<HashMap<ObjectId, LastApplied>>>,
 }
 
 impl Applier {
@@ -339,6 +366,8 @@ impl Applier {
             client,
             field_manager: field_manager.into(),
             resolver: Resolver::new(),
+            cache: None,
+            applied: Arc::default(),
         }
     }
 
@@ -349,6 +378,83 @@ impl Applier {
             client,
             field_manager: self.field_manager.clone(),
             resolver: self.resolver.clone(),
+            cache: self.cache.clone(),
+            applied: self.applied.clone(),
+        }
+    }
+
+    /// The same applier reading a shared watch cache of the applied objects (its watches use
+    /// this applier's client): health waits read it instead of polling, and an object whose
+    /// desired state is byte-identical to what this applier last applied and whose live state
+    /// shows no drift in the cache is neither dry-run nor applied again (see
+    /// [`meta::applied_fingerprint`] for the exact rule). Objects the cache does not know are
+    /// handled as without it.
+    pub fn with_watch_cache(mut self) -> Self {
+        self.cache = Some(ObjectCache::new(
+            self.client.clone(),
+            self.field_manager.clone(),
+        ));
+        self
+    }
+
+    /// The watch cache, if [`Applier::with_watch_cache`] made one.
+    pub fn cache(&self) -> Option<&ObjectCache> {
+        self.cache.as_ref()
+    }
+
+    fn applied_lock(&self) -> MutexGuard<'_, HashMap<ObjectId, LastApplied>> {
+        // Entries are inserted whole: a poisoned map is still consistent.
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that `d` was applied (or found unchanged) and `live` is the object after it.
+    fn remember(&self, d: &Desired, live: &Value) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        if let Some(version) = live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            cache.note_written(&d.id, version);
+        }
+        let Some(fingerprint) = meta::applied_fingerprint(live, &self.field_manager) else {
+            self.applied_lock().remove(&d.id);
+            return;
+        };
+        let last = LastApplied {
+            desired: meta::desired_hash(&d.object),
+            fingerprint,
+        };
+        self.applied_lock().insert(d.id.clone(), last);
+    }
+
+    /// What the watch cache says about `d` without asking the API server.
+    fn known(&self, d: &Desired) -> Known {
+        let Some(cache) = &self.cache else {
+            return Known::Nothing;
+        };
+        match cache.lookup(&d.id) {
+            Lookup::Absent => Known::Absent,
+            Lookup::Present(cached) => {
+                if cached.skip_flagged {
+                    return Known::Nothing;
+                }
+                if meta::has_flag(&d.object, SSA_ANNOTATION, "ifnotpresent") {
+                    return Known::Skip;
+                }
+                let last = self.applied_lock().get(&d.id).copied();
+                let unchanged = last.is_some_and(|last| {
+                    cached.fingerprint == Some(last.fingerprint)
+                        && last.desired == meta::desired_hash(&d.object)
+                });
+                if unchanged {
+                    Known::Unchanged
+                } else {
+                    Known::Nothing
+                }
+            }
+            Lookup::Unknown | Lookup::Stale => Known::Nothing,
         }
     }
 
@@ -366,7 +472,14 @@ impl Applier {
         targets: &[InventoryEntry],
         opts: &WaitOptions,
     ) -> Result<(), HealthError> {
-        health::wait(&self.client, &self.resolver, targets, opts).await
+        health::wait(
+            &self.client,
+            &self.resolver,
+            self.cache.as_ref(),
+            targets,
+            opts,
+        )
+        .await
     }
 
     /// Applies a revision's objects; see the module docs for the steps. On error nothing of
@@ -441,11 +554,17 @@ impl Applier {
                     interval: opts.wait_interval,
                     fail_fast: true,
                 };
-                health::wait(&self.client, &self.resolver, &targets, &wait)
-                    .await
-                    .map_err(|e| ApplyError::Wait {
-                        message: format!("cluster definitions not ready: {e}"),
-                    })?;
+                health::wait(
+                    &self.client,
+                    &self.resolver,
+                    self.cache.as_ref(),
+                    &targets,
+                    &wait,
+                )
+                .await
+                .map_err(|e| ApplyError::Wait {
+                    message: format!("cluster definitions not ready: {e}"),
+                })?;
             }
         }
         let unwaited = desired
@@ -513,7 +632,8 @@ impl Applier {
     }
 
     /// Deletes the objects of `previous` missing from `current` that still carry both owner
-    /// labels of `owner`, except those annotated `prune: disabled`; in reverse apply order
+    /// labels of `owner`, except those labelled or annotated `prune: disabled` or
+    /// `reconcile: disabled` ([`meta::kept_from_prune`], Flux's rule); in reverse apply order
     /// (custom resources before their CRDs, Namespaces last). Objects already gone are not
     /// reported; objects kept are reported as skipped.
     pub async fn prune(
@@ -605,6 +725,9 @@ impl Applier {
         match resolved {
             Some(resolved) => {
                 scope_object(d, resolved.namespaced)?;
+                if let Some(cache) = &self.cache {
+                    cache.watch_kind(&resolved);
+                }
                 d.resolved = Some(resolved);
                 Ok(())
             }
@@ -663,7 +786,26 @@ impl Applier {
                     return Ok(Plan::Defer);
                 }
                 let namespace_comes_later = may_defer && new_namespaces.contains(&d.id.namespace);
-                self.evaluate(d, opts, namespace_comes_later).await
+                let absent = match self.known(d) {
+                    Known::Unchanged => return Ok(Plan::Unchanged),
+                    Known::Skip => return Ok(Plan::Skip),
+                    Known::Absent => true,
+                    Known::Nothing => false,
+                };
+                match self
+                    .evaluate(d, opts, namespace_comes_later, absent)
+                    .await?
+                {
+                    Some(plan) => Ok(plan),
+                    // The cache had no labelled object, but the server has one: read it.
+                    None => self
+                        .evaluate(d, opts, namespace_comes_later, false)
+                        .await?
+                        .ok_or_else(|| ApplyError::InvalidObject {
+                            what: d.id.display(),
+                            reason: "could not be evaluated".into(),
+                        }),
+                }
             }
         }))
         .buffered(CONCURRENCY)
@@ -671,17 +813,24 @@ impl Applier {
         .await
     }
 
-    /// Reads the live object, dry-runs the desired one and decides what to do.
+    /// Reads the live object (unless the watch cache says there is none: `absent`), dry-runs
+    /// the desired one and decides what to do. `None` when `absent` turned out wrong (the
+    /// dry-run found an object): evaluate again with a read.
     async fn evaluate(
         &self,
         d: &Desired,
         opts: &ApplyOptions,
         namespace_comes_later: bool,
-    ) -> Result<Plan, ApplyError> {
+        absent: bool,
+    ) -> Result<Option<Plan>, ApplyError> {
         let api = self.api(d);
-        let live = match api.get_opt(&d.id.name).await {
-            Ok(live) => live.map(to_value),
-            Err(err) => return Err(ApplyError::kube(&d.id, err)),
+        let live = if absent {
+            None
+        } else {
+            match api.get_opt(&d.id.name).await {
+                Ok(live) => live.map(to_value),
+                Err(err) => return Err(ApplyError::kube(&d.id, err)),
+            }
         };
         let desired = &d.object;
         let flagged = |key: &str, value: &str| {
@@ -690,28 +839,36 @@ impl Applier {
         };
         if flagged(RECONCILE_ANNOTATION, "disabled") || flagged(SSA_ANNOTATION, "ignore") {
             debug!(object = %d.id.display(), "skipped by annotation");
-            return Ok(Plan::Skip);
+            return Ok(Some(Plan::Skip));
         }
         if live.is_some() && meta::has_flag(desired, SSA_ANNOTATION, "ifnotpresent") {
-            return Ok(Plan::Skip);
+            return Ok(Some(Plan::Skip));
         }
 
         let params = PatchParams::apply(&self.field_manager).force().dry_run();
         let dry_run = match api.patch(&d.id.name, &params, &Patch::Apply(desired)).await {
+            // A dry-run of a create has no resourceVersion (Flux's test for "created").
+            Ok(dry_run) if absent && dry_run.metadata.resource_version.is_some() => {
+                return Ok(None);
+            }
             Ok(dry_run) => to_value(dry_run),
             Err(kube::Error::Api(status)) => {
                 if status.code == 404 && namespace_comes_later && live.is_none() {
-                    return Ok(Plan::Defer);
+                    return Ok(Some(Plan::Defer));
                 }
                 if is_immutable(status.code, &status.message) {
+                    // Only an existing object has immutable fields.
+                    if absent {
+                        return Ok(None);
+                    }
                     if live.is_some() && (opts.force || flagged(FORCE_ANNOTATION, "enabled")) {
-                        return Ok(Plan::Write {
+                        return Ok(Some(Plan::Write {
                             create: false,
                             cleanup: None,
                             recreate: true,
                             live,
                             dry_run: None,
-                        });
+                        }));
                     }
                     return Err(ApplyError::Immutable {
                         id: Box::new(d.id.clone()),
@@ -733,13 +890,13 @@ impl Applier {
 
         let merge = flagged(SSA_ANNOTATION, "merge");
         let Some(live) = live else {
-            return Ok(Plan::Write {
+            return Ok(Some(Plan::Write {
                 create: true,
                 cleanup: None,
                 recreate: false,
                 live: None,
                 dry_run: Some(dry_run),
-            });
+            }));
         };
         let cleanup = if merge {
             None
@@ -747,15 +904,16 @@ impl Applier {
             meta::cleanup_patch(&live, &self.field_manager)
         };
         if cleanup.is_none() && !meta::has_drifted(&live, &dry_run) {
-            return Ok(Plan::Unchanged);
+            self.remember(d, &live);
+            return Ok(Some(Plan::Unchanged));
         }
-        Ok(Plan::Write {
+        Ok(Some(Plan::Write {
             create: false,
             cleanup,
             recreate: false,
             live: Some(live),
             dry_run: Some(dry_run),
-        })
+        }))
     }
 
     async fn write(
@@ -800,12 +958,14 @@ impl Applier {
                 })?;
         }
         let params = PatchParams::apply(&self.field_manager).force();
-        api.patch(&d.id.name, &params, &Patch::Apply(&d.object))
+        let applied = api
+            .patch(&d.id.name, &params, &Patch::Apply(&d.object))
             .await
             .map_err(|e| ApplyError::Apply {
                 id: Box::new(d.id.clone()),
                 message: message_of(e),
             })?;
+        self.remember(d, &to_value(applied));
         Ok(if create || recreate {
             Action::Created
         } else {
@@ -859,12 +1019,8 @@ impl Applier {
         let Some((api, live)) = self.get_entry_with_api(entry).await? else {
             return Ok(None);
         };
-        if !meta::is_owned_by(&live, &owner.name, &owner.namespace) {
-            debug!(object = %entry.id.display(), "not pruned: owner labels do not match");
-            return Ok(Some(Action::Skipped));
-        }
-        if meta::has_flag(&live, PRUNE_ANNOTATION, "disabled") {
-            debug!(object = %entry.id.display(), "not pruned: prune disabled");
+        if let Some(why) = meta::kept_from_prune(&live, &owner.name, &owner.namespace) {
+            debug!(object = %entry.id.display(), why, "not pruned");
             return Ok(Some(Action::Skipped));
         }
         if dry_run || live.pointer("/metadata/deletionTimestamp").is_some() {
@@ -875,6 +1031,10 @@ impl Applier {
             .await
         {
             Ok(_) => {
+                self.applied_lock().remove(&entry.id);
+                if let Some(cache) = &self.cache {
+                    cache.forget_written(&entry.id);
+                }
                 info!(object = %entry.id.display(), "deleted");
                 Ok(Some(Action::Deleted))
             }

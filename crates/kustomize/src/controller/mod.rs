@@ -197,9 +197,16 @@ impl Reconciler for Kustomizations {
         status.last_handled_reconcile_at =
             ks.annotations().get(RECONCILE_REQUEST_ANNOTATION).cloned();
 
-        let outcome = self.run(ks, cx, &mut status).await;
+        let mut progress_written = false;
+        let outcome = self.run(ks, cx, &mut status, &mut progress_written).await;
         decide::settle(ks, &mut status, &outcome);
-        cx.write_status(ks, &status).await.map_err(Error::Status)?;
+        // Only what someone can see is written: a drift-correction run that found everything
+        // as it was sends nothing (the object already says all of it).
+        if progress_written || status != previous {
+            cx.write_status(ks, &status).await.map_err(Error::Status)?;
+        } else {
+            cx.record(ks, Some(&status));
+        }
 
         let failure = match outcome {
             Ok(_) => {

@@ -31,6 +31,10 @@ use crate::health::WaitOptions;
 /// (just after a start or a leader handover, the source's status outlives the store).
 const ARTIFACT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a run of a new revision may take before it writes `Reconciling` (Flux's tools
+/// then see it in progress); quicker runs write their status once, at the end.
+const PROGRESS_DELAY: Duration = Duration::from_secs(2);
+
 impl Kustomizations {
     /// The reconciliation proper; returns the applied revision. Writes progress into `status`.
     pub(super) async fn run(
@@ -38,6 +42,7 @@ impl Kustomizations {
         ks: &Kustomization,
         cx: &Cx<Kustomization>,
         status: &mut KustomizationStatus,
+        progress_written: &mut bool,
     ) -> Result<String, Failure> {
         let namespace = ks.namespace().unwrap_or_default();
         let name = ks.name_any();
@@ -51,20 +56,53 @@ impl Kustomizations {
         status.last_attempted_revision = Some(revision.clone());
         let timeout = ks.timeout().unwrap_or(Duration::from_secs(60));
 
-        // A new revision or spec: say so before building, applying and waiting (which may take
-        // the whole timeout), so `Ready` never vouches for the old revision meanwhile.
-        // Drift-correction runs of an applied revision write nothing here.
+        // A new revision or spec: say so (`Reconciling`, `Ready=Unknown`) if building, applying
+        // and waiting take longer than PROGRESS_DELAY, so `Ready` never vouches for the old
+        // revision meanwhile while a quick run writes its status once. Drift-correction runs
+        // of an applied revision write nothing here.
+        let mut progress = None;
         if !decide::already_applied(ks, &revision) {
             let message = decide::progress_message(&revision, timeout);
             conditions::progressing(&mut status.conditions, ks.metadata.generation, &message);
-            if let Err(err) = cx.write_status(ks, status).await {
-                // Progress is informative; the final status write will report any real problem.
-                tracing::debug!(kustomization = %name, %namespace, "writing progress: {err}");
+            progress = Some(status.clone());
+        }
+        let work = self.apply_revision(ks, cx, status, artifact, &source_id, revision, timeout);
+        tokio::pin!(work);
+        let delay = tokio::time::sleep(PROGRESS_DELAY);
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                outcome = &mut work => return outcome,
+                () = &mut delay, if progress.is_some() => {
+                    let Some(progress) = progress.take() else { continue };
+                    match cx.write_status(ks, &progress).await {
+                        Ok(()) => *progress_written = true,
+                        // Progress is informative; the final status write reports real problems.
+                        Err(err) => {
+                            tracing::debug!(kustomization = %name, %namespace, "writing progress: {err}");
+                        }
+                    }
+                }
             }
         }
+    }
 
+    /// Build, apply, prune and health of `revision`.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_revision(
+        &self,
+        ks: &Kustomization,
+        cx: &Cx<Kustomization>,
+        status: &mut KustomizationStatus,
+        artifact: Artifact,
+        source_id: &str,
+        revision: String,
+        timeout: Duration,
+    ) -> Result<String, Failure> {
+        let namespace = ks.namespace().unwrap_or_default();
+        let name = ks.name_any();
         let built = self
-            .build(ks, cx.client(), artifact, &source_id, timeout)
+            .build(ks, cx.client(), artifact, source_id, timeout)
             .await?;
         let applier = self
             .applier_for(ks, cx)
@@ -113,14 +151,20 @@ impl Kustomizations {
                 failure.healthy = Some(false);
                 return Err(failure);
             }
-            conditions::set(
-                &mut status.conditions,
-                HEALTHY_CONDITION,
-                Status::True,
-                "Succeeded",
-                &format!("Health check passed in {:.1?}", waited.elapsed()),
-                ks.metadata.generation,
-            );
+            // A drift-correction run of an applied revision that was healthy keeps the message
+            // of the run that applied it (a new duration alone is no news worth a write).
+            let still_healthy = decide::already_applied(ks, &revision)
+                && conditions::is_true(&status.conditions, HEALTHY_CONDITION);
+            if !still_healthy {
+                conditions::set(
+                    &mut status.conditions,
+                    HEALTHY_CONDITION,
+                    Status::True,
+                    "Succeeded",
+                    &format!("Health check passed in {:.1?}", waited.elapsed()),
+                    ks.metadata.generation,
+                );
+            }
         }
 
         if !summary.is_empty() {
@@ -242,9 +286,9 @@ impl Kustomizations {
     /// `spec.serviceAccountName`, else the default account: apply as that account of the
     /// Kustomization's namespace (impersonation), as Flux does for tenants.
     fn applier_for(&self, ks: &Kustomization, cx: &Cx<Kustomization>) -> Result<Applier, String> {
-        let applier = self
-            .applier
-            .get_or_init(|| Applier::new(cx.client().clone(), KUSTOMIZE_FIELD_MANAGER));
+        let applier = self.applier.get_or_init(|| {
+            Applier::new(cx.client().clone(), KUSTOMIZE_FIELD_MANAGER).with_watch_cache()
+        });
         let account = ks
             .spec
             .service_account_name
