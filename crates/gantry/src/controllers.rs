@@ -11,6 +11,7 @@ use gantry_runtime::controller::{Controller, Shared};
 use gantry_runtime::metrics::Metrics;
 use gantry_runtime::trigger::Trigger;
 use gantry_source::GitRepositories;
+use gantry_source::OCIRepositories;
 use gantry_source::artifact::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,9 @@ pub async fn run(
     .namespace(settings.watch_namespace.as_deref())
     .concurrency(settings.concurrency);
     let source_trigger = source.trigger();
+    let oci = Controller::new(OCIRepositories::new(store.clone()), shared.clone())
+        .namespace(settings.watch_namespace.as_deref())
+        .concurrency(settings.concurrency);
     // Image automation: a scan that changes a tag list runs its policies at once, a policy whose
     // latest image changes runs the automations of its namespace at once, and a pushed commit
     // makes the GitRepository fetch at once: no hop waits for an interval.
@@ -90,6 +94,7 @@ pub async fn run(
     let stop = shutdown.clone();
     let stop2 = shutdown.clone();
     let stop3 = shutdown.clone();
+    let stop4 = shutdown.clone();
     let notification = gantry_notification::Settings {
         receiver_addr: settings.receiver_addr,
         namespace: settings.watch_namespace.clone(),
@@ -99,8 +104,9 @@ pub async fn run(
         namespace = namespace.unwrap_or("(all)"),
         "starting controllers"
     );
-    let (_, _, _, notifications) = tokio::join!(
+    let (_, _, _, _, notifications) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
+        oci.run(async move { stop4.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
         gantry_notification::run(shared.clone(), alert_events, notification, shutdown.clone()),

@@ -1,5 +1,6 @@
 //! The `gantry` binary: command-line parsing and wiring. The logic lives in the library crates.
 
+mod artifact_server;
 mod commands;
 mod controllers;
 mod flux_log;
