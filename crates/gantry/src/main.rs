@@ -44,6 +44,8 @@ enum Command {
     Tree(commands::get::TreeArgs),
     /// Test ImagePolicy tag choices and setter markers offline; list a registry's tags.
     Image(commands::image::ImageArgs),
+    /// Push a directory to a registry as an OCI artifact (`push artifact`, as `flux push`).
+    Push(commands::push::PushArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Get(args) => commands::get::run_get(&args),
         Command::Tree(args) => commands::get::run_tree(&args),
         Command::Image(args) => commands::image::run(&args),
+        Command::Push(args) => commands::push::run(&args),
     };
     match result {
         Ok(code) => code,
