@@ -199,6 +199,7 @@ async fn measure(
     let child = Command::new(gantry)
         .args(["run", "--leader-elect=false", "--watch-namespace", ns])
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
+        .arg("--storage-addr=127.0.0.1:0")
         .arg(format!("--concurrent={concurrency}"))
         .arg("--storage-path")
         .arg(storage.path())

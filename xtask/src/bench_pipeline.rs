@@ -126,6 +126,7 @@ async fn measure(
         .args(["run", "--leader-elect=false", "--watch-namespace", ns])
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
         .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", kubeconfig)

@@ -16,7 +16,13 @@ fn run_without_the_leader_election_namespace_says_what_to_do_in_one_sentence() {
             "--health-addr",
             "127.0.0.1:0",
         ])
-        .args(["--receiver-addr", "127.0.0.1:0", "--storage-path"])
+        .args([
+            "--receiver-addr",
+            "127.0.0.1:0",
+            "--storage-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", &kubeconfig)
         .env("GANTRY_LOG", "off")

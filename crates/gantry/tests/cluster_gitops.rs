@@ -53,6 +53,7 @@ impl Gantry {
             .arg(format!("--health-addr=127.0.0.1:{health_port}"))
             // Loopback and a port of its own: replicas of parallel tests must not collide.
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

@@ -279,6 +279,27 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     (
         "watch",
         "source.toolkit.fluxcd.io",
+        "ocirepositories",
+        false,
+    ),
+    ("list", "source.toolkit.fluxcd.io", "ocirepositories", false),
+    ("get", "source.toolkit.fluxcd.io", "ocirepositories", true),
+    ("patch", "source.toolkit.fluxcd.io", "ocirepositories", true),
+    (
+        "patch",
+        "source.toolkit.fluxcd.io",
+        "ocirepositories/status",
+        true,
+    ),
+    (
+        "update",
+        "source.toolkit.fluxcd.io",
+        "ocirepositories/finalizers",
+        true,
+    ),
+    (
+        "watch",
+        "source.toolkit.fluxcd.io",
         "gitrepositories",
         false,
     ),
@@ -668,6 +689,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", &kubeconfig)

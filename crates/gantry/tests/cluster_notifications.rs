@@ -47,6 +47,7 @@ fn start_gantry(namespace: &str, receiver_port: u16) -> Gantry {
         .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

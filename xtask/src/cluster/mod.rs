@@ -672,6 +672,7 @@ pub fn start_gantry(
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         format!("--health-addr=127.0.0.1:{health_port}"),
         format!("--receiver-addr=127.0.0.1:{receiver_port}"),
+        "--storage-addr=127.0.0.1:0".to_string(),
         format!("--storage-path={}", storage.display()),
     ];
     let mut env = vec![("KUBECONFIG", kubeconfig.as_os_str())];
