@@ -992,7 +992,7 @@ mod tests {
         .unwrap();
         let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
         assert_eq!(
-            deployment["spec"]["template"]["spec"]["containers"][0]["args"][1],
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"][2],
             "--default-service-account=flux"
         );
     }
