@@ -574,6 +574,7 @@ fn put_octal(field: &mut [u8], value: u64) {
 fn finish_checksum(block: &mut [u8; 512]) {
     block[148..156].copy_from_slice(b"        ");
     let sum: u64 = block.iter().map(|b| u64::from(*b)).sum();
+    block[148..155].fill(0);
     put_octal(&mut block[148..155], sum);
     block[155] = b' ';
 }
