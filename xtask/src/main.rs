@@ -9,6 +9,7 @@
 //! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
+mod bench_oci;
 mod bench_pipeline;
 mod bench_receiver;
 mod bench_support;
@@ -204,6 +205,22 @@ enum BenchTask {
         #[arg(long)]
         gantry: Option<PathBuf>,
     },
+    /// An OCIRepository pulling a large artifact (time, peak RSS) and the artifact server's
+    /// download throughput.
+    Oci {
+        /// Artifact content size, MiB (incompressible).
+        #[arg(long, default_value_t = 10)]
+        size_mib: usize,
+        /// How many OCIRepositories pull it, one after the other.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// How many downloads of the artifact URL per measurement.
+        #[arg(long, default_value_t = 20)]
+        downloads: usize,
+        /// Benchmark this `gantry` binary instead of building the release one.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -366,6 +383,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 insecure: args.insecure,
             };
             image::image(&workspace_root(), &paths.cache, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Oci {
+            size_mib,
+            runs,
+            downloads,
+            gantry,
+        }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_oci::oci(
+                &workspace_root(),
+                &kubeconfig,
+                gantry.as_deref(),
+                size_mib,
+                runs,
+                downloads,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
