@@ -1,7 +1,8 @@
 //! Gitless GitOps end to end: `gantry push artifact` puts a directory in a real registry,
 //! `gantry run` pulls it through an OCIRepository, a Kustomization applies it to the test
 //! cluster, and `status.artifact.url` answers from the artifact server (`--storage-addr`) with
-//! bytes whose sha256 is `status.artifact.digest`.
+//! bytes whose sha256 is `status.artifact.digest`; a registry webhook (a Harbor Receiver naming
+//! the OCIRepository) makes it pull a re-pushed tag at once.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 use gantry_api::kustomize::v1::{
     CrossNamespaceSourceReference, Kustomization, KustomizationSpec, SourceKind,
 };
+use gantry_api::meta::LocalObjectReference;
+use gantry_api::notification::v1::{Receiver, ReceiverResource, ReceiverSpec};
 use gantry_api::source::v1::{OCIRepository, OCIRepositoryRef, OCIRepositorySpec};
 use gantry_testkit::git::free_port;
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 
@@ -31,7 +34,7 @@ impl Drop for Gantry {
     }
 }
 
-fn start_gantry(namespace: &str, storage_port: u16) -> Gantry {
+fn start_gantry(namespace: &str, storage_port: u16, receiver_port: u16) -> Gantry {
     let storage = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args([
@@ -42,7 +45,7 @@ fn start_gantry(namespace: &str, storage_port: u16) -> Gantry {
         ])
         .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
         .arg(format!("--storage-addr=127.0.0.1:{storage_port}"))
         .arg(format!("--storage-adv-addr=127.0.0.1:{storage_port}"))
         .arg("--storage-path")
@@ -86,6 +89,11 @@ fn push(registry: &Registry, tag: &str, dir: &std::path::Path) -> String {
 
 /// GET over plain HTTP/1.0 (loopback only): status code and body.
 fn http_get(url: &str) -> (u16, Vec<u8>) {
+    http("GET", url, &[], b"")
+}
+
+/// One HTTP/1.0 request to a loopback URL: status code and body.
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
@@ -100,7 +108,12 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
             }
         }
     };
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    write!(stream, "{method} /{path} HTTP/1.0\r\nHost: {host}\r\n").unwrap();
+    for (name, value) in headers {
+        write!(stream, "{name}: {value}\r\n").unwrap();
+    }
+    write!(stream, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
+    stream.write_all(body).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -110,7 +123,8 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
 }
 
 #[tokio::test]
-async fn a_pushed_artifact_is_applied_and_its_url_serves_the_digest() {
+async fn a_pushed_artifact_is_applied_its_url_serves_the_digest_and_a_registry_webhook_pulls_the_next()
+ {
     with_namespace("gantry-oci", |client, ns| async move {
         install_crds(&client).await;
         let registry = Registry::start(RegistryAuth::Anonymous);
@@ -122,8 +136,8 @@ async fn a_pushed_artifact_is_applied_and_its_url_serves_the_digest() {
         )
         .unwrap();
         let digest = push(&registry, "v1", content.path());
-        let storage_port = free_port();
-        let _gantry = start_gantry(&ns, storage_port);
+        let (storage_port, receiver_port) = (free_port(), free_port());
+        let _gantry = start_gantry(&ns, storage_port, receiver_port);
 
         let repos: Api<OCIRepository> = Api::namespaced(client.clone(), &ns);
         let spec = OCIRepositorySpec {
@@ -210,6 +224,74 @@ async fn a_pushed_artifact_is_applied_and_its_url_serves_the_digest() {
             assert_eq!(status, 404, "{path}");
             assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
         }
+
+        // The tag moves; the interval (10m) is far away: a registry webhook pulls it now.
+        std::fs::write(
+            content.path().join("deploy/settings.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: webhook\n",
+        )
+        .unwrap();
+        let moved = push(&registry, "v1", content.path());
+        assert_ne!(moved, digest);
+        let token = "registry-webhook-token";
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "webhook-token" },
+            "stringData": { "token": token },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let receivers: Api<Receiver> = Api::namespaced(client.clone(), &ns);
+        let spec = ReceiverSpec {
+            type_: "harbor".into(),
+            secret_ref: Some(LocalObjectReference {
+                name: "webhook-token".into(),
+            }),
+            resources: vec![ReceiverResource {
+                kind: "OCIRepository".into(),
+                name: "app".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        receivers
+            .create(&PostParams::default(), &Receiver::new("registry", spec))
+            .await
+            .unwrap();
+        let receiver = wait_for(&receivers, "registry", WAIT, |r| {
+            r.and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.webhook_path.is_some())
+        })
+        .await
+        .unwrap();
+        let hook = receiver.status.unwrap().webhook_path.unwrap();
+        let payload = br#"{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"tag":"v1"}]}}"#;
+        let (status, body) = http(
+            "POST",
+            &format!("http://127.0.0.1:{receiver_port}{hook}"),
+            &[("Authorization", token), ("Content-Type", "application/json")],
+            payload,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let revision = format!("v1@{moved}");
+        wait_for(&kustomizations, "app", WAIT, |k| {
+            k.and_then(|k| k.status.as_ref())
+                .is_some_and(|s| s.last_applied_revision.as_deref() == Some(revision.as_str()))
+        })
+        .await;
+        let repo = repos.get("app").await.unwrap();
+        assert!(
+            repo.status.unwrap().last_handled_reconcile_at.is_some(),
+            "the webhook's request was handled"
+        );
+        let settings = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("settings")
+            .await
+            .unwrap();
+        assert_eq!(settings.data.unwrap()["mode"], "webhook");
     })
     .await;
 }
