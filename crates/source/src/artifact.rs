@@ -744,7 +744,7 @@ mod tests {
             );
             let mode = h.mode().unwrap();
             assert!(mode == FILE_MODE || mode == DIR_MODE, "mode {mode:o}");
-            assert_eq!(h.as_ustar().is_some(), true, "USTAR headers, as Go writes");
+            assert!(h.as_ustar().is_some(), "USTAR headers, as Go writes");
             names.push(entry.path().unwrap().to_string_lossy().into_owned());
         }
         assert_eq!(names, [".", "deploy", "deploy/app.yaml"]);
