@@ -321,7 +321,7 @@ async fn artifacts_pushed_by_gantry_and_by_flux_become_flux_revisions() {
 }
 
 #[tokio::test]
-async fn copy_keeps_the_layer_and_a_missing_media_type_is_reported() {
+async fn copy_keeps_the_layer_and_missing_layers_are_reported() {
     with_namespace("oci-layer", |client, ns| async move {
         gantry_testkit::install_crds(&client).await;
         let registry = Registry::start(RegistryAuth::Anonymous);
@@ -380,7 +380,51 @@ async fn copy_keeps_the_layer_and_a_missing_media_type_is_reported() {
             ready(repo.as_ref()).unwrap().2,
             "failed to find layer with media type 'application/vnd.example.nothing' in artifact"
         );
-        let fetch_failed = repo.unwrap().status.unwrap().conditions;
+        // A manifest the registry accepts but that is no artifact: a clear reason, no panic.
+        client_reg
+            .push_blob(
+                &gantry_source::artifact::digest_of(layout::CONFIG_BLOB),
+                layout::CONFIG_BLOB,
+            )
+            .await
+            .unwrap();
+        let empty = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": layout::MANIFEST_MEDIA_TYPE,
+            "config": {
+                "mediaType": layout::CONFIG_MEDIA_TYPE,
+                "size": layout::CONFIG_BLOB.len(),
+                "digest": gantry_source::artifact::digest_of(layout::CONFIG_BLOB),
+            },
+            "layers": [],
+        });
+        client_reg
+            .push_manifest(
+                "empty",
+                layout::MANIFEST_MEDIA_TYPE,
+                &serde_json::to_vec(&empty).unwrap(),
+            )
+            .await
+            .unwrap();
+        create(&api, "no-layers", spec(&registry, "app", tag("empty"))).await;
+        let repo = wait_for(
+            &api,
+            "no-layers",
+            WAIT,
+            failed_with("OCIArtifactLayerOperationFailed"),
+        )
+        .await;
+        assert_eq!(
+            ready(repo.as_ref()).unwrap().2,
+            "no layers found in artifact"
+        );
+
+        let fetch_failed = wait_for(&api, "no-such-layer", WAIT, |r| r.is_some())
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions;
         assert!(
             fetch_failed
                 .iter()
