@@ -42,10 +42,14 @@ impl Drop for Running {
 }
 
 fn start_controller(client: &Client, ns: &str) -> Running {
+    start_limited(client, ns, gantry_source::oci::DEFAULT_MAX_LAYER_BYTES)
+}
+
+fn start_limited(client: &Client, ns: &str, max_layer_bytes: u64) -> Running {
     let storage = tempfile::tempdir().unwrap();
     let store = ArtifactStore::new(storage.path(), "http://gantry.test/");
     let controller = Controller::new(
-        OCIRepositories::new(store.clone()),
+        OCIRepositories::new(store.clone()).max_layer_bytes(max_layer_bytes),
         Shared::new(client.clone()),
     )
     .namespace(Some(ns));
@@ -521,6 +525,37 @@ async fn credentials_come_from_a_docker_config_and_failures_say_why() {
                 .iter()
                 .any(|c| c.type_ == "Stalled" && c.status == "True"),
             "a URL with a tag cannot work until the spec changes"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_layer_over_the_limit_is_refused_before_download() {
+    with_namespace("oci-limit", |client, ns| async move {
+        gantry_testkit::install_crds(&client).await;
+        let registry = Registry::start(RegistryAuth::Anonymous);
+        let content = tree(&[("app.yaml", &"x".repeat(4096))]);
+        gantry_push(&registry, "app", "v1", content.path()).await;
+        let running = start_limited(&client, &ns, 64);
+        let api: Api<OCIRepository> = Api::namespaced(client.clone(), &ns);
+        create(&api, "big", spec(&registry, "app", tag("v1"))).await;
+        let repo = wait_for(
+            &api,
+            "big",
+            WAIT,
+            failed_with("OCIArtifactLayerOperationFailed"),
+        )
+        .await;
+        let message = ready(repo.as_ref()).unwrap().2.to_owned();
+        assert!(
+            message.ends_with("bytes, more than the 64 allowed"),
+            "{message}"
+        );
+        let dir = running.store.object_dir("ocirepository", &ns, "big");
+        assert!(
+            std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
+            "nothing stored"
         );
     })
     .await;
