@@ -5,7 +5,7 @@
 //! `FLUX_TAR_SHA256`. Gantry's tar stream for the same tree must be those bytes exactly:
 //! walk order, `.` root entry, names, modes 0600/0700/0750, USTAR headers and the prefix split of
 //! long names. (The gzip wrapper differs: Go's deflate and zlib's emit different, equally valid
-//! streams; see docs/benchmarks.md "Tarball parity".)
+//! streams; see docs/sources.md "Artifacts".)
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
