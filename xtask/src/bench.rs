@@ -541,6 +541,7 @@ fn start_gantry(
         .args(["--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"])
         .args(["--receiver-addr=127.0.0.1:0", "--uptime-addr=127.0.0.1:0"])
         .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
+        .arg("--storage-addr=127.0.0.1:0")
         .arg(format!("--concurrent={concurrency}"))
         .arg("--storage-path")
         .arg(storage)

@@ -128,6 +128,7 @@ async fn measure(
         .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
         .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
         .arg("--uptime-addr=127.0.0.1:0")
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", kubeconfig)

@@ -131,6 +131,7 @@ async fn measure(
         .args(["--serving-addr=127.0.0.1:0", "--serving-loopback-only=true"])
         .arg(format!("--receiver-addr=127.0.0.1:{port}"))
         .arg("--uptime-addr=127.0.0.1:0")
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", kubeconfig)

@@ -9,11 +9,12 @@
 //! - `image`: Gantry's container image, reproducible, without Docker (see `image`).
 
 mod bench;
+mod bench_oci;
 mod bench_pipeline;
 mod bench_receiver;
 mod bench_support;
-mod cache_lock;
 mod bench_uptime;
+mod cache_lock;
 mod cluster;
 mod flux_controllers;
 mod gotools;
@@ -259,6 +260,22 @@ enum BenchTask {
         #[arg(long)]
         gantry: Option<PathBuf>,
     },
+    /// An OCIRepository pulling a large artifact (time, peak RSS) and the artifact server's
+    /// download throughput.
+    Oci {
+        /// Artifact content size, MiB (incompressible).
+        #[arg(long, default_value_t = 10)]
+        size_mib: usize,
+        /// How many OCIRepositories pull it, one after the other.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// How many downloads of the artifact URL per measurement.
+        #[arg(long, default_value_t = 20)]
+        downloads: usize,
+        /// Benchmark this `gantry` binary instead of building the release one.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -458,6 +475,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 monitors,
                 std::time::Duration::from_secs(interval),
                 std::time::Duration::from_secs(duration),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Oci {
+            size_mib,
+            runs,
+            downloads,
+            gantry,
+        }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_oci::oci(
+                &workspace_root(),
+                &kubeconfig,
+                gantry.as_deref(),
+                size_mib,
+                runs,
+                downloads,
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,7 +4,7 @@
 //!
 //! This crate holds types only: no I/O. CRD manifests are generated from these types by [`crds`].
 //!
-//! - [`source::v1`]: `GitRepository` (`source.toolkit.fluxcd.io/v1`).
+//! - [`source::v1`]: `GitRepository`, `OCIRepository` (`source.toolkit.fluxcd.io/v1`).
 //! - [`kustomize::v1`]: `Kustomization` (`kustomize.toolkit.fluxcd.io/v1`).
 //! - [`image::v1`]: `ImageRepository`, `ImagePolicy`, `ImageUpdateAutomation`
 //!   (`image.toolkit.fluxcd.io/v1`).
@@ -38,6 +38,7 @@ pub mod uptime;
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         source::v1::GitRepository::crd(),
+        source::v1::OCIRepository::crd(),
         kustomize::v1::Kustomization::crd(),
         image::v1::ImageRepository::crd(),
         image::v1::ImagePolicy::crd(),

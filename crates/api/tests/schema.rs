@@ -194,6 +194,12 @@ fn git_repository_matches_flux() {
 }
 
 #[test]
+fn oci_repository_matches_flux() {
+    let crd = gantry_api::source::v1::OCIRepository::crd();
+    assert_matches_flux(&crd, &fixture("ocirepository.v1.yaml"));
+}
+
+#[test]
 fn kustomization_matches_flux() {
     let crd = gantry_api::kustomize::v1::Kustomization::crd();
     assert_matches_flux(&crd, &fixture("kustomization.v1.yaml"));
@@ -245,6 +251,7 @@ fn crds_lists_every_kind_once() {
         names,
         [
             "gitrepositories.source.toolkit.fluxcd.io",
+            "ocirepositories.source.toolkit.fluxcd.io",
             "kustomizations.kustomize.toolkit.fluxcd.io",
             "imagerepositories.image.toolkit.fluxcd.io",
             "imagepolicies.image.toolkit.fluxcd.io",

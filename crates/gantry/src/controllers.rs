@@ -11,6 +11,7 @@ use gantry_runtime::controller::{Controller, Shared};
 use gantry_runtime::metrics::Metrics;
 use gantry_runtime::trigger::Trigger;
 use gantry_source::GitRepositories;
+use gantry_source::OCIRepositories;
 use gantry_source::artifact::ArtifactStore;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +70,9 @@ pub async fn run(
     .namespace(settings.watch_namespace.as_deref())
     .concurrency(settings.concurrency);
     let source_trigger = source.trigger();
+    let oci = Controller::new(OCIRepositories::new(store.clone()), shared.clone())
+        .namespace(settings.watch_namespace.as_deref())
+        .concurrency(settings.concurrency);
     // Image automation: a scan that changes a tag list runs its policies at once, a policy whose
     // latest image changes runs the automations of its namespace at once, and a pushed commit
     // makes the GitRepository fetch at once: no hop waits for an interval.
@@ -158,8 +162,10 @@ pub async fn run(
             gantry_uptime::heartbeat::send_heartbeats(url, every, stop_beat).await;
         }
     };
-    let (_, _, _, _, notifications, _, _, _) = tokio::join!(
+    let stop_oci = shutdown.clone();
+    let (_, _, _, _, _, notifications, _, _, _) = tokio::join!(
         source.run(async move { stop.cancelled().await }),
+        oci.run(async move { stop_oci.cancelled().await }),
         kustomize.run(async move { stop2.cancelled().await }),
         images.run(async move { stop3.cancelled().await }),
         gantry_serving::run(

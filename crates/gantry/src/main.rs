@@ -1,5 +1,6 @@
 //! The `gantry` binary: command-line parsing and wiring. The logic lives in the library crates.
 
+mod artifact_server;
 mod commands;
 mod controllers;
 mod flux_log;
@@ -45,6 +46,8 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Uptime monitoring without Kubernetes (`gantry uptime serve --config DIR`).
     Uptime(commands::uptime::UptimeArgs),
+    /// Push a directory to a registry as an OCI artifact (`push artifact`, as `flux push`).
+    Push(commands::push::PushArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Tree(args) => commands::get::run_tree(&args),
         Command::Image(args) => commands::image::run(&args),
         Command::Uptime(args) => commands::uptime::run(&args),
+        Command::Push(args) => commands::push::run(&args),
     };
     match result {
         Ok(code) => code,

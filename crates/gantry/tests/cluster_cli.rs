@@ -23,6 +23,8 @@ fn run_without_the_leader_election_namespace_says_what_to_do_in_one_sentence() {
             "127.0.0.1:0",
             "--uptime-addr",
             "127.0.0.1:0",
+            "--storage-addr",
+            "127.0.0.1:0",
         ])
         .arg("--storage-path")
         .arg(storage.path())

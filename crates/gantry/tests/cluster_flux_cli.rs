@@ -325,6 +325,7 @@ async fn gantry_log_of_a_reconcile(client: &Client, dir: &std::path::Path) -> Pa
         .arg("--serving-addr=127.0.0.1:0")
         .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
         .arg("--uptime-addr=127.0.0.1:0")
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

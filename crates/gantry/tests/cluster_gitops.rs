@@ -55,6 +55,7 @@ impl Gantry {
             // Loopback and a port of its own: replicas of parallel tests must not collide.
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

@@ -282,6 +282,27 @@ const NEEDED: &[(&str, &str, &str, bool)] = &[
     (
         "watch",
         "source.toolkit.fluxcd.io",
+        "ocirepositories",
+        false,
+    ),
+    ("list", "source.toolkit.fluxcd.io", "ocirepositories", false),
+    ("get", "source.toolkit.fluxcd.io", "ocirepositories", true),
+    ("patch", "source.toolkit.fluxcd.io", "ocirepositories", true),
+    (
+        "patch",
+        "source.toolkit.fluxcd.io",
+        "ocirepositories/status",
+        true,
+    ),
+    (
+        "update",
+        "source.toolkit.fluxcd.io",
+        "ocirepositories/finalizers",
+        true,
+    ),
+    (
+        "watch",
+        "source.toolkit.fluxcd.io",
         "gitrepositories",
         false,
     ),
@@ -690,6 +711,7 @@ async fn least_privileged_gantry_applies_as_each_kustomizations_service_account(
             .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", &kubeconfig)

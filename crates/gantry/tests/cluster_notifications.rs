@@ -49,6 +49,7 @@ fn start_gantry(namespace: &str, receiver_port: u16) -> Gantry {
         .arg("--serving-addr=127.0.0.1:0")
         .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
         .arg("--uptime-addr=127.0.0.1:0")
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

@@ -226,6 +226,7 @@ impl Pipeline {
             .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{receiver_port}"))
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

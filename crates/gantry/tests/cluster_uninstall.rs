@@ -284,6 +284,7 @@ async fn uninstall_releases_finalizers_and_keeps_the_workloads() {
             .arg("--serving-addr=127.0.0.1:0")
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

@@ -457,6 +457,7 @@ impl Gantry {
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
             .arg("--serving-addr=127.0.0.1:0")
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg("--storage-path")
             .arg(storage.path())
             .env("KUBECONFIG", gantry_testkit::kubeconfig_path())

@@ -6,5 +6,6 @@
 //! ([`controller::ImageControllers`] wires the three).
 
 pub mod controller;
-pub mod registry;
+/// The OCI registry client lives in `gantry-source` (the OCIRepository controller uses it too).
+pub use gantry_source::registry;
 pub mod tags;

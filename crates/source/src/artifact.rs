@@ -1,11 +1,13 @@
 //! Artifacts: a normalised gzip tarball per revision, addressed by its sha256 digest.
 //!
-//! Normalisation makes the digest depend on content only (like Flux's `sanitizeHeader`): entries
-//! are sorted by path, owner and group are 0 with no names, every mtime is 0, files are 0644 (0755
-//! when executable), directories 0755, and only regular files and directories are kept (symlinks
-//! are skipped, as Flux does). Two checkouts of the same tree therefore give the same digest.
+//! Normalisation makes the digest depend on content only, as Flux's `storage.Archive` does: walk
+//! order, owner and group 0 with no names, mtime 0, files 0600 (0700 when executable),
+//! directories 0750, only regular files and directories (see [`write_tarball`]). Two checkouts of
+//! the same tree therefore give the same digest.
 //!
-//! Files live at `<root>/<kind>/<namespace>/<name>/<digest hex>.tar.gz`; the last
+//! Files live at `<root>/<kind>/<namespace>/<name>/<file>` (Flux's layout, served as such by
+//! `gantry run --storage-addr`): `<digest hex>.tar.gz` for GitRepositories,
+//! `sha256:<manifest hex>.tar.gz` for OCIRepositories (Flux's name); the last
 //! [`ArtifactStore::retention`] files per object are kept. Consumers in the same process call
 //! [`ArtifactStore::open`] to get the tree unpacked into a temporary directory.
 
@@ -17,7 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
 use gantry_api::source::v1::Artifact;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
@@ -30,6 +31,8 @@ use crate::sourceignore::SourceIgnore;
 pub const DEFAULT_RETENTION: usize = 3;
 /// Storage sub-directory of GitRepository artifacts (Flux's kind path segment).
 pub const GIT_REPOSITORY_KIND: &str = "gitrepository";
+/// Storage sub-directory of OCIRepository artifacts.
+pub const OCI_REPOSITORY_KIND: &str = "ocirepository";
 
 /// Errors of the artifact store.
 #[derive(Debug, thiserror::Error)]
@@ -152,45 +155,56 @@ impl ArtifactStore {
         ignore: &SourceIgnore,
         revision: &str,
     ) -> Result<Artifact, ArtifactError> {
+        self.store_named(kind, namespace, name, dir, ignore, revision, None)
+    }
+
+    /// [`store`](Self::store) under `file_name` instead of `<digest hex>.tar.gz`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_named(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+        ignore: &SourceIgnore,
+        revision: &str,
+        file_name: Option<&str>,
+    ) -> Result<Artifact, ArtifactError> {
+        let mut pending = self.begin(kind, namespace, name)?;
+        write_tarball(dir, ignore, &mut pending).map_err(|source| ArtifactError::Archive {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        pending.commit(revision, file_name)
+    }
+
+    /// A new artifact of the object written by the caller (e.g. a layer streamed from a
+    /// registry): write the bytes to it, then [`PendingArtifact::commit`]. Dropped uncommitted, it
+    /// leaves nothing behind.
+    pub fn begin(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PendingArtifact, ArtifactError> {
         let object_dir = self.object_dir(kind, namespace, name);
         std::fs::create_dir_all(&object_dir).map_err(|source| ArtifactError::Storage {
             path: object_dir.clone(),
             source,
         })?;
-        let storage_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ArtifactError::Storage { path, source }
-        };
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&object_dir).map_err(storage_err(&object_dir))?;
-        let (digest, size) = {
-            let mut sink = HashingWriter::new(tmp.as_file_mut());
-            write_tarball(dir, ignore, &mut sink).map_err(|source| ArtifactError::Archive {
-                dir: dir.to_owned(),
+        let file = tempfile::NamedTempFile::new_in(&object_dir).map_err(|source| {
+            ArtifactError::Storage {
+                path: object_dir.clone(),
                 source,
-            })?;
-            sink.finish()
-        };
-        let file_name = format!("{digest}.tar.gz");
-        let path = object_dir.join(&file_name);
-        tmp.persist(&path)
-            .map_err(|e| ArtifactError::Storage {
-                path: path.clone(),
-                source: e.error,
-            })?
-            .set_modified(SystemTime::now())
-            .map_err(storage_err(&path))?;
-        self.garbage_collect(&object_dir, &path)?;
-        self.stored.notify_waiters();
-        let rel = format!("{kind}/{namespace}/{name}/{file_name}");
-        Ok(Artifact {
-            url: format!("{}/{rel}", self.base_url),
-            path: rel,
-            revision: revision.to_owned(),
-            digest: format!("sha256:{digest}"),
-            last_update_time: Time(jiff::Timestamp::now()),
-            size: Some(size as i64),
-            metadata: Default::default(),
+            }
+        })?;
+        Ok(PendingArtifact {
+            store: self.clone(),
+            rel_dir: format!("{kind}/{namespace}/{name}"),
+            object_dir,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
         })
     }
 
@@ -314,41 +328,280 @@ impl ArtifactStore {
     }
 }
 
-/// Writes the normalised gzip tarball of `dir` to `out`.
-pub fn write_tarball(dir: &Path, ignore: &SourceIgnore, out: impl Write) -> io::Result<()> {
-    let mut entries = Vec::new();
-    collect(dir, Path::new(""), ignore, &mut entries)?;
-    // Sorting by the `/`-joined path string keeps the order independent of the file system.
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let gz = GzEncoder::new(out, Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    for entry in &entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        if entry.is_dir {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
-            tar.append_data(&mut header, format!("{}/", entry.name), io::empty())?;
-        } else {
-            let file = File::open(dir.join(&entry.name))?;
-            let len = file.metadata()?.len();
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(if entry.executable { 0o755 } else { 0o644 });
-            header.set_size(len);
-            tar.append_data(&mut header, &entry.name, file.take(len))?;
-        }
-    }
-    tar.into_inner()?.finish()?.flush()
+/// An artifact being written; see [`ArtifactStore::begin`].
+pub struct PendingArtifact {
+    store: ArtifactStore,
+    rel_dir: String,
+    object_dir: PathBuf,
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
 }
 
-/// Unpacks a gzip tarball into `dest` (paths escaping `dest` are refused by `tar`).
+impl Write for PendingArtifact {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl PendingArtifact {
+    /// Moves the bytes into place as `file_name` (`<digest hex>.tar.gz` when `None`) and drops
+    /// the object's oldest artifacts beyond the retention.
+    pub fn commit(
+        mut self,
+        revision: &str,
+        file_name: Option<&str>,
+    ) -> Result<Artifact, ArtifactError> {
+        let storage_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ArtifactError::Storage { path, source }
+        };
+        self.file.flush().map_err(storage_err(&self.object_dir))?;
+        let digest = hex::encode(self.hasher.finalize());
+        let file_name = match file_name {
+            Some(name) if !name.is_empty() && !name.contains('/') && name != ".." => {
+                name.to_owned()
+            }
+            Some(name) => return Err(ArtifactError::InvalidPath(name.to_owned())),
+            None => format!("{digest}.tar.gz"),
+        };
+        let path = self.object_dir.join(&file_name);
+        self.file
+            .persist(&path)
+            .map_err(|e| ArtifactError::Storage {
+                path: path.clone(),
+                source: e.error,
+            })?
+            .set_modified(SystemTime::now())
+            .map_err(storage_err(&path))?;
+        self.store.garbage_collect(&self.object_dir, &path)?;
+        self.store.stored.notify_waiters();
+        let rel = format!("{}/{file_name}", self.rel_dir);
+        Ok(Artifact {
+            url: format!("{}/{rel}", self.store.base_url),
+            path: rel,
+            revision: revision.to_owned(),
+            digest: format!("sha256:{digest}"),
+            last_update_time: Time(jiff::Timestamp::now()),
+            size: Some(self.size as i64),
+            metadata: Default::default(),
+        })
+    }
+}
+
+/// Mode of regular files in an artifact (Flux's `DefaultFileMode`).
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of executable files in an artifact (Flux's `DefaultExeFileMode`).
+pub const EXE_FILE_MODE: u32 = 0o700;
+/// Mode of directories in an artifact (Flux's `DefaultDirMode`).
+pub const DIR_MODE: u32 = 0o750;
+/// Largest tree [`unpack`] writes: a gzip bomb stops here instead of filling the disk.
+pub const MAX_UNPACKED_BYTES: u64 = 4 << 30;
+
+/// Writes the normalised gzip tarball of `dir` to `out`, laid out as Flux's source-controller
+/// archives a directory (`storage.Archive`): a pre-order walk with the entries of each directory
+/// sorted by name, the root itself first as `.`, names relative to the root without a trailing
+/// slash, USTAR headers as Go's `archive/tar` writes them (uid/gid 0, no user or group names,
+/// mtime 0), files 0600 (0700 when executable) and directories 0750, and nothing but regular
+/// files and directories. The tar stream is byte for byte Flux's (proved by the fixture test
+/// `the_tar_stream_is_flux_s`); the gzip wrapper has Go's header, its deflate stream is
+/// zlib-compatible but not Go's bytes.
+pub fn write_tarball(dir: &Path, ignore: &SourceIgnore, out: impl Write) -> io::Result<()> {
+    let gz = flate2::GzBuilder::new()
+        .operating_system(255)
+        .write(out, Compression::default());
+    let mut gz = write_tar(dir, ignore, gz)?;
+    gz.try_finish()?;
+    gz.finish()?.flush()
+}
+
+/// The uncompressed tar stream of [`write_tarball`].
+pub fn write_tar<W: Write>(dir: &Path, ignore: &SourceIgnore, mut out: W) -> io::Result<W> {
+    let mut entries = vec![Entry {
+        name: ".".into(),
+        is_dir: true,
+        executable: false,
+    }];
+    collect(dir, Path::new(""), ignore, &mut entries)?;
+    for entry in &entries {
+        if entry.is_dir {
+            write_header(&mut out, &entry.name, DIR_MODE, 0, b'5')?;
+            continue;
+        }
+        let file = File::open(dir.join(&entry.name))?;
+        let len = file.metadata()?.len();
+        let mode = if entry.executable {
+            EXE_FILE_MODE
+        } else {
+            FILE_MODE
+        };
+        write_header(&mut out, &entry.name, mode, len, b'0')?;
+        let copied = io::copy(&mut file.take(len), &mut out)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while being archived", entry.name),
+            ));
+        }
+        let pad = (512 - len % 512) % 512;
+        out.write_all(&[0; 512][..pad as usize])?;
+    }
+    // End of archive: two zero blocks, no padding to a record size (as Go writes it).
+    out.write_all(&[0; 1024])?;
+    Ok(out)
+}
+
+// One USTAR header block as Go's `archive/tar` writes it for a sanitised header. Names longer
+// than 100 bytes are split into prefix and name at a `/` like Go's `splitUSTARPath`; a name that
+// fits neither way (or is not ASCII) gets a PAX record, as Go would choose.
+fn write_header(
+    out: &mut impl Write,
+    name: &str,
+    mode: u32,
+    size: u64,
+    kind: u8,
+) -> io::Result<()> {
+    let (prefix, short) = match ustar_split(name) {
+        Some(split) => split,
+        None => {
+            write_pax(out, name)?;
+            ("", truncate_name(name))
+        }
+    };
+    let mut block = [0u8; 512];
+    put_str(&mut block[0..100], short);
+    put_octal(&mut block[100..108], u64::from(mode));
+    put_octal(&mut block[108..116], 0);
+    put_octal(&mut block[116..124], 0);
+    put_octal(&mut block[124..136], size);
+    put_octal(&mut block[136..148], 0);
+    block[156] = kind;
+    block[257..263].copy_from_slice(b"ustar\0");
+    block[263..265].copy_from_slice(b"00");
+    put_octal(&mut block[329..337], 0);
+    put_octal(&mut block[337..345], 0);
+    put_str(&mut block[345..500], prefix);
+    finish_checksum(&mut block);
+    out.write_all(&block)
+}
+
+// A PAX extended header carrying `path`, named and laid out as Go writes one.
+fn write_pax(out: &mut impl Write, name: &str) -> io::Result<()> {
+    let record = pax_record("path", name);
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let dir = name.rsplit_once('/').map_or(".", |(d, _)| d);
+    let pax_name = format!("{dir}/PaxHeaders.0/{base}");
+    let pax_name = truncate_name(&pax_name);
+    let mut block = [0u8; 512];
+    put_str(&mut block[0..100], pax_name);
+    put_octal(&mut block[100..108], 0);
+    put_octal(&mut block[108..116], 0);
+    put_octal(&mut block[116..124], 0);
+    put_octal(&mut block[124..136], record.len() as u64);
+    put_octal(&mut block[136..148], 0);
+    block[156] = b'x';
+    block[257..263].copy_from_slice(b"ustar\0");
+    block[263..265].copy_from_slice(b"00");
+    put_octal(&mut block[329..337], 0);
+    put_octal(&mut block[337..345], 0);
+    finish_checksum(&mut block);
+    out.write_all(&block)?;
+    out.write_all(record.as_bytes())?;
+    let pad = (512 - record.len() % 512) % 512;
+    out.write_all(&[0; 512][..pad])
+}
+
+// `"%d %s=%s\n"` where the length counts itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while len.to_string().len() + body.len() != len {
+        len = len.to_string().len() + body.len();
+    }
+    format!("{len}{body}")
+}
+
+// The first 100 bytes of `name` on a character boundary (what the ustar name field keeps when
+// a PAX record holds the full name).
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(100);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn ustar_split(name: &str) -> Option<(&str, &str)> {
+    if !name.is_ascii() {
+        return None;
+    }
+    if name.len() <= 100 {
+        return Some(("", name));
+    }
+    let mut length = name.len();
+    if length > 156 {
+        length = 156;
+    } else if name.as_bytes()[length - 1] == b'/' {
+        length -= 1;
+    }
+    let i = name[..length].rfind('/')?;
+    let (prefix, suffix) = (&name[..i], &name[i + 1..]);
+    (i > 0 && !suffix.is_empty() && suffix.len() <= 100 && prefix.len() <= 155)
+        .then_some((prefix, suffix))
+}
+
+fn put_str(field: &mut [u8], s: &str) {
+    let n = s.len().min(field.len());
+    field[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+// Zero-padded octal leaving room for a trailing NUL, as Go's `formatOctal`.
+fn put_octal(field: &mut [u8], value: u64) {
+    let digits = format!("{value:o}");
+    let width = field.len() - 1;
+    let text = format!("{digits:0>width$}");
+    put_str(field, &text);
+}
+
+// The checksum field: six octal digits, NUL, space, computed with the field as spaces.
+fn finish_checksum(block: &mut [u8; 512]) {
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u64 = block.iter().map(|b| u64::from(*b)).sum();
+    block[148..155].fill(0);
+    put_octal(&mut block[148..155], sum);
+    block[155] = b' ';
+}
+
+/// Unpacks a gzip tarball into `dest`. Paths escaping `dest` are refused (by `tar`); symlinks,
+/// hard links and devices are skipped, as Flux's `tar.Untar` with `WithSkipSymlinks` does; more
+/// than [`MAX_UNPACKED_BYTES`] of content is refused.
 pub fn unpack(reader: impl Read, dest: &Path) -> io::Result<()> {
     let mut archive = tar::Archive::new(GzDecoder::new(reader));
     archive.set_preserve_mtime(false);
-    archive.unpack(dest)
+    archive.set_preserve_permissions(false);
+    let mut total = 0u64;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
+        total += entry.size();
+        if total > MAX_UNPACKED_BYTES {
+            return Err(io::Error::other(format!(
+                "the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+            )));
+        }
+        entry.unpack_in(dest)?;
+    }
+    Ok(())
 }
 
 /// The `sha256:<hex>` digest of a byte slice (e.g. a tarball held in memory).
@@ -362,9 +615,11 @@ struct Entry {
     executable: bool,
 }
 
+// Pre-order walk, each directory's entries sorted by name (Go's `filepath.Walk` order).
 fn collect(root: &Path, rel: &Path, ignore: &SourceIgnore, out: &mut Vec<Entry>) -> io::Result<()> {
-    for dirent in std::fs::read_dir(root.join(rel))? {
-        let dirent = dirent?;
+    let mut dirents = std::fs::read_dir(root.join(rel))?.collect::<io::Result<Vec<_>>>()?;
+    dirents.sort_by_key(|d| d.file_name());
+    for dirent in dirents {
         let file_type = dirent.file_type()?;
         let rel_path = rel.join(dirent.file_name());
         // The repository's `.git` directory and the `.git` files of submodules.
@@ -409,40 +664,6 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn is_executable(_: &std::fs::Metadata) -> bool {
     false
-}
-
-// Counts and hashes what goes to the file.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
-    }
-
-    fn finish(self) -> (String, u64) {
-        (hex::encode(self.hasher.finalize()), self.size)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 struct HashOnly<'a>(&'a mut Sha256);
@@ -522,10 +743,11 @@ mod tests {
                 (0, 0, 0)
             );
             let mode = h.mode().unwrap();
-            assert!(mode == 0o644 || mode == 0o755, "mode {mode:o}");
+            assert!(mode == FILE_MODE || mode == DIR_MODE, "mode {mode:o}");
+            assert!(h.as_ustar().is_some(), "USTAR headers, as Go writes");
             names.push(entry.path().unwrap().to_string_lossy().into_owned());
         }
-        assert_eq!(names, ["deploy/", "deploy/app.yaml"]);
+        assert_eq!(names, [".", "deploy", "deploy/app.yaml"]);
     }
 
     #[test]

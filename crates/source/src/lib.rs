@@ -8,13 +8,19 @@
 //!   opened again by consumers in the same process ([`ArtifactStore::open`]).
 //! - [`sourceignore`]: Flux's `.sourceignore` / `spec.ignore` rules and default exclusions,
 //!   `spec.sparseCheckout`.
+//! - [`registry`]: the OCI distribution client (tags, manifests, blobs, auth, dockerconfigjson),
+//!   shared with image automation.
+//! - [`oci`]: the OCIRepository controller and the `flux push artifact` layout.
 //! - [`controller`]: the GitRepository controller's domain steps ([`GitRepositories`], run on
 //!   the shared harness), with `spec.include`, status, conditions and events as Flux writes them.
 
 pub mod artifact;
 pub mod controller;
 pub mod git;
+pub mod oci;
+pub mod registry;
 pub mod sourceignore;
 
 pub use artifact::{ArtifactError, ArtifactStore};
 pub use controller::GitRepositories;
+pub use oci::OCIRepositories;

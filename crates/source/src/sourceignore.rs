@@ -80,6 +80,16 @@ pub struct SourceIgnore {
 impl SourceIgnore {
     /// Rules from user patterns (in priority order, lowest first) plus Flux's fixed ones.
     pub fn from_patterns(user: &[Pattern]) -> Result<Self, IgnoreError> {
+        Self::build(user, user.is_empty())
+    }
+
+    /// Only the VCS rules and `user`, never the default exclusions: what `flux push artifact
+    /// --ignore-paths` leaves out.
+    pub fn vcs_and(user: &[Pattern]) -> Result<Self, IgnoreError> {
+        Self::build(user, false)
+    }
+
+    fn build(user: &[Pattern], defaults: bool) -> Result<Self, IgnoreError> {
         let mut builder = GitignoreBuilder::new("");
         let mut add = |line: &str| {
             builder
@@ -93,7 +103,7 @@ impl SourceIgnore {
         for p in VCS_PATTERNS {
             add(p)?;
         }
-        if user.is_empty() {
+        if defaults {
             for p in DEFAULT_PATTERNS {
                 add(p)?;
             }

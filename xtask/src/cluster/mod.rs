@@ -680,6 +680,7 @@ pub fn start_gantry(
         format!("--serving-addr=127.0.0.1:{serving_port}"),
         "--serving-loopback-only=true".to_string(),
         "--uptime-addr=127.0.0.1:0".to_string(),
+        "--storage-addr=127.0.0.1:0".to_string(),
         format!("--storage-path={}", storage.display()),
     ];
     let mut env = vec![("KUBECONFIG", kubeconfig.as_os_str())];

@@ -353,3 +353,278 @@ impl JsonSchema for GitRepository {
         )
     }
 }
+
+/// Prefix of every `OCIRepository` URL.
+pub const OCI_REPOSITORY_PREFIX: &str = "oci://";
+/// `spec.layerSelector.operation`: unpack the layer (a tar+gzip) and archive its files.
+pub const OCI_LAYER_EXTRACT: &str = "extract";
+/// `spec.layerSelector.operation`: store the layer's compressed bytes as they are.
+pub const OCI_LAYER_COPY: &str = "copy";
+/// Tag pulled when `spec.ref` names nothing.
+pub const OCI_DEFAULT_TAG: &str = "latest";
+/// Pulling the manifest or a layer failed (Flux's `OCIPullFailedReason`).
+pub const OCI_PULL_FAILED_REASON: &str = "OCIArtifactPullFailed";
+/// The selected layer could not be found, unpacked or copied.
+pub const OCI_LAYER_OPERATION_FAILED_REASON: &str = "OCIArtifactLayerOperationFailed";
+/// Listing tags or choosing one failed.
+pub const READ_OPERATION_FAILED_REASON: &str = "ReadOperationFailed";
+
+/// An OCI artifact repository (what `flux push artifact` writes); each digest it resolves to
+/// becomes an artifact for Kustomizations.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "source.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "OCIRepository",
+    plural = "ocirepositories",
+    singular = "ocirepository",
+    namespaced,
+    shortname = "ocirepo",
+    category = "all",
+    category = "fluxcd",
+    category = "fluxcd-sources",
+    status = "OCIRepositoryStatus",
+    schema = "manual",
+    derive = "Default",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositorySpec {
+    /// Repository address, `oci://<registry>/<path>` without tag or digest.
+    #[schemars(regex(pattern = r"^oci://.*$"))]
+    pub url: String,
+
+    /// What to pull; the `latest` tag when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<OCIRepositoryRef>,
+
+    /// Which layer becomes the artifact; the first layer, extracted, when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_selector: Option<OCILayerSelector>,
+
+    /// Who provides credentials: `secretRef` (`generic`) or a cloud identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "generic"))]
+    pub provider: Option<OCIProvider>,
+
+    /// Secret of type `kubernetes.io/dockerconfigjson` with the registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+
+    /// Signature verification (cosign, notation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<OCIRepositoryVerification>,
+
+    /// ServiceAccount whose image pull secrets are used as credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Secret with `ca.crt` and/or `tls.crt`/`tls.key` for the registry's TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<LocalObjectReference>,
+
+    /// Secret with proxy settings (`address`, optional `username`/`password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<LocalObjectReference>,
+
+    /// How often to look for a new digest (Go duration); jittered.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: String,
+
+    /// Time limit for the registry operations of one reconciliation; defaults to `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m))+$"), extend("default" = "60s"))]
+    pub timeout: Option<String>,
+
+    /// Exclusion patterns in .gitignore syntax; when set they replace the default exclusions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<String>,
+
+    /// Talk plain HTTP to the registry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+
+    /// Stop reconciling until set back to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// What to pull. Precedence: `digest`, `semver`, `tag`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositoryRef {
+    /// Manifest digest `sha256:<hex>`; wins over `semver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Semver range over the tags; the highest match is pulled; wins over `tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    /// Regular expression a tag must match to be considered by `semver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver_filter: Option<String>,
+    /// Tag to pull; `latest` when nothing is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// Which layer of the artifact to use, and how.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCILayerSelector {
+    /// The first layer with this media type is selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// `extract` (default) or `copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OCILayerOperation>,
+}
+
+/// What is done with the selected layer.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OCILayerOperation {
+    // Unpack the tar+gzip layer and archive its files (with the ignore rules).
+    #[default]
+    Extract,
+    // Store the compressed layer as it is.
+    Copy,
+}
+
+/// Credential provider for an OCIRepository.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OCIProvider {
+    // Static credentials from `secretRef`.
+    #[default]
+    Generic,
+    // AWS ECR via the workload identity.
+    Aws,
+    // Azure Container Registry via the workload identity.
+    Azure,
+    // Google Artifact Registry via the workload identity.
+    Gcp,
+}
+
+/// Signature verification settings of an OCIRepository.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositoryVerification {
+    /// `cosign` or `notation`.
+    #[schemars(extend("default" = "cosign", "enum" = ["cosign", "notation"]))]
+    pub provider: String,
+    /// Secret with the trusted public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Identities accepted for cosign keyless signatures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "matchOIDCIdentity")]
+    pub match_oidc_identity: Vec<OIDCIdentityMatch>,
+}
+
+/// Issuer and subject patterns of a keyless signature's certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OIDCIdentityMatch {
+    /// Regular expression for the OIDC issuer.
+    pub issuer: String,
+    /// Regular expression for the identity subject.
+    pub subject: String,
+}
+
+/// What the controller last observed and produced.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositoryStatus {
+    /// The `metadata.generation` last reconciled; `-1` before the first reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling`, `Stalled` and the source-specific conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
+    pub conditions: Vec<Condition>,
+
+    /// Download address of the last artifact (deprecated in Flux, still written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// The artifact of the last successful reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+
+    /// `spec.ignore` as used for the current artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_ignore: Option<String>,
+
+    /// `spec.layerSelector` as used for the current artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_layer_selector: Option<OCILayerSelector>,
+
+    /// The last `reconcile.fluxcd.io/requestedAt` value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+impl OCIRepository {
+    /// `spec.timeout`, or the CRD default when the object did not come through an API server.
+    pub fn timeout(&self) -> &str {
+        self.spec.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The layer operation, `extract` when unset.
+    pub fn layer_operation(&self) -> OCILayerOperation {
+        self.spec
+            .layer_selector
+            .as_ref()
+            .and_then(|s| s.operation)
+            .unwrap_or_default()
+    }
+
+    /// The media type the layer must have, if any.
+    pub fn layer_media_type(&self) -> Option<&str> {
+        self.spec
+            .layer_selector
+            .as_ref()
+            .and_then(|s| s.media_type.as_deref())
+            .filter(|m| !m.is_empty())
+    }
+}
+
+impl crate::meta::FluxObject for OCIRepository {
+    type Status = OCIRepositoryStatus;
+
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+
+    fn flux_status(&self) -> Option<&OCIRepositoryStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl crate::meta::FluxStatus for OCIRepositoryStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn revision(&self) -> Option<&str> {
+        self.artifact.as_ref().map(|a| a.revision.as_str())
+    }
+}
+
+impl JsonSchema for OCIRepository {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        crate::schema::name("OCIRepository")
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        crate::schema::root::<OCIRepositorySpec, OCIRepositoryStatus>(
+            generator,
+            "An OCI artifact repository whose digests the source controller packages as artifacts.",
+        )
+    }
+}

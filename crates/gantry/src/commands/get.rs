@@ -31,6 +31,12 @@ const KINDS: &[Kind] = &[
         "gitrepositories",
     ),
     Kind(
+        "source.toolkit.fluxcd.io",
+        "v1",
+        "OCIRepository",
+        "ocirepositories",
+    ),
+    Kind(
         "kustomize.toolkit.fluxcd.io",
         "v1",
         "Kustomization",
@@ -392,7 +398,7 @@ pub fn summarize(kind: &str, obj: &Value, now: jiff::Timestamp) -> Row {
         );
     }
     let revision = match kind {
-        "GitRepository" => text("/status/artifact/revision").to_string(),
+        "GitRepository" | "OCIRepository" => text("/status/artifact/revision").to_string(),
         "Kustomization" => text("/status/lastAppliedRevision").to_string(),
         "ImageRepository" => match obj
             .pointer("/status/lastScanResult/tagCount")
@@ -563,6 +569,14 @@ mod tests {
         assert!(row.suspended);
         assert_eq!(row.last_change, "3m");
         assert_eq!(row.message, "stored artifact for revision 'main@sha1:abc'");
+
+        let oci = json!({"metadata": {"name": "manifests"},
+            "status": {"artifact": {"revision": "v1@sha256:abc"}}});
+        let row = summarize("OCIRepository", &oci, now());
+        assert_eq!(
+            (row.kind_name.as_str(), row.revision.as_str()),
+            ("OCIRepository/manifests", "v1@sha256:abc")
+        );
 
         let policy = json!({"metadata": {"name": "p"},
             "status": {"latestRef": {"name": "reg/app", "tag": "1.2.3"}}});

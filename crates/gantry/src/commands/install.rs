@@ -47,6 +47,10 @@ pub const SERVING_PORT: i32 = 8090;
 pub const SERVING_SERVICE: &str = "gantry-serving";
 /// Heartbeat Monitors are called here (`gantry run --uptime-addr`).
 pub const UPTIME_PORT: i32 = 9334;
+/// Port of the artifact server (Flux's source-controller `--storage-addr` default).
+pub const STORAGE_PORT: i32 = 9090;
+/// The Service artifact URLs name (Flux's).
+pub const ARTIFACT_SERVICE: &str = "source-controller";
 /// Unprivileged UID/GID (distroless `nonroot`).
 const NON_ROOT_ID: i64 = 65532;
 
@@ -181,20 +185,24 @@ fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
             NAME,
         ))?);
     }
-    let run_args = if args.multi_tenant {
-        vec![
-            "run".to_string(),
-            format!("--default-service-account={}", args.default_service_account),
-        ]
-    } else {
-        vec!["run".to_string()]
-    };
+    // `status.artifact.url` names the `source-controller` Service, as Flux's does.
+    let mut run_args = vec![
+        "run".to_string(),
+        format!("--storage-adv-addr={ARTIFACT_SERVICE}.{namespace}.svc.cluster.local."),
+    ];
+    if args.multi_tenant {
+        run_args.push(format!(
+            "--default-service-account={}",
+            args.default_service_account
+        ));
+    }
     objects.extend([
         to_value(&leader_election_role(namespace))?,
         to_value(&leader_election_binding(namespace))?,
         to_value(&deployment(namespace, &image(args)?, run_args))?,
         to_value(&webhook_service(namespace))?,
         to_value(&serving_service(namespace))?,
+        to_value(&artifact_service(namespace))?,
     ]);
     Ok(objects)
 }
@@ -309,7 +317,6 @@ fn controller_role() -> ClusterRole {
         rule(
             &["source.toolkit.fluxcd.io"],
             &[
-                "ocirepositories",
                 "buckets",
                 "helmcharts",
                 "helmrepositories",
@@ -383,7 +390,10 @@ fn controller_role() -> ClusterRole {
 
 /// The kinds Gantry's controllers reconcile, by API group.
 const SERVED_KINDS: &[(&str, &[&str])] = &[
-    ("source.toolkit.fluxcd.io", &["gitrepositories"]),
+    (
+        "source.toolkit.fluxcd.io",
+        &["gitrepositories", "ocirepositories"],
+    ),
     ("kustomize.toolkit.fluxcd.io", &["kustomizations"]),
     ("uptime.gantry.dev", &["monitors"]),
     (
@@ -513,6 +523,27 @@ fn webhook_service(namespace: &str) -> Service {
     }
 }
 
+/// `source-controller`, the Service Flux's artifact URLs name (port 80 to the artifact server),
+/// so consumers that download `status.artifact.url` reach Gantry.
+fn artifact_service(namespace: &str) -> Service {
+    Service {
+        metadata: meta(ARTIFACT_SERVICE, Some(namespace)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// `gantry-serving`: the router, which every replica serves (no leader needed on the data path).
 fn serving_service(namespace: &str) -> Service {
     Service {
@@ -581,6 +612,12 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             ContainerPort {
                 name: Some("http-uptime".into()),
                 container_port: UPTIME_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: STORAGE_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
@@ -840,7 +877,16 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some(NAME));
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some(TEST_IMAGE));
-        assert_eq!(container.args.as_deref(), Some(&["run".to_string()][..]));
+        // Artifact URLs name the Service that reaches the artifact server.
+        assert_eq!(
+            container.args.as_deref(),
+            Some(
+                &[
+                    "run".to_string(),
+                    "--storage-adv-addr=source-controller.gantry-system.svc.cluster.local.".into()
+                ][..]
+            )
+        );
         let probe_path = |p: &Option<Probe>| {
             p.as_ref()
                 .and_then(|p| p.http_get.as_ref())
@@ -863,7 +909,14 @@ mod tests {
             .collect();
         assert_eq!(
             ports,
-            [HEALTH_PORT, METRICS_PORT, RECEIVER_PORT, SERVING_PORT, UPTIME_PORT]
+            [
+                HEALTH_PORT,
+                METRICS_PORT,
+                RECEIVER_PORT,
+                SERVING_PORT,
+                UPTIME_PORT,
+                STORAGE_PORT
+            ]
         );
         let security = container.security_context.as_ref().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
@@ -1010,7 +1063,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             deployment["spec"]["template"]["spec"]["containers"][0]["args"],
-            serde_json::json!(["run", "--default-service-account=default"])
+            serde_json::json!([
+                "run",
+                "--storage-adv-addr=source-controller.gantry-system.svc.cluster.local.",
+                "--default-service-account=default"
+            ])
         );
         let custom = manifests(&InstallArgs {
             default_service_account: "flux".into(),
@@ -1019,7 +1076,7 @@ mod tests {
         .unwrap();
         let deployment = custom.iter().find(|d| d["kind"] == "Deployment").unwrap();
         assert_eq!(
-            deployment["spec"]["template"]["spec"]["containers"][0]["args"][1],
+            deployment["spec"]["template"]["spec"]["containers"][0]["args"][2],
             "--default-service-account=flux"
         );
     }
@@ -1096,6 +1153,7 @@ mod tests {
         assert_eq!(i32::from(cli.run.metrics_addr.port()), METRICS_PORT);
         assert_eq!(i32::from(cli.run.receiver_addr.port()), RECEIVER_PORT);
         assert_eq!(i32::from(cli.run.uptime_addr.port()), UPTIME_PORT);
+        assert_eq!(i32::from(cli.run.storage_addr.port()), STORAGE_PORT);
         // And the storage path is a volume of the read-only pod.
         let objects = manifests(&args(false)).unwrap();
         let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();

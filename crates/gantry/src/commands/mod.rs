@@ -9,6 +9,7 @@ pub mod image;
 pub mod image_tags;
 pub mod init;
 pub mod install;
+pub mod push;
 pub mod release;
 pub mod run;
 pub mod serving_router;

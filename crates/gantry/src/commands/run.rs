@@ -43,6 +43,15 @@ pub struct RunArgs {
     /// Where source artifacts are stored.
     #[arg(long, env = "GANTRY_STORAGE_PATH", default_value = "/data")]
     pub storage_path: PathBuf,
+    /// Where stored artifacts are served over HTTP (Flux's `--storage-addr`), so that
+    /// `status.artifact.url` answers.
+    #[arg(long, env = "GANTRY_STORAGE_ADDR", default_value = "0.0.0.0:9090")]
+    pub storage_addr: SocketAddr,
+    /// Host (and port) advertised in `status.artifact.url`, as Flux's `--storage-adv-addr`
+    /// (e.g. `source-controller.flux-system.svc.cluster.local.`); overrides
+    /// `--artifact-base-url` with `http://<this>`.
+    #[arg(long, env = "GANTRY_STORAGE_ADV_ADDR")]
+    pub storage_adv_addr: Option<String>,
     /// Base URL advertised in `status.artifact.url`.
     #[arg(
         long,
@@ -255,6 +264,20 @@ async fn serve(args: &RunArgs) -> Result<()> {
         metrics = %metrics_listener.local_addr()?,
         "serving health and metrics"
     );
+    let storage_listener = TcpListener::bind(args.storage_addr)
+        .await
+        .with_context(|| format!("binding the artifact server to {}", args.storage_addr))?;
+    tracing::info!(storage = %storage_listener.local_addr()?, "serving artifacts");
+    let storage_app = crate::artifact_server::router(gantry_source::ArtifactStore::new(
+        args.storage_path.join("artifacts"),
+        artifact_base_url(args),
+    ));
+    let stop = shutdown.clone();
+    let storage_server = tokio::spawn(
+        axum::serve(storage_listener, storage_app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
     let health_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -311,7 +334,7 @@ async fn serve(args: &RunArgs) -> Result<()> {
     } else {
         let settings = controllers::Settings {
             storage_path: args.storage_path.clone(),
-            artifact_base_url: args.artifact_base_url.clone(),
+            artifact_base_url: artifact_base_url(args),
             watch_namespace: args.watch_namespace.clone(),
             concurrency: args.concurrent,
             receiver_addr: args.receiver_addr,
@@ -363,10 +386,20 @@ async fn serve(args: &RunArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = health_server.await;
         let _ = metrics_server.await;
+        let _ = storage_server.await;
     })
     .await;
     tracing::info!("stopped");
     result
+}
+
+/// `http://<--storage-adv-addr>` when given, else `--artifact-base-url`.
+fn artifact_base_url(args: &RunArgs) -> String {
+    match args.storage_adv_addr.as_deref().filter(|a| !a.is_empty()) {
+        Some(adv) if adv.contains("://") => adv.to_owned(),
+        Some(adv) => format!("http://{adv}"),
+        None => args.artifact_base_url.clone(),
+    }
 }
 
 /// How long reconciles in flight may take to finish after SIGTERM. With the Lease release and the

@@ -8,7 +8,7 @@ use gantry_api::kustomize::v1::{
     HEALTH_CHECK_FAILED_REASON, Kustomization, KustomizationStatus, RECONCILIATION_SUCCEEDED_REASON,
 };
 use gantry_api::meta::{DEPENDENCY_NOT_READY_REASON, HEALTHY_CONDITION, READY_CONDITION};
-use gantry_api::source::v1::GitRepository;
+use gantry_api::source::v1::{GitRepository, OCIRepository};
 use gantry_core::kustomize::inventory::{InventoryEntry, ObjectId};
 use gantry_runtime::conditions::{self, Status};
 use gantry_runtime::events::Severity;
@@ -227,6 +227,16 @@ pub fn health_check_targets(ks: &Kustomization) -> Vec<InventoryEntry> {
 /// What of a GitRepository wakes its Kustomizations through the fallback watch: its artifact,
 /// not its other status writes.
 pub fn artifact_changed(repo: &GitRepository) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let artifact = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
+    artifact.map(|a| &a.digest).hash(&mut hasher);
+    artifact.map(|a| &a.revision).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// [`artifact_changed`] for an OCIRepository.
+pub fn oci_artifact_changed(repo: &OCIRepository) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let artifact = repo.status.as_ref().and_then(|s| s.artifact.as_ref());

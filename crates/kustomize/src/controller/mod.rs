@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use gantry_api::kustomize::v1::{Kustomization, SourceKind};
 use gantry_api::meta::{KUSTOMIZE_FIELD_MANAGER, RECONCILE_REQUEST_ANNOTATION};
-use gantry_api::source::v1::GitRepository;
+use gantry_api::source::v1::{GitRepository, OCIRepository};
 use gantry_runtime::controller::{Controller, Cx, Reconciler, Shared, jittered};
 use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
@@ -115,6 +115,7 @@ pub fn controller(
         None => Api::all(shared.client.clone()),
     };
     let watch_sources = settings.watch_sources;
+    let oci_client = shared.client.clone();
     let controller = Controller::new_with(shared, |cache, dependents| Kustomizations {
         settings,
         cache,
@@ -135,9 +136,45 @@ pub fn controller(
             repo.inspect_err(|err| tracing::debug!(%err, "GitRepository watch"))
                 .ok()
         });
-    controller.requested_by_related(artifacts, |repo: &GitRepository, cache| {
-        users_of(&ObjectRef::from_obj(repo), cache)
-    })
+    let oci_repos: Api<OCIRepository> = match namespace {
+        Some(ns) => Api::namespaced(oci_client, ns),
+        None => Api::all(oci_client),
+    };
+    // OCIRepositories wake their Kustomizations through this watch (artifact changes only).
+    let oci_artifacts = watcher(oci_repos, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(decide::oci_artifact_changed, Default::default())
+        .filter_map(|repo| async move {
+            repo.inspect_err(|err| tracing::debug!(%err, "OCIRepository watch"))
+                .ok()
+        });
+    controller
+        .requested_by_related(artifacts, |repo: &GitRepository, cache| {
+            users_of(&ObjectRef::from_obj(repo), cache)
+        })
+        .requested_by_related(oci_artifacts, |repo: &OCIRepository, cache| {
+            oci_users_of(&ObjectRef::from_obj(repo), cache)
+        })
+}
+
+/// The Kustomizations whose source is the OCIRepository `repo`.
+pub fn oci_users_of(
+    repo: &ObjectRef<OCIRepository>,
+    cache: &Store<Kustomization>,
+) -> Vec<ObjectRef<Kustomization>> {
+    let repo_ns = repo.namespace.as_deref().unwrap_or_default();
+    cache
+        .state()
+        .into_iter()
+        .filter(|ks| {
+            let source = &ks.spec.source_ref;
+            source.kind == SourceKind::OciRepository
+                && source.name == repo.name
+                && decide::source_namespace(ks) == repo_ns
+        })
+        .map(|ks| ObjectRef::from_obj(ks.as_ref()))
+        .collect()
 }
 
 /// The Kustomizations whose source is the GitRepository `repo`.

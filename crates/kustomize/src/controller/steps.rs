@@ -10,7 +10,7 @@ use gantry_api::kustomize::v1::{
     RECONCILIATION_SUCCEEDED_REASON, SourceKind, SubstituteKind,
 };
 use gantry_api::meta::{DEPENDENCY_NOT_READY_REASON, HEALTHY_CONDITION, KUSTOMIZE_FIELD_MANAGER};
-use gantry_api::source::v1::{Artifact, GitRepository};
+use gantry_api::source::v1::{Artifact, GitRepository, OCIRepository};
 use gantry_core::kustomize::inventory::{Inventory, InventoryEntry};
 use gantry_runtime::conditions::{self, Status};
 use gantry_runtime::controller::Cx;
@@ -362,21 +362,36 @@ async fn source_artifact(
     client: &Client,
 ) -> Result<(Artifact, String), Failure> {
     let source = &ks.spec.source_ref;
-    if source.kind != SourceKind::GitRepository {
-        return Err(Failure::new(
-            ARTIFACT_FAILED_REASON,
-            format!(
-                "source kind {:?} is not supported by Gantry yet (only GitRepository)",
-                source.kind
-            ),
-        )
-        .terminal());
-    }
     let source_namespace = decide::source_namespace(ks);
-    let source_id = format!("GitRepository/{source_namespace}/{}", source.name);
-    let repos: Api<GitRepository> = Api::namespaced(client.clone(), &source_namespace);
-    let repo = match repos.get_opt(&source.name).await {
-        Ok(Some(repo)) => repo,
+    let kind = match source.kind {
+        SourceKind::GitRepository => "GitRepository",
+        SourceKind::OciRepository => "OCIRepository",
+        _ => {
+            return Err(Failure::new(
+                ARTIFACT_FAILED_REASON,
+                format!(
+                    "source kind {:?} is not supported by Gantry yet (only GitRepository and OCIRepository)",
+                    source.kind
+                ),
+            )
+            .terminal());
+        }
+    };
+    let source_id = format!("{kind}/{source_namespace}/{}", source.name);
+    let found = match source.kind {
+        SourceKind::OciRepository => {
+            Api::<OCIRepository>::namespaced(client.clone(), &source_namespace)
+                .get_opt(&source.name)
+                .await
+                .map(|r| r.map(|r| r.status.and_then(|s| s.artifact)))
+        }
+        _ => Api::<GitRepository>::namespaced(client.clone(), &source_namespace)
+            .get_opt(&source.name)
+            .await
+            .map(|r| r.map(|r| r.status.and_then(|s| s.artifact))),
+    };
+    let artifact = match found {
+        Ok(Some(artifact)) => artifact,
         Ok(None) => {
             let message = format!("Source '{source_id}' not found");
             return Err(Failure::new(ARTIFACT_FAILED_REASON, message).waiting(None));
@@ -386,7 +401,7 @@ async fn source_artifact(
             return Err(Failure::new(ARTIFACT_FAILED_REASON, message));
         }
     };
-    match repo.status.and_then(|s| s.artifact) {
+    match artifact {
         Some(artifact) => Ok((artifact, source_id)),
         None => Err(Failure::new(
             ARTIFACT_FAILED_REASON,

@@ -1,6 +1,7 @@
 //! A client for the OCI distribution API, just what image automation needs: list a repository's
-//! tags (every page, streamed) and resolve a tag's manifest digest; and what `cargo xtask image
-//! --push` needs: upload blobs and put a manifest.
+//! tags (every page, streamed) and resolve a tag's manifest digest; what OCIRepository needs:
+//! fetch a manifest and stream a blob, both bounded and digest-verified; and what `gantry push
+//! artifact` and `cargo xtask image --push` need: upload blobs and put a manifest.
 //!
 //! - References: `alpine` is `docker.io/library/alpine` (API host `index.docker.io`), a first
 //!   path component with a `.` or `:` or equal to `localhost` is a registry host.
@@ -32,6 +33,11 @@ pub const DOCKER_HUB_API: &str = "index.docker.io";
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// Largest tag-list page body accepted (a registry that ignores `n` still has to fit).
 const MAX_PAGE_BYTES: usize = 64 << 20;
+/// Largest manifest accepted (distribution itself refuses manifests over 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Media types a manifest fetch accepts: single image manifests, OCI first.
+const IMAGE_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
 /// Media types a digest lookup accepts: image indexes first, as a pull would.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -536,6 +542,74 @@ impl RegistryClient {
         Ok(format!("sha256:{}", hex::encode(Sha256::digest(&body))))
     }
 
+    /// The image manifest `reference` (a tag or `sha256:` digest) names: its bytes and digest.
+    /// Only OCI and Docker image manifests are accepted (an index is refused: artifacts are single
+    /// manifests), at most [`MAX_MANIFEST_BYTES`]; a digest reference must match the bytes.
+    pub async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let url = self.url(&format!(
+            "v2/{}/manifests/{reference}",
+            self.reference.repository
+        ));
+        let accept = HeaderValue::from_static(IMAGE_MANIFEST_ACCEPT);
+        let response = self.get(url.clone(), Some(&accept), "manifest").await?;
+        let body = read_bounded(response, &url, MAX_MANIFEST_BYTES).await?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if reference.contains(':') && reference != digest {
+            return Err(RegistryError::Malformed {
+                url: url.to_string(),
+                cause: format!("manifest has digest {digest}, not the {reference} asked for"),
+            });
+        }
+        Ok((body, digest))
+    }
+
+    /// Streams the blob `digest` (`sha256:<hex>`) into `sink`, refusing more than `max_bytes`
+    /// and bytes whose sha256 is not `digest`; returns the size. Memory is one chunk.
+    pub async fn fetch_blob(
+        &self,
+        digest: &str,
+        max_bytes: u64,
+        sink: &mut impl std::io::Write,
+    ) -> Result<u64, RegistryError> {
+        let url = self.url(&format!("v2/{}/blobs/{digest}", self.reference.repository));
+        let malformed = |cause: String| RegistryError::Malformed {
+            url: url.to_string(),
+            cause,
+        };
+        let expected = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| malformed(format!("unsupported blob digest {digest:?}")))?
+            .to_ascii_lowercase();
+        let mut response = self.get(url.clone(), None, "blob").await?;
+        if response.content_length().is_some_and(|l| l > max_bytes) {
+            return Err(malformed(format!("blob larger than {max_bytes} bytes")));
+        }
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| malformed(format!("reading the blob: {}", error_chain(&e))))?
+        {
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                return Err(malformed(format!("blob larger than {max_bytes} bytes")));
+            }
+            hasher.update(&chunk);
+            // Chunks are small (tens of KiB): a blocking write here costs less than a hop to a
+            // blocking thread per chunk.
+            sink.write_all(&chunk).map_err(RegistryError::Sink)?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            return Err(malformed(format!(
+                "blob content has digest sha256:{actual}, not {digest}"
+            )));
+        }
+        Ok(size)
+    }
+
     /// Uploads `data` as the blob `digest` (`sha256:...`) unless the repository has it already
     /// (a monolithic upload: POST for a session, one PUT with the bytes). Returns whether it was
     /// uploaded.
@@ -934,18 +1008,21 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
-async fn read_limited(
+async fn read_limited(response: reqwest::Response, url: &Url) -> Result<Vec<u8>, RegistryError> {
+    read_bounded(response, url, MAX_PAGE_BYTES).await
+}
+
+async fn read_bounded(
     mut response: reqwest::Response,
     url: &Url,
+    limit: usize,
 ) -> Result<Vec<u8>, RegistryError> {
-    if response
-        .content_length()
-        .is_some_and(|l| l > MAX_PAGE_BYTES as u64)
-    {
-        return Err(RegistryError::Malformed {
-            url: url.to_string(),
-            cause: format!("answer larger than {} MiB", MAX_PAGE_BYTES >> 20),
-        });
+    let too_large = || RegistryError::Malformed {
+        url: url.to_string(),
+        cause: format!("answer larger than {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
@@ -956,11 +1033,8 @@ async fn read_limited(
             cause: format!("reading the answer: {}", error_chain(&e)),
         })?
     {
-        if body.len() + chunk.len() > MAX_PAGE_BYTES {
-            return Err(RegistryError::Malformed {
-                url: url.to_string(),
-                cause: format!("answer larger than {} MiB", MAX_PAGE_BYTES >> 20),
-            });
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
