@@ -657,6 +657,45 @@ pub fn sops(workspace: &Path, sops: &Path, count: usize, runs: usize) -> Result<
     Ok(())
 }
 
+/// `cargo xtask bench uptime-store`: starts a private Postgres server (durable settings, as
+/// the testkit runs it: loopback, stopped at the end) and runs the store's benchmark binary in
+/// release against it and against SQLite files in a temporary directory.
+pub fn uptime_store(
+    workspace: &Path,
+    monitors: usize,
+    hours: usize,
+    page_monitors: usize,
+) -> Result<()> {
+    let postgres = gantry_testkit::postgres::Postgres::start_durable();
+    let page_url = postgres.create_another_database("page");
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the uptime store benchmark (release)...");
+    let status = Command::new(cargo)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "gantry-uptime-store",
+        ])
+        .args(["--features", "bench", "--bin", "uptime-store-bench", "--"])
+        .args(["--monitors", &monitors.to_string()])
+        .args(["--hours", &hours.to_string()])
+        .args(["--page-monitors", &page_monitors.to_string()])
+        .args(["--postgres-url", &postgres.url()])
+        .args(["--postgres-page-url", &page_url])
+        .arg("--dir")
+        .arg(dir.path())
+        .current_dir(workspace)
+        .status()?;
+    drop(postgres);
+    if !status.success() {
+        bail!("the uptime store benchmark failed");
+    }
+    Ok(())
+}
+
 /// `cargo xtask bench serving`: the router's benchmark example, built with optimisations.
 pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

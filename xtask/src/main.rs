@@ -285,6 +285,19 @@ enum BenchTask {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// The uptime history store on SQLite and a private Postgres: write throughput, database
+    /// growth per day for N monitors at 30 s, and the status page's render time (no cluster).
+    UptimeStore {
+        /// Monitors checked every 30 s.
+        #[arg(long, default_value_t = 10_000)]
+        monitors: usize,
+        /// Hours of checks to simulate.
+        #[arg(long, default_value_t = 2)]
+        hours: usize,
+        /// Monitors on the status page.
+        #[arg(long, default_value_t = 1000)]
+        page_monitors: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -500,6 +513,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {
             bench::policy(&workspace_root(), tags, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::UptimeStore {
+            monitors,
+            hours,
+            page_monitors,
+        }) => {
+            bench::uptime_store(&workspace_root(), monitors, hours, page_monitors)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Prerequisites { list: true, .. } => {

@@ -25,11 +25,23 @@ pub struct Postgres {
     port: u16,
     run_as: Option<(u32, u32)>,
     child: Option<Child>,
+    durable: bool,
 }
 
 impl Postgres {
-    /// Creates a cluster and starts it. Panics, saying what is missing, when it cannot.
+    /// Creates a cluster and starts it, without fsync (a test server). Panics, saying what is
+    /// missing, when it cannot.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`Postgres::start`] with Postgres's durable defaults (fsync, synchronous commit): for
+    /// benchmarks.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let bin = server_bin().unwrap_or_else(|| {
             panic!(
                 "no Postgres server under {POSTGRES_LIB}/<major>/bin: install Debian's \
@@ -74,6 +86,7 @@ impl Postgres {
             port: 0,
             run_as,
             child: None,
+            durable,
         };
         let mut last_err = String::new();
         for _ in 0..5 {
@@ -100,17 +113,25 @@ impl Postgres {
         if let Some(ids) = self.run_as {
             chown(&log_path, ids);
         }
-        let mut child = command(&self.bin.join("postgres"), self.run_as)
-            .arg("-D")
+        let mut cmd = command(&self.bin.join("postgres"), self.run_as);
+        cmd.arg("-D")
             .arg(self.dir.path().join("data"))
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-k")
             .arg(self.dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=50",
+            ]);
+        if !self.durable {
             // A test server: durability is not the point, speed on a shared machine is.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=50"])
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -147,9 +168,14 @@ impl Postgres {
     }
 
     fn create_database(&self) {
+        self.create_another_database(DATABASE);
+    }
+
+    /// Creates another database on this server; returns its URL.
+    pub fn create_another_database(&self, name: &str) -> String {
         let out = Command::new(self.bin.join("createdb"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", DATABASE, DATABASE])
+            .args(["-U", DATABASE, name])
             .stdin(Stdio::null())
             .output()
             .expect("run createdb");
@@ -158,6 +184,7 @@ impl Postgres {
             "createdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        format!("postgres://{DATABASE}@127.0.0.1:{}/{name}", self.port)
     }
 
     /// `postgres://gantry@127.0.0.1:<port>/gantry`.

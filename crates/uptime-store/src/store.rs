@@ -515,6 +515,23 @@ impl Store {
         }
     }
 
+    /// Writes what is queued, then re-reads monitors, last states and open incidents from the
+    /// database: what a replica does when it becomes the leader, since the previous leader
+    /// wrote them.
+    pub async fn reload(&self) -> Result<(), Error> {
+        self.flush().await?;
+        let _writer = self.inner.writer.lock().await;
+        let fresh = load(&self.inner.db, self.backend()).await?;
+        let mut mem = self.mem();
+        mem.infos = fresh.infos;
+        mem.ids = fresh.ids;
+        mem.states = fresh.states;
+        mem.open = fresh.open;
+        drop(mem);
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Writes what is queued and stops the background tasks' work (they end with the last clone).
     pub async fn close(self) -> Result<(), Error> {
         let result = self.flush().await;
@@ -877,6 +894,41 @@ impl Store {
             self.inner.generation.fetch_add(1, Ordering::Relaxed);
         }
         Ok(report)
+    }
+
+    /// Bytes per table (indexes included): SQLite's `dbstat`, Postgres's
+    /// `pg_total_relation_size`. For the benchmark's growth figures.
+    pub async fn table_sizes(&self) -> Result<Vec<(String, u64)>, Error> {
+        const TABLES: [&str; 6] = [
+            "monitors",
+            "samples",
+            "hourly",
+            "daily",
+            "monitor_state",
+            "incidents",
+        ];
+        let mut out = Vec::new();
+        for table in TABLES {
+            let bytes: i64 = match &self.inner.db {
+                Db::Sqlite(p) => sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(pgsize), 0) AS BIGINT) FROM dbstat WHERE name = $1 \
+                     OR name IN (SELECT name FROM sqlite_master WHERE tbl_name = $1)",
+                )
+                .bind(table)
+                .fetch_one(p)
+                .await
+                .map_err(|e| self.db_error(e))?,
+                Db::Postgres(p) => {
+                    sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                        .bind(table)
+                        .fetch_one(p)
+                        .await
+                        .map_err(|e| self.db_error(e))?
+                }
+            };
+            out.push((table.to_string(), u64::try_from(bytes).unwrap_or_default()));
+        }
+        Ok(out)
     }
 
     /// Bytes the database takes: the SQLite file (with its WAL) or the Postgres database.

@@ -70,6 +70,7 @@ on_both_backends!(
     retention_keeps_storage_bounded,
     many_monitors_are_written_in_batches,
     monitor_info_is_kept_and_removed,
+    a_new_leader_takes_over_the_state,
 );
 
 fn key(name: &str) -> MonitorKey {
@@ -293,6 +294,27 @@ async fn monitor_info_is_kept_and_removed(fx: Fixture) {
     let store = fx.open().await;
     assert_eq!(store.monitors().len(), 1);
     assert!(store.last_state(&key("shop")).is_none());
+}
+
+async fn a_new_leader_takes_over_the_state(fx: Fixture) {
+    let leader = fx.open().await;
+    let follower = fx.open().await;
+    let t0 = now_ms() - 5 * 60_000;
+    leader.record(sample("lb", t0, State::Up, 10));
+    leader.record(sample("lb", t0 + 30_000, State::Down, 10));
+    leader.flush().await.unwrap();
+    assert!(follower.last_state(&key("lb")).is_none());
+
+    // The leader is gone; the follower takes over from the database.
+    drop(leader);
+    follower.reload().await.unwrap();
+    assert_eq!(follower.last_state(&key("lb")).unwrap().state, State::Down);
+    assert_eq!(follower.open_incidents().len(), 1);
+    follower.record(sample("lb", t0 + 60_000, State::Up, 10));
+    follower.flush().await.unwrap();
+    let incidents = follower.incidents(&key("lb"), 10).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].ended_at, Some(t0 + 60_000));
 }
 
 /// Waits until `done` holds, panicking with `what` after a minute.
