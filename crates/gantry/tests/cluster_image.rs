@@ -542,6 +542,9 @@ async fn the_installed_pod_reconciles_with_its_in_cluster_identity() {
             "healthz" => "GANTRY_HEALTH_ADDR",
             "http-prom" => "GANTRY_METRICS_ADDR",
             "http-webhook" => "GANTRY_RECEIVER_ADDR",
+            "serving" => "GANTRY_SERVING_ADDR",
+            "http-uptime" => "GANTRY_UPTIME_ADDR",
+            "http" => "GANTRY_STORAGE_ADDR",
             other => panic!("container port {other}: teach this test what serves it"),
         };
         let local = free_port();

@@ -61,6 +61,8 @@ fn start_gantry(namespace: &str) -> Gantry {
         .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--serving-addr={serving}"))
+        .args(["--uptime-addr=127.0.0.1:0", "--storage-addr=127.0.0.1:0"])
+        .arg("--serving-domain=example.com")
         .args(["--serving-loopback-only=true", "--stable-window=4s"])
         .args(["--scale-to-zero-grace-period=2s", "--autoscaler-tick=200ms"])
         .arg("--storage-path")
@@ -136,97 +138,57 @@ fn kubelet(client: Client, ns: &str, served: Served) -> tokio::task::JoinHandle<
     })
 }
 
-/// The objects the serving controllers would have made: a ksvc whose status routes 100 % to
-/// `hello-00001`, the Revision, and its Deployment at zero.
+/// A ksvc at zero (`initial-scale: "0"`) as a user writes it; the serving controllers in the
+/// same `gantry run` make its Revision `hello-00001`, the Revision's Deployment at zero and the
+/// status that routes 100 % to it. Returns the ksvc's host once its status says so.
 async fn knative_service(client: &Client, ns: &str) -> String {
-    let revision_labels: BTreeMap<String, String> = [
-        (
-            "serving.knative.dev/service".to_string(),
-            "hello".to_string(),
-        ),
-        (
-            "serving.knative.dev/revision".to_string(),
-            REVISION.to_string(),
-        ),
-    ]
-    .into();
-    let container = Container {
-        image: Some("example.invalid/hello:1".into()),
-        ports: vec![ContainerPort {
-            container_port: Some(PORT.into()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let spec = RevisionSpec {
-        containers: vec![container],
-        timeout_seconds: Some(60),
-        ..Default::default()
-    };
-    let mut rev = Revision::new(REVISION, spec);
-    rev.metadata.labels = Some(revision_labels.clone());
-    Api::<Revision>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &rev)
-        .await
-        .unwrap();
-
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(format!("{REVISION}-deployment")),
-            labels: Some(revision_labels.clone()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(0),
-            selector: LabelSelector {
-                match_labels: Some(revision_labels.clone()),
-                ..Default::default()
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": { "name": "hello", "namespace": ns },
+        "spec": { "template": {
+            "metadata": { "annotations": { "autoscaling.knative.dev/initial-scale": "0" } },
+            "spec": {
+                "timeoutSeconds": 60,
+                "containers": [{
+                    "image": "example.invalid/hello:1",
+                    "ports": [{ "containerPort": PORT }],
+                }],
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(revision_labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![PodContainer {
-                        name: "user-container".into(),
-                        image: Some("example.invalid/hello:1".into()),
-                        ports: Some(vec![PodPort {
-                            container_port: PORT.into(),
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }],
-                    termination_grace_period_seconds: Some(0),
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
-
+        }},
+    }))
+    .unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     services
-        .create(
-            &PostParams::default(),
-            &Service::new("hello", ServiceSpec::default()),
-        )
+        .create(&PostParams::default(), &service)
         .await
         .unwrap();
     let host = format!("hello.{ns}.example.com");
-    let status = serde_json::json!({ "status": {
-        "url": format!("http://{host}"),
-        "traffic": [{ "revisionName": REVISION, "percent": 100, "latestRevision": true }],
-    }});
-    services
-        .patch_status("hello", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    let url = format!("http://{host}");
+    wait_for(
+        &services,
+        "hello",
+        Duration::from_secs(60),
+        |svc: Option<&Service>| {
+            let Some(status) = svc.and_then(|s| s.status.as_ref()) else {
+                return false;
+            };
+            status.url.as_deref() == Some(url.as_str())
+                && status
+                    .traffic
+                    .iter()
+                    .any(|t| t.revision_name.as_deref() == Some(REVISION))
+        },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        &deployments,
+        &format!("{REVISION}-deployment"),
+        Duration::from_secs(60),
+        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()?.replicas) == Some(0),
+    )
+    .await;
     host
 }
 

@@ -793,6 +793,7 @@ mod tests {
                 "Deployment",
                 "Service",
                 "Service",
+                "Service",
             ]
         );
         for document in &documents {
