@@ -4,29 +4,24 @@
 //! request is held and answered by a stand-in server bound to the pod's IP, and the Revision goes
 //! back to zero when idle.
 //!
-//! The Service, Revision and Deployment are created here as the serving controllers would
-//! create them (their controllers are another crate's tests); the router only reads them.
+//! Only the ksvc is written here: the serving controllers in the same `gantry run` make its
+//! Revision, the Revision's Deployment at zero and the status the router routes by.
 //! kwok runs no containers: a watcher in the test starts a stand-in HTTP server on each pod's
 //! IP and port, as a kubelet would start the container. Every address is loopback; the router
 //! runs with `--serving-loopback-only=true` and the test asserts it refused nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_api::serving::v1::{
-    Container, ContainerPort, Revision, RevisionSpec, Service, ServiceSpec,
-};
+use gantry_api::serving::v1::Service;
 use gantry_testkit::git::free_port;
 use gantry_testkit::{install_crds, wait_for, with_namespace};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container as PodContainer, ContainerPort as PodPort, Pod, PodSpec, PodTemplateSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 const REVISION: &str = "hello-00001";
