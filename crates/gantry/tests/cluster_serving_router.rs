@@ -276,8 +276,8 @@ async fn requests_at_zero_wake_the_revision_through_gantry_run_and_it_sleeps_whe
         install_crds(&client).await;
         let served: Served = Arc::default();
         let kubelet = kubelet(client.clone(), &ns, served.clone());
-        let host = knative_service(&client, &ns).await;
         let gantry = start_gantry(&ns);
+        let host = knative_service(&client, &ns).await;
         let http = reqwest::Client::new();
         routed(&http, &gantry, &host).await;
 
