@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
+use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::meta::LocalObjectReference;
 use gantry_api::notification::v1::{Receiver, ReceiverResource, ReceiverSpec};
-use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_api::source::v1::GitRepository;
 use gantry_image::registry::{ClientConfig, Reference, RegistryClient};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
 use gantry_testkit::registry::{Registry, RegistryAuth};
@@ -30,10 +30,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::Kubeconfig;
-use kube::core::GroupVersionKind;
-use kube::{Client, discovery};
 use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -284,43 +283,12 @@ impl Unpacked {
     }
 }
 
-/// Every document of `gantry install`, applied server-side as the admin; cluster-scoped objects
-/// get a suffix so tests running at once do not share them (roleRefs follow).
+/// Every document of `gantry install`, applied server-side as `manager`; cluster-scoped objects
+/// get a suffix so tests running at once do not share them.
 async fn apply_install(client: &Client, stream: &str, suffix: &str, manager: &str) {
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(stream).unwrap();
-    for doc in docs {
-        let mut object: DynamicObject = serde_json::from_value(doc).unwrap();
-        let types = object.types.clone().unwrap();
-        let gvk = GroupVersionKind::try_from(&types).unwrap();
-        if gvk.kind == "ClusterRole" || gvk.kind == "ClusterRoleBinding" {
-            object.metadata.name.as_mut().unwrap().push_str(suffix);
-            if let Some(role) = object.data.pointer_mut("/roleRef/name")
-                && role.as_str() == Some("gantry")
-            {
-                *role = format!("gantry{suffix}").into();
-            }
-        }
-        let (resource, caps) = discovery::pinned_kind(client, &gvk).await.unwrap();
-        let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
-            Some(ns) if caps.scope == discovery::Scope::Namespaced => {
-                Api::namespaced_with(client.clone(), ns, &resource)
-            }
-            _ => Api::all_with(client.clone(), &resource),
-        };
-        let name = object.metadata.name.clone().unwrap();
-        // No force: a conflict with another manager's field would be a real upgrade problem.
-        let params = if gvk.kind == "CustomResourceDefinition" {
-            PatchParams::apply("gantry-tests").force()
-        } else {
-            PatchParams::apply(manager)
-        };
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|err| panic!("the API server refused {} {name}: {err}", gvk.kind));
-        if gvk.kind == "Namespace" {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(stream).unwrap();
+    gantry_testkit::flux::suffix_cluster_objects(&mut docs, suffix);
+    gantry_testkit::flux::apply_documents(client, &docs, manager).await;
 }
 
 async fn delete_install(client: &Client, namespace: &str, suffix: &str) {
@@ -655,46 +623,16 @@ async fn the_installed_pod_reconciles_with_its_in_cluster_identity() {
     repo.commit("initial");
     repo.push("HEAD:refs/heads/main");
     let git = GitHttpServer::start(repo_root.path(), HttpAuth::None);
+    gantry_testkit::flux::create_git_kustomization(
+        &client,
+        &tenant,
+        "app",
+        &git.url("app.git"),
+        "./deploy",
+    )
+    .await;
     let repos: Api<GitRepository> = Api::namespaced(client.clone(), &tenant);
-    repos
-        .create(
-            &PostParams::default(),
-            &GitRepository::new(
-                "app",
-                GitRepositorySpec {
-                    url: git.url("app.git"),
-                    interval: "10m".into(),
-                    r#ref: Some(GitRepositoryRef {
-                        branch: Some("main".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &tenant);
-    kustomizations
-        .create(
-            &PostParams::default(),
-            &Kustomization::new(
-                "app",
-                KustomizationSpec {
-                    interval: "10m".into(),
-                    path: Some("./deploy".into()),
-                    prune: true,
-                    timeout: Some("30s".into()),
-                    source_ref: CrossNamespaceSourceReference {
-                        name: "app".into(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
     Api::<Secret>::namespaced(client.clone(), &tenant)
         .create(
             &PostParams::default(),

@@ -10,15 +10,14 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
-use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
+use gantry_api::kustomize::v1::Kustomization;
+use gantry_api::source::v1::GitRepository;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::{Client, discovery};
+use kube::Client;
+use kube::api::{Api, DeleteParams};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The field manager of `gantry install | kubectl apply --server-side -f -`.
@@ -57,45 +56,12 @@ fn install_documents(namespace: &str, args: &[&str]) -> Vec<serde_json::Value> {
     all.extend_from_slice(args);
     let stream = stdout(gantry(&all));
     let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stream).unwrap();
-    for doc in &mut docs {
-        let kind = doc["kind"].as_str().unwrap().to_string();
-        if kind == "ClusterRole" || kind == "ClusterRoleBinding" {
-            let name = doc["metadata"]["name"].as_str().unwrap();
-            doc["metadata"]["name"] = format!("{name}-{namespace}").into();
-            if doc["roleRef"]["name"] == "gantry" {
-                doc["roleRef"]["name"] = format!("gantry-{namespace}").into();
-            }
-        }
-    }
+    gantry_testkit::flux::suffix_cluster_objects(&mut docs, &format!("-{namespace}"));
     docs
 }
 
-/// Applies every document server-side as `MANAGER`, without force (the CRDs, shared by every
-/// test, with the tests' own manager); any refusal fails the test.
 async fn apply(client: &Client, docs: &[serde_json::Value]) {
-    for doc in docs {
-        let object: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
-        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
-        let (resource, caps) = discovery::pinned_kind(client, &gvk).await.unwrap();
-        let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
-            Some(ns) if caps.scope == discovery::Scope::Namespaced => {
-                Api::namespaced_with(client.clone(), ns, &resource)
-            }
-            _ => Api::all_with(client.clone(), &resource),
-        };
-        let name = object.metadata.name.clone().unwrap();
-        let params = if gvk.kind == "CustomResourceDefinition" {
-            PatchParams::apply("gantry-tests").force()
-        } else {
-            PatchParams::apply(MANAGER)
-        };
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|err| panic!("the API server refused {} {name}: {err}", gvk.kind));
-        if gvk.kind == "Namespace" {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    gantry_testkit::flux::apply_documents(client, docs, MANAGER).await;
 }
 
 /// An older release's output: the same objects with its version label and image.
@@ -235,46 +201,16 @@ async fn uninstall_releases_finalizers_and_keeps_the_workloads() {
     repo.commit("initial");
     repo.push("HEAD:refs/heads/main");
     let server = GitHttpServer::start(root.path(), HttpAuth::None);
+    gantry_testkit::flux::create_git_kustomization(
+        &client,
+        &tenant,
+        "app",
+        &server.url("app.git"),
+        "./deploy",
+    )
+    .await;
     let repos: Api<GitRepository> = Api::namespaced(client.clone(), &tenant);
-    repos
-        .create(
-            &PostParams::default(),
-            &GitRepository::new(
-                "app",
-                GitRepositorySpec {
-                    url: server.url("app.git"),
-                    interval: "10m".into(),
-                    r#ref: Some(GitRepositoryRef {
-                        branch: Some("main".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &tenant);
-    kustomizations
-        .create(
-            &PostParams::default(),
-            &Kustomization::new(
-                "app",
-                KustomizationSpec {
-                    interval: "10m".into(),
-                    path: Some("./deploy".into()),
-                    prune: true,
-                    timeout: Some("30s".into()),
-                    source_ref: CrossNamespaceSourceReference {
-                        name: "app".into(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
     let storage = tempfile::tempdir().unwrap();
     let process = Gantry(
         Command::new(env!("CARGO_BIN_EXE_gantry"))

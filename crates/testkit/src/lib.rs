@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+pub mod flux;
 pub mod git;
 pub mod postgres;
 pub mod registry;

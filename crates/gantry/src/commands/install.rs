@@ -200,9 +200,9 @@ fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<serde_json::Value>> {
         to_value(&leader_election_role(namespace))?,
         to_value(&leader_election_binding(namespace))?,
         to_value(&deployment(namespace, &image(args)?, run_args))?,
-        to_value(&webhook_service(namespace))?,
-        to_value(&serving_service(namespace))?,
-        to_value(&artifact_service(namespace))?,
+        to_value(&service(namespace, "webhook-receiver", "http-webhook"))?,
+        to_value(&service(namespace, SERVING_SERVICE, "serving"))?,
+        to_value(&service(namespace, ARTIFACT_SERVICE, "http"))?,
     ]);
     Ok(objects)
 }
@@ -503,10 +503,15 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-/// `webhook-receiver`, the Service name Flux uses, so ingress set up for Flux keeps working.
-fn webhook_service(namespace: &str) -> Service {
+/// A ClusterIP Service on port 80 to the named container port of Gantry's pods. Gantry serves
+/// under the names Flux's and Knative's tooling expect:
+/// - `webhook-receiver` (Flux's), so ingress set up for Flux keeps working;
+/// - `gantry-serving`, the router, which every replica serves (no leader on the data path);
+/// - `source-controller` (Flux's), to the artifact server, so consumers that download
+///   `status.artifact.url` reach Gantry.
+fn service(namespace: &str, name: &str, target_port: &str) -> Service {
     Service {
-        metadata: meta("webhook-receiver", Some(namespace)),
+        metadata: meta(name, Some(namespace)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels()),
@@ -514,48 +519,7 @@ fn webhook_service(namespace: &str) -> Service {
                 name: Some("http".into()),
                 port: 80,
                 protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::String("http-webhook".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// `source-controller`, the Service Flux's artifact URLs name (port 80 to the artifact server),
-/// so consumers that download `status.artifact.url` reach Gantry.
-fn artifact_service(namespace: &str) -> Service {
-    Service {
-        metadata: meta(ARTIFACT_SERVICE, Some(namespace)),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::String("http".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// `gantry-serving`: the router, which every replica serves (no leader needed on the data path).
-fn serving_service(namespace: &str) -> Service {
-    Service {
-        metadata: meta(SERVING_SERVICE, Some(namespace)),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::String("serving".into())),
+                target_port: Some(IntOrString::String(target_port.into())),
                 ..Default::default()
             }]),
             ..Default::default()
