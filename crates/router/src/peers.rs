@@ -116,6 +116,9 @@ pub struct PeerStatus {
 pub struct Peers {
     token: String,
     identity: OnceLock<String>,
+    /// When membership began, and whether the Lease watch has listed every member since.
+    joined: OnceLock<Instant>,
+    synced: std::sync::atomic::AtomicBool,
     members: Mutex<BTreeMap<String, Member>>,
     view: Mutex<ReplicaView<RevisionKey>>,
     client: HttpClient<GuardedConnector, Empty<Bytes>>,
@@ -137,6 +140,8 @@ impl Peers {
         Peers {
             token: new_token(),
             identity: OnceLock::new(),
+            joined: OnceLock::new(),
+            synced: std::sync::atomic::AtomicBool::new(false),
             members: Mutex::default(),
             view: Mutex::new(ReplicaView::new(STALENESS)),
             client,
@@ -160,6 +165,15 @@ impl Peers {
     /// Replaces the members (by identity), as the Lease watch sees them.
     pub fn set_members(&self, members: BTreeMap<String, Member>) {
         *self.members.lock().unwrap_or_else(PoisonError::into_inner) = members;
+        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Membership began but the members are not known yet: a leader that started a moment ago
+    /// must not decide alone. Bounded by [`STALENESS`], so a watch that never lists cannot hold
+    /// scale-downs for ever.
+    fn unknown(&self) -> bool {
+        !self.synced.load(std::sync::atomic::Ordering::SeqCst)
+            && self.joined.get().is_some_and(|t| t.elapsed() < STALENESS)
     }
 
     /// The other replicas whose Lease is live now.
@@ -352,7 +366,9 @@ impl Router {
                 Err(err) => tracing::debug!(replica = %id, %err, "no report from a replica"),
             }
         }
-        view.tick(now)
+        let mut tick = view.tick(now);
+        tick.unsure |= self.inner.peers.unknown();
+        tick
     }
 }
 
@@ -430,6 +446,7 @@ pub async fn run_membership(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     router.peers().set_identity(&m.identity);
+    let _ = router.peers().joined.set(Instant::now());
     let api: Api<Lease> = Api::namespaced(m.client.clone(), &m.namespace);
     let name = lease_name(&m.identity);
     let publish = {
@@ -751,5 +768,14 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let report: Report = serde_json::from_str(&body).unwrap();
         assert_eq!(report.identity, "a");
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_lease_watch_has_not_listed_yet_holds_scale_downs() {
+        let (leader, _, _stop) = replica("a").await;
+        let _ = leader.peers().joined.set(Instant::now());
+        assert!(leader.scrape_peers().await.unsure);
+        leader.peers().set_members(BTreeMap::new());
+        assert!(!leader.scrape_peers().await.unsure);
     }
 }
