@@ -399,6 +399,21 @@ async fn a_long_request_through_the_standby_keeps_the_revision_awake_for_the_lea
         for g in [&a, &b] {
             assert_eq!(metric(g, "gantry_serving_dial_refused_total").await, 0.0);
         }
+
+        // A replica that stops (SIGTERM) deletes its Lease: the leader stops asking at once.
+        let stopped = Command::new("kill")
+            .args(["-TERM", &b.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        wait_for(
+            &leases,
+            &lease_name("gantry-b"),
+            Duration::from_secs(30),
+            |l| l.is_none(),
+        )
+        .await;
         kubelet.abort();
     })
     .await;
