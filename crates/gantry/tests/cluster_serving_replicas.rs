@@ -5,7 +5,8 @@
 //!   and grace although the leader sees no traffic itself; after it ends the Revision sleeps.
 //! - With the Revision at zero and requests sent to both replicas, the leader is SIGKILLed after
 //!   the wake patch but before the pod is ready: every request held on the standby is answered
-//!   exactly once when the pod is ready, and the standby, leader now, later scales it to zero.
+//!   exactly once when the pod is ready, and the standby, leader now, later scales it to zero
+//!   and deletes the dead replica's Lease.
 //!
 //! As in `cluster_serving_router.rs` (whose helpers these follow): kwok runs no containers, so
 //! a watcher in the test plays the kubelet and starts a stand-in HTTP server on each pod's
@@ -505,6 +506,17 @@ async fn the_standby_serves_its_held_requests_when_the_leader_dies_mid_wake_then
         );
         assert_eq!(metric(&b, "gantry_serving_sleeps_total").await, 1.0);
         assert_eq!(metric(&b, "gantry_serving_dial_refused_total").await, 0.0);
+
+        // The new leader deletes the killed replica's Lease once it has not been renewed for
+        // three Lease durations (45 s).
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        wait_for(
+            &leases,
+            &lease_name("gantry-a"),
+            Duration::from_secs(90),
+            |l| l.is_none(),
+        )
+        .await;
         kubelet.abort();
     })
     .await;
