@@ -1,6 +1,11 @@
 //! The autoscaler loop: every tick, each Revision's exact in-flight area (or requests started)
 //! since the last tick goes into its windows, the KPA decides, and changed replica counts go to
-//! the [`Scaler`](crate::Scaler). Only the leader runs it; every replica wakes Revisions.
+//! the [`Scaler`](crate::Scaler). Only the leader decides; every replica wakes Revisions.
+//!
+//! The leader first asks the other replicas for their counts ([`crate::peers`]) and decides from
+//! the sum: their area and requests join its own in the windows, their in-flight requests and
+//! latest activity join its own in the idle rule. While a live replica has not reported yet,
+//! nothing is scaled down.
 //!
 //! Scaling to zero takes two ticks: the first marks the Revision draining and remembers its
 //! last-activity reading; the second scales to zero only if nothing started or finished in
@@ -10,10 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use gantry_core::serving::autoscale::{Metric, bounded, is_idle};
+use gantry_core::serving::autoscale::{Metric, PeerTick, bounded, is_idle, merge_activity};
 
 use crate::metrics::RevisionLabels;
 use crate::revision::Revision;
+use crate::table::RevisionKey;
 use crate::{Router, ScaleReason};
 
 /// Knative's autoscaler ticks every 2 s; the router's counts are exact, so a shorter tick costs
@@ -29,27 +35,40 @@ pub struct Decision {
 }
 
 impl Router {
-    /// Records this tick's measurements and returns the scale changes to make.
+    /// Records this tick's measurements (this replica's alone) and returns the scale changes to
+    /// make.
     pub fn autoscale_tick(&self) -> Vec<Decision> {
+        self.autoscale_tick_with(&PeerTick::default())
+    }
+
+    /// Records this tick's measurements, this replica's plus the other replicas' `peers`, and
+    /// returns the scale changes to make.
+    pub fn autoscale_tick_with(&self, peers: &PeerTick<RevisionKey>) -> Vec<Decision> {
         let mut out = Vec::new();
         for rev in self.revisions() {
-            if let Some(d) = self.decide(&rev) {
+            if let Some(d) = self.decide(&rev, peers) {
                 out.push(d);
             }
         }
         out
     }
 
-    fn decide(&self, rev: &Arc<Revision>) -> Option<Decision> {
+    fn decide(&self, rev: &Arc<Revision>, peers: &PeerTick<RevisionKey>) -> Option<Decision> {
+        let others = peers.loads.get(&rev.key).copied().unwrap_or_default();
         let config = rev.config();
         let s = &config.autoscale;
         let now = rev.now();
         let mut st = rev.scale.lock().unwrap_or_else(PoisonError::into_inner);
         let area = rev.area_us();
-        let delta = st.last_area.map_or(0, |a| area.wrapping_sub(a));
+        let delta = st
+            .last_area
+            .map_or(0, |a| area.wrapping_sub(a))
+            .saturating_add(others.area_us);
         st.last_area = Some(area);
         let started = rev.started.load(Ordering::Relaxed);
-        let delta_started = started.wrapping_sub(st.last_started);
+        let delta_started = started
+            .wrapping_sub(st.last_started)
+            .saturating_add(others.started);
         st.last_started = started;
         let value = match s.metric {
             Metric::Concurrency => delta as f64 / 1e6,
@@ -60,7 +79,7 @@ impl Router {
         let panic = st.buckets.average(now, s.panic_window());
         let ready = rev.ready_pods();
         let kpa = st.decider.desired(s, now, stable, panic, ready);
-        let activity = rev.activity();
+        let activity = merge_activity(&rev.activity(), &others);
         let idle = is_idle(s, &activity, now);
         let want = bounded(s, kpa, idle);
         let labels = RevisionLabels::from(&rev.key);
@@ -85,8 +104,14 @@ impl Router {
                 reason: ScaleReason::Autoscale,
             });
         }
+        if peers.unsure && i64::from(want) < current {
+            // A replica's load is unknown until it reports (or is dropped as stale).
+            st.draining = None;
+            return None;
+        }
         if want == 0 {
-            let mark = rev.last_active_raw();
+            // Any start or finish here or on another replica changes the mark.
+            let mark = rev.last_active_raw().wrapping_add(others.mark);
             match st.draining {
                 Some(m) if m == mark && activity.in_flight == 0 => {
                     st.draining = None;
@@ -147,7 +172,9 @@ impl Router {
         }
     }
 
-    /// Runs the autoscaler every `tick` while `is_leader()` says so, until `shutdown`.
+    /// Runs the autoscaler every `tick` until `shutdown`; while `is_leader()` says so it asks the
+    /// other replicas for their counts and applies its decisions. A standby keeps its own
+    /// windows current, so that it decides well the moment it leads.
     pub async fn run_autoscaler(
         self,
         tick: Duration,
@@ -162,9 +189,12 @@ impl Router {
                 _ = interval.tick() => {}
                 () = &mut shutdown => return,
             }
-            let decisions = self.autoscale_tick();
             if is_leader() {
+                let peers = self.scrape_peers().await;
+                let decisions = self.autoscale_tick_with(&peers);
                 self.apply(decisions).await;
+            } else {
+                self.autoscale_tick();
             }
         }
     }

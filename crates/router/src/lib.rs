@@ -8,7 +8,9 @@
 //! - [`probe`]: active readiness probes of new pods, every 10 ms.
 //! - [`autoscaler`]: the KPA ([`gantry_core::serving::autoscale`]) fed by exact in-flight
 //!   counts, and the draining step before a scale to zero.
-//! - [`dial`]: the loopback guard every backend connection goes through.
+//! - [`peers`]: every replica reports its exact counts to the leader, which decides from the
+//!   sum (replica Leases, a report endpoint on the serving listener, scrapes each tick).
+//! - [`dial`]: the loopback guard every backend connection (and peer scrape) goes through.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,7 @@ pub mod autoscaler;
 pub mod cluster;
 pub mod dial;
 pub mod metrics;
+pub mod peers;
 pub mod probe;
 pub mod proxy;
 pub mod revision;
@@ -36,7 +39,7 @@ use crate::table::{Endpoint, RevisionConfig, RevisionKey, Target, normalize_host
 pub enum ScaleReason {
     /// A request found the Revision at zero: raise the replicas to at least this, never lower.
     Wake,
-    /// The autoscaler's decision (leader only).
+    /// The autoscaler's decision (leader only), from the counts of every replica.
     Autoscale,
     /// Idle for the stable window plus grace, drained: scale to zero (leader only).
     Sleep,
@@ -113,6 +116,7 @@ pub(crate) struct Inner {
     pub guard: Arc<DialGuard>,
     pub metrics: RouterMetrics,
     pub clients: proxy::Clients,
+    pub peers: peers::Peers,
 }
 
 /// The router: routing table, live Revision state and the HTTP clients. Cheap to clone.
@@ -125,6 +129,7 @@ impl Router {
     pub fn new(settings: RouterSettings, scaler: Arc<dyn Scaler>, metrics: RouterMetrics) -> Self {
         let guard = Arc::new(DialGuard::new(settings.loopback_only));
         let clients = proxy::Clients::new(guard.clone());
+        let peers = peers::Peers::new(guard.clone());
         Router {
             inner: Arc::new(Inner {
                 base: Instant::now(),
@@ -135,6 +140,7 @@ impl Router {
                 guard,
                 metrics,
                 clients,
+                peers,
             }),
         }
     }

@@ -168,6 +168,10 @@ impl Router {
             .map(normalize_host)
             .unwrap_or_default();
         let Some(route) = self.route(&host) else {
+            if host == crate::peers::REPORT_HOST {
+                let (status, body) = self.peer_report(req.headers());
+                return answer(status, &body);
+            }
             return answer(
                 StatusCode::NOT_FOUND,
                 &format!("no Knative Service serves host \"{host}\""),

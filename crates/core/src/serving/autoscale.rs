@@ -20,7 +20,8 @@
 //! longer than the window therefore keeps its Revision awake, and a sparse but steady trickle
 //! never lets it sleep. [`bounded`] then applies `min-scale`, `max-scale` and the zero rule.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::Duration;
 
 /// Knative's `TargetMin`: a per-pod target never goes below this.
@@ -313,6 +314,221 @@ pub fn bounded(s: &Settings, kpa_desired: u32, idle: bool) -> u32 {
     }
 }
 
+/// One replica's exact counters for one Revision, as it reports them to the leader.
+///
+/// Every `gantry run` replica serves the data path, so each sees only its own share of the
+/// requests; the leader adds the others' shares to its own before deciding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests in flight there right now, held ones included.
+    pub in_flight: u64,
+    /// The area under that replica's in-flight curve since it started, in
+    /// request-microseconds (wrapping: only differences between reports mean anything).
+    pub area_us: u64,
+    /// Requests started there since it started (wrapping).
+    pub started: u64,
+    /// How long before the report the latest request started or finished there; `None` if
+    /// none ever did. A duration, not a time, so that the replicas' clocks need not agree.
+    pub idle_for: Option<Duration>,
+    /// Changes whenever a request starts or finishes there (opaque).
+    pub mark: u64,
+}
+
+/// The other replicas' share of one Revision's load, as of one autoscaler tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerLoad {
+    /// Requests in flight on the other replicas.
+    pub in_flight: u64,
+    /// Request-microseconds the other replicas served since the previous tick.
+    pub area_us: u64,
+    /// Requests they started since the previous tick.
+    pub started: u64,
+    /// Their latest start or finish, on the leader's clock (never earlier than it happened).
+    pub last_active: Option<Duration>,
+    /// Sum of their marks: any start or finish anywhere changes it.
+    pub mark: u64,
+}
+
+/// What the leader knows of one other replica.
+#[derive(Clone, Debug)]
+struct Peer<K> {
+    /// Identifies the process (its address and secret): a new one starts from nothing.
+    instance: String,
+    /// When the leader first tried to hear from it.
+    first_seen: Duration,
+    /// When its latest report arrived.
+    reported_at: Option<Duration>,
+    /// Its latest counters per Revision, with their last activity on the leader's clock.
+    latest: HashMap<K, (Counters, Option<Duration>)>,
+    /// The `(area_us, started)` readings already added to the windows.
+    consumed: HashMap<K, (u64, u64)>,
+}
+
+/// The leader's view of the other replicas' counters: per-replica reports in, per-Revision
+/// sums out, each tick.
+///
+/// - A replica is a member while its Lease is live ([`ReplicaView::set_members`]); one that
+///   leaves is forgotten at once.
+/// - A member whose latest report is older than `staleness` is dropped from the sums (it
+///   stopped reporting: crashed, partitioned or hung); its counters count again from its next
+///   report, with a fresh baseline.
+/// - A member not heard from yet, for less than `staleness` since it was first seen, makes the
+///   tick [`PeerTick::unsure`]: its load is unknown, so nothing may scale down until it reports
+///   or is dropped.
+/// - Cumulative counters make a lost or late report harmless: the next one carries the
+///   difference.
+#[derive(Clone, Debug)]
+pub struct ReplicaView<K> {
+    staleness: Duration,
+    peers: BTreeMap<String, Peer<K>>,
+}
+
+/// The result of [`ReplicaView::tick`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerTick<K: Eq + Hash> {
+    pub loads: HashMap<K, PeerLoad>,
+    /// Some live replica has not reported yet: scale nothing down this tick.
+    pub unsure: bool,
+}
+
+impl<K: Eq + Hash> Default for PeerTick<K> {
+    fn default() -> Self {
+        PeerTick {
+            loads: HashMap::new(),
+            unsure: false,
+        }
+    }
+}
+
+/// How a member stands, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Not heard from yet, within the staleness bound.
+    Waiting,
+    /// Reported this long ago.
+    Reported(Duration),
+    /// Silent for longer than the staleness bound: not counted.
+    Stale,
+}
+
+impl<K: Eq + Hash + Clone> ReplicaView<K> {
+    pub fn new(staleness: Duration) -> Self {
+        ReplicaView {
+            staleness,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn staleness(&self) -> Duration {
+        self.staleness
+    }
+
+    /// The other replicas with a live Lease, as `(identity, instance)`. New ones are first seen
+    /// `now`; ones missing are forgotten; a changed instance (a restarted process) starts over.
+    pub fn set_members<'a>(
+        &mut self,
+        now: Duration,
+        members: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        let mut next = BTreeMap::new();
+        for (id, instance) in members {
+            let peer = match self.peers.remove(id) {
+                Some(p) if p.instance == instance => p,
+                _ => Peer {
+                    instance: instance.to_owned(),
+                    first_seen: now,
+                    reported_at: None,
+                    latest: HashMap::new(),
+                    consumed: HashMap::new(),
+                },
+            };
+            next.insert(id.to_owned(), peer);
+        }
+        self.peers = next;
+    }
+
+    /// A report from `id` that arrived at `now`; ignored unless `id` is a member.
+    pub fn record(
+        &mut self,
+        id: &str,
+        now: Duration,
+        counters: impl IntoIterator<Item = (K, Counters)>,
+    ) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        peer.reported_at = Some(now);
+        peer.latest = counters
+            .into_iter()
+            .map(|(k, c)| {
+                // `now` is when the answer arrived, after the replica measured: the activity it
+                // reports happened no later than this.
+                let last = c.idle_for.map(|d| now.saturating_sub(d));
+                (k, (c, last))
+            })
+            .collect();
+    }
+
+    pub fn states(&self, now: Duration) -> Vec<(String, PeerState)> {
+        self.peers
+            .iter()
+            .map(|(id, p)| (id.clone(), self.state(p, now)))
+            .collect()
+    }
+
+    fn state(&self, p: &Peer<K>, now: Duration) -> PeerState {
+        match p.reported_at {
+            Some(t) if now.saturating_sub(t) <= self.staleness => {
+                PeerState::Reported(now.saturating_sub(t))
+            }
+            None if now.saturating_sub(p.first_seen) < self.staleness => PeerState::Waiting,
+            _ => PeerState::Stale,
+        }
+    }
+
+    /// The other replicas' load per Revision since the previous tick.
+    pub fn tick(&mut self, now: Duration) -> PeerTick<K> {
+        let mut out = PeerTick::default();
+        let states: Vec<PeerState> = self.peers.values().map(|p| self.state(p, now)).collect();
+        for (peer, state) in self.peers.values_mut().zip(states) {
+            match state {
+                PeerState::Waiting => out.unsure = true,
+                PeerState::Stale => {
+                    // Counted again from a fresh baseline when it reports again.
+                    peer.latest.clear();
+                    peer.consumed.clear();
+                }
+                PeerState::Reported(_) => {
+                    peer.consumed.retain(|k, _| peer.latest.contains_key(k));
+                    for (k, (c, last)) in &peer.latest {
+                        let (area0, started0) =
+                            *peer.consumed.get(k).unwrap_or(&(c.area_us, c.started));
+                        peer.consumed.insert(k.clone(), (c.area_us, c.started));
+                        let load = out.loads.entry(k.clone()).or_default();
+                        load.in_flight += c.in_flight;
+                        load.area_us = load.area_us.saturating_add(c.area_us.wrapping_sub(area0));
+                        load.started = load
+                            .started
+                            .saturating_add(c.started.wrapping_sub(started0));
+                        load.last_active = load.last_active.max(*last);
+                        load.mark = load.mark.wrapping_add(c.mark);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Merges the other replicas' load into this replica's own [`Activity`].
+pub fn merge_activity(own: &Activity, peers: &PeerLoad) -> Activity {
+    Activity {
+        in_flight: own.in_flight + peers.in_flight,
+        last_active: own.last_active.max(peers.last_active),
+        since: own.since,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,5 +709,192 @@ mod tests {
         };
         assert_eq!(bounded(&s, 1, false), 3);
         assert_eq!(bounded(&s, 1, true), 0);
+    }
+
+    fn counters(in_flight: u64, area_us: u64, started: u64, idle_for: Option<u64>) -> Counters {
+        Counters {
+            in_flight,
+            area_us,
+            started,
+            idle_for: idle_for.map(secs),
+            mark: area_us.wrapping_add(started).wrapping_add(1),
+        }
+    }
+
+    #[test]
+    fn peer_loads_sum_exact_differences_between_reports() {
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(100), [("a", "a1"), ("b", "b1")]);
+        v.record(
+            "a",
+            secs(100),
+            [("rev", counters(1, 5_000_000, 3, Some(0)))],
+        );
+        v.record(
+            "b",
+            secs(100),
+            [("rev", counters(2, 1_000_000, 1, Some(2)))],
+        );
+        // The first report is a baseline: nothing is attributed to the window yet.
+        let t = v.tick(secs(100));
+        assert!(!t.unsure);
+        let l = t.loads["rev"];
+        assert_eq!((l.in_flight, l.area_us, l.started), (3, 0, 0));
+        assert_eq!(l.last_active, Some(secs(100)), "the latest of the two, a's");
+        // One second later: a served 1 request-second more and started 2; b finished.
+        v.record(
+            "a",
+            secs(101),
+            [("rev", counters(1, 6_000_000, 5, Some(0)))],
+        );
+        v.record(
+            "b",
+            secs(101),
+            [("rev", counters(0, 1_500_000, 1, Some(0)))],
+        );
+        let l = v.tick(secs(101)).loads["rev"];
+        assert_eq!((l.in_flight, l.area_us, l.started), (1, 1_500_000, 2));
+        // A missed report changes nothing; the next one carries the difference.
+        let l = v.tick(secs(102)).loads["rev"];
+        assert_eq!((l.in_flight, l.area_us, l.started), (1, 0, 0));
+        v.record(
+            "a",
+            secs(103),
+            [("rev", counters(1, 8_000_000, 5, Some(0)))],
+        );
+        v.record(
+            "b",
+            secs(103),
+            [("rev", counters(0, 1_500_000, 1, Some(2)))],
+        );
+        assert_eq!(v.tick(secs(103)).loads["rev"].area_us, 2_000_000);
+    }
+
+    #[test]
+    fn counters_wrap_without_harm() {
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(0), [("a", "a1")]);
+        v.record(
+            "a",
+            secs(0),
+            [("rev", counters(1, u64::MAX - 10, u64::MAX, None))],
+        );
+        v.tick(secs(0));
+        v.record("a", secs(1), [("rev", counters(1, 20, 1, None))]);
+        let l = v.tick(secs(1)).loads["rev"];
+        assert_eq!((l.area_us, l.started), (31, 2));
+    }
+
+    #[test]
+    fn a_busy_peer_keeps_the_revision_awake_and_a_silent_one_is_dropped_in_time() {
+        let s = Settings {
+            stable_window: secs(10),
+            scale_to_zero_grace: secs(5),
+            ..Default::default()
+        };
+        // The leader itself saw nothing for ages.
+        let own = Activity {
+            in_flight: 0,
+            last_active: None,
+            since: secs(0),
+        };
+        assert!(is_idle(&s, &own, secs(1_000)));
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(990), [("standby", "s1")]);
+        v.record(
+            "standby",
+            secs(1_000),
+            [("rev", counters(1, 0, 1, Some(600)))],
+        );
+        let t = v.tick(secs(1_000));
+        let merged = merge_activity(&own, &t.loads["rev"]);
+        assert_eq!(merged.in_flight, 1);
+        assert!(
+            !is_idle(&s, &merged, secs(1_000)),
+            "a long request on the standby"
+        );
+        // The standby stops answering: its last report counts until the staleness bound...
+        let t = v.tick(secs(1_005));
+        assert!(!is_idle(
+            &s,
+            &merge_activity(&own, &t.loads["rev"]),
+            secs(1_005)
+        ));
+        assert_eq!(v.states(secs(1_005))[0].1, PeerState::Reported(secs(5)));
+        // ...and no longer.
+        let t = v.tick(secs(1_006));
+        assert!(!t.loads.contains_key("rev"));
+        assert!(is_idle(
+            &s,
+            &merge_activity(&own, &PeerLoad::default()),
+            secs(1_006)
+        ));
+        assert_eq!(v.states(secs(1_006))[0].1, PeerState::Stale);
+        // When it reports again it counts again, from a fresh baseline.
+        v.record(
+            "standby",
+            secs(1_010),
+            [("rev", counters(0, 9_000_000, 2, Some(1)))],
+        );
+        let l = v.tick(secs(1_010)).loads["rev"];
+        assert_eq!((l.area_us, l.last_active), (0, Some(secs(1_009))));
+    }
+
+    #[test]
+    fn activity_on_a_peer_counts_from_when_its_answer_arrived() {
+        let s = Settings {
+            stable_window: secs(10),
+            scale_to_zero_grace: secs(5),
+            ..Default::default()
+        };
+        let own = Activity {
+            in_flight: 0,
+            last_active: Some(secs(0)),
+            since: secs(0),
+        };
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(0), [("b", "b1")]);
+        // b's last request finished 3 s before its answer arrived at 100: idle from 97.
+        v.record("b", secs(100), [("rev", counters(0, 0, 1, Some(3)))]);
+        let merged = merge_activity(&own, &v.tick(secs(100)).loads["rev"]);
+        assert_eq!(merged.last_active, Some(secs(97)));
+        assert!(!is_idle(&s, &merged, secs(111)));
+        assert!(is_idle(&s, &merged, secs(112)));
+    }
+
+    #[test]
+    fn an_unheard_member_holds_scale_downs_for_the_staleness_bound() {
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(10), [("new", "n1")]);
+        assert!(v.tick(secs(10)).unsure);
+        assert!(v.tick(secs(14)).unsure);
+        assert_eq!(v.states(secs(14))[0].1, PeerState::Waiting);
+        assert!(!v.tick(secs(15)).unsure, "dropped after the bound");
+        // A restarted process (new instance) is a new member: unsure again until it reports.
+        v.set_members(secs(20), [("new", "n2")]);
+        assert!(v.tick(secs(20)).unsure);
+        v.record("new", secs(21), [("rev", counters(0, 0, 0, None))]);
+        assert!(!v.tick(secs(21)).unsure);
+        // A member whose Lease is gone is forgotten at once; reports from it are ignored.
+        v.set_members(secs(22), []);
+        v.record("new", secs(22), [("rev", counters(5, 0, 0, Some(0)))]);
+        let t = v.tick(secs(22));
+        assert!(t.loads.is_empty() && !t.unsure);
+    }
+
+    #[test]
+    fn the_mark_changes_with_any_start_or_finish_anywhere() {
+        let mut v: ReplicaView<&str> = ReplicaView::new(secs(5));
+        v.set_members(secs(0), [("a", "a1"), ("b", "b1")]);
+        let mk = |mark| Counters {
+            mark,
+            ..Counters::default()
+        };
+        v.record("a", secs(0), [("rev", mk(10))]);
+        v.record("b", secs(0), [("rev", mk(20))]);
+        let m0 = v.tick(secs(0)).loads["rev"].mark;
+        assert_eq!(v.tick(secs(1)).loads["rev"].mark, m0, "nothing happened");
+        v.record("b", secs(2), [("rev", mk(21))]);
+        assert_ne!(v.tick(secs(2)).loads["rev"].mark, m0);
     }
 }

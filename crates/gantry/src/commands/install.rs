@@ -435,14 +435,16 @@ fn service_account_subject(namespace: &str, account: &str) -> Subject {
 }
 
 /// Leader election only needs Leases in Gantry's own namespace: read, created once, renewed and
-/// taken over by patch, and watched by standbys so a released Lease is taken at once.
+/// taken over by patch, and watched by standbys so a released Lease is taken at once. Each
+/// replica also keeps a serving replica Lease there (its address for the leader to collect its
+/// request counts), deletes it when it stops, and the leader deletes those of replicas long gone.
 fn leader_election_role(namespace: &str) -> Role {
     Role {
         metadata: meta(&format!("{NAME}-leader-election"), Some(namespace)),
         rules: Some(vec![rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "list", "watch", "create", "patch"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         )]),
     }
 }
@@ -541,6 +543,8 @@ fn deployment(namespace: &str, image: &str, args: Vec<String>) -> Deployment {
             // Leader election identity and lease namespace.
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // The serving address other replicas collect this one's request counts at.
+            field_env("POD_IP", "status.podIP"),
             // Flux's log keys, so `flux logs` reads the pod's log as it reads Flux's.
             EnvVar {
                 name: "GANTRY_LOG_FORMAT".into(),
@@ -1043,6 +1047,37 @@ mod tests {
         assert_eq!(
             deployment["spec"]["template"]["spec"]["containers"][0]["args"][2],
             "--default-service-account=flux"
+        );
+    }
+
+    #[test]
+    fn replicas_keep_serving_leases_and_advertise_their_pod_ip() {
+        let role = leader_election_role("gantry-system");
+        let rules = role.rules.unwrap();
+        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+            assert!(
+                rules.iter().any(|r| {
+                    r.api_groups
+                        .iter()
+                        .flatten()
+                        .any(|g| g == "coordination.k8s.io")
+                        && r.resources.iter().flatten().any(|x| x == "leases")
+                        && r.verbs.iter().any(|v| v == verb)
+                }),
+                "leases {verb}"
+            );
+        }
+        assert_eq!(role.metadata.namespace.as_deref(), Some("gantry-system"));
+        let documents = manifests(&args(false)).unwrap();
+        let deployment = documents
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .unwrap();
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array().unwrap().iter().any(|e| e["name"] == "POD_IP"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
+            "{env}"
         );
     }
 

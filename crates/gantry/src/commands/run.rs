@@ -308,15 +308,21 @@ async fn serve(args: &RunArgs) -> Result<()> {
         signal.cancel();
     });
 
-    // Every replica serves the data path; only the leader's autoscaler scales.
+    // Every replica serves the data path and reports its counts; only the leader's autoscaler
+    // scales, from the counts of all.
     let leader = Arc::new(AtomicBool::new(false));
     if args.serving_router.enabled() {
         let router = args.serving_router.router(&client, router_metrics);
+        let replica = args.leader_elect.then(|| super::serving_router::Replica {
+            identity: identity(),
+            namespace: args.leader_election_namespace.clone(),
+        });
         args.serving_router
             .start(
                 client.clone(),
                 router,
                 args.watch_namespace.clone(),
+                replica,
                 leader.clone(),
                 shutdown.clone(),
             )
@@ -508,19 +514,24 @@ async fn watch_release(
     }
 }
 
+/// This replica's leader-election identity (also that of its serving replica Lease).
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gantry".into()),
+            std::process::id()
+        )
+    })
+}
+
 /// Waits until this replica holds the Lease (or shutdown is requested).
 async fn acquire_leadership(
     client: &kube::Client,
     args: &RunArgs,
     shutdown: &CancellationToken,
 ) -> Result<Leadership> {
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-        format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "gantry".into()),
-            std::process::id()
-        )
-    });
+    let identity = identity();
     // Without it the lease manager fails with the API server's 404; say what to do instead.
     let namespace = &args.leader_election_namespace;
     let exists = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())

@@ -49,6 +49,19 @@ pub struct ServingRouterArgs {
     /// 127.0.0.0/8 and ::1: for tests, the sandbox and benchmarks on one machine.
     #[arg(long, env = "GANTRY_SERVING_LOOPBACK_ONLY", default_value_t = false, action = ArgAction::Set)]
     pub serving_loopback_only: bool,
+    /// The address other replicas reach this one's serving listener at, published in its
+    /// replica Lease so the leader can collect its counts. Default: `$POD_IP` with the serving
+    /// port, else the bound address unless it is unspecified (0.0.0.0).
+    #[arg(long, env = "GANTRY_SERVING_ADVERTISE_ADDR")]
+    pub serving_advertise_addr: Option<SocketAddr>,
+}
+
+/// How this replica takes part in leader election, for its replica Lease.
+pub struct Replica {
+    /// The leader-election identity.
+    pub identity: String,
+    /// Gantry's namespace, where the Leases are.
+    pub namespace: String,
 }
 
 impl ServingRouterArgs {
@@ -67,13 +80,30 @@ impl ServingRouterArgs {
         Router::new(settings, KubeScaler::new(client.clone(), events), metrics)
     }
 
-    /// Serves the router, fills it from the cluster, and runs the autoscaler while `leader` is
-    /// set. Everything stops with `shutdown`.
+    /// Where other replicas reach this one: the flag, else `$POD_IP` on the bound port, else the
+    /// bound address if it is a specific one.
+    fn advertised(&self, local: SocketAddr) -> Option<SocketAddr> {
+        if let Some(addr) = self.serving_advertise_addr {
+            return Some(addr);
+        }
+        if let Some(ip) = std::env::var("POD_IP")
+            .ok()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        {
+            return Some(SocketAddr::new(ip, local.port()));
+        }
+        (!local.ip().is_unspecified()).then_some(local)
+    }
+
+    /// Serves the router, fills it from the cluster, runs the autoscaler while `leader` is set
+    /// and, with leader election (`replica`), reports this replica's counts to the leader.
+    /// Everything stops with `shutdown`.
     pub async fn start(
         &self,
         client: kube::Client,
         router: Router,
         namespace: Option<String>,
+        replica: Option<Replica>,
         leader: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<()> {
@@ -92,6 +122,30 @@ impl ServingRouterArgs {
             enable_scale_to_zero: self.enable_scale_to_zero,
             request_timeout: self.serving_request_timeout,
         };
+        if let Some(replica) = replica {
+            match self.advertised(local) {
+                Some(address) => {
+                    let membership = gantry_router::peers::Membership {
+                        client: client.clone(),
+                        namespace: replica.namespace,
+                        identity: replica.identity,
+                        address,
+                    };
+                    let (stop, leader) = (shutdown.clone(), leader.clone());
+                    tokio::spawn(gantry_router::peers::run_membership(
+                        membership,
+                        router.clone(),
+                        move || leader.load(Ordering::SeqCst),
+                        async move { stop.cancelled().await },
+                    ));
+                }
+                None => tracing::warn!(
+                    serving = %local,
+                    "no address to advertise to the other replicas (set POD_IP or \
+                     --serving-advertise-addr): the leader will not count this replica's requests"
+                ),
+            }
+        }
         let stop = shutdown.clone();
         let cluster = gantry_router::cluster::run(client, router.clone(), namespace, defaults);
         tokio::spawn(async move {
