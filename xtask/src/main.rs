@@ -151,6 +151,29 @@ enum SandboxTask {
         #[arg(long)]
         after: String,
     },
+    /// Stop or start a stand-in application (`production`): its Monitor goes DOWN and alerts.
+    StandIn {
+        /// The environment: `production`.
+        name: String,
+        #[arg(value_enum)]
+        action: StandInAction,
+    },
+    /// Serve a stand-in application until killed (started detached by `up` and `stand-in`).
+    #[command(hide = true)]
+    ServeStandIn {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+    },
+    /// Receive the sandbox's alerts until killed (started detached by `up`).
+    #[command(hide = true)]
+    ServeAlerts {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        log: PathBuf,
+    },
     /// Serve the sandbox's git repositories until killed (started detached by `up`).
     #[command(hide = true)]
     ServeGit {
@@ -161,6 +184,12 @@ enum SandboxTask {
         #[arg(long)]
         user: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StandInAction {
+    Stop,
+    Start,
 }
 
 #[derive(Debug, Args)]
@@ -403,6 +432,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 SandboxTask::Down => sandbox::down(&paths, existing)?,
                 SandboxTask::PushImage { tag } => sandbox::push_image(&paths, &tag)?,
                 SandboxTask::GithubPush { .. } => bail!("github-push is handled before the paths"),
+                SandboxTask::StandIn { name, action } => {
+                    sandbox::stand_in(&paths, &name, matches!(action, StandInAction::Start))?
+                }
+                SandboxTask::ServeStandIn { name, port } => {
+                    sandbox::uptime::serve_stand_in(&name, port)?
+                }
+                SandboxTask::ServeAlerts { port, log } => {
+                    sandbox::uptime::serve_alerts(port, &log)?
+                }
                 SandboxTask::ServeGit { root, port, user } => {
                     sandbox::serve_git(&root, port, &user)?
                 }

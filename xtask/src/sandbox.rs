@@ -32,6 +32,8 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::{self, Paths, process};
 
+pub mod uptime;
+
 /// The namespace of the Flux objects, as Flux's users expect it.
 pub const NAMESPACE: &str = "flux-system";
 /// The image both environments run.
@@ -72,6 +74,9 @@ pub struct Record {
     pub gantry_log: PathBuf,
     /// The `GANTRY_CLUSTER` tag of the sandbox's processes.
     pub tag: PathBuf,
+    /// The Monitors' stand-in, alert receiver and status page.
+    #[serde(default)]
+    pub uptime: Option<uptime::Record>,
 }
 
 fn sandbox_dir(paths: &Paths) -> PathBuf {
@@ -197,6 +202,8 @@ pub fn up(
         },
     )?;
 
+    let monitors = uptime::start(&tag, &dir, &logs, &gantry.serving, &gantry.uptime)?;
+
     println!(
         "Registry, git server and gantry run started after {:.1}s; applying the pipeline.",
         started.elapsed().as_secs_f64()
@@ -220,6 +227,8 @@ pub fn up(
             ),
         ];
         wait_ready(&client, &hooks).await?;
+        uptime::apply(&client, &monitors).await?;
+        uptime::wait_up(&client, ready_timeout()).await?;
         anyhow::Ok(
             hooks
                 .iter()
@@ -241,6 +250,7 @@ pub fn up(
         gantry_pid: gantry.pid,
         gantry_log: gantry.log.clone(),
         tag,
+        uptime: Some(monitors),
     };
     std::fs::write(record_path(paths), serde_json::to_string_pretty(&record)?)?;
     print_summary(workspace, &record, started.elapsed());
@@ -266,6 +276,7 @@ pub fn down(paths: &Paths, existing: Option<&Path>) -> Result<()> {
     // While gantry still runs, so its finalizers prune staging and production.
     let deleted = runtime.block_on(async {
         let client = cluster::client(kubeconfig).await?;
+        uptime::delete(&client).await?;
         delete_pipeline(&client).await
     });
     let stopped = process::stop_all(&tag(paths, true), Duration::from_secs(10));
@@ -278,6 +289,22 @@ pub fn down(paths: &Paths, existing: Option<&Path>) -> Result<()> {
         "The sandbox is down ({stopped} process(es) stopped; the cluster itself was left as it was)."
     );
     Ok(())
+}
+
+/// `cargo xtask sandbox stand-in NAME stop|start`.
+pub fn stand_in(paths: &Paths, name: &str, running: bool) -> Result<()> {
+    let record = read_record(paths)?;
+    let monitors = record
+        .uptime
+        .as_ref()
+        .context("this sandbox was started without Monitors; run `cargo xtask sandbox` again")?;
+    uptime::stand_in(
+        &record.tag,
+        &record.tag.join("logs"),
+        monitors,
+        name,
+        running,
+    )
 }
 
 fn read_record(paths: &Paths) -> Result<Record> {
@@ -398,6 +425,8 @@ fn stop_processes(tag: &Path) {
     for (pid, cmdline) in process::find(tag) {
         let ours = cmdline.contains("docker-registry")
             || cmdline.contains("serve-git")
+            || cmdline.contains(uptime::STAND_IN_COMMAND)
+            || cmdline.contains(uptime::ALERTS_COMMAND)
             || (cmdline.contains("gantry") && cmdline.contains(" run "));
         if ours {
             process::stop_pid(pid, Duration::from_secs(10));
@@ -920,6 +949,9 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
         r.serving
     );
     println!("  ready        {}", r.health);
+    if let Some(u) = &r.uptime {
+        u.print();
+    }
     for (name, url) in &r.webhooks {
         println!("  webhook      {name:<9} {url}");
     }
@@ -949,6 +981,9 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
         1,
     );
     println!("  git clone {authed}   # the automation's commits are here");
+    if let Some(u) = &r.uptime {
+        u.print_try();
+    }
     println!("Stop it:  cargo xtask sandbox down");
 }
 

@@ -116,6 +116,102 @@ fn git(args: &[&str]) -> String {
     gantry_testkit::git::git(Path::new("."), args)
 }
 
+/// The Monitors `up` adds: both UP on the printed status page; stopping the production
+/// stand-in turns production DOWN with one alert at the printed receiver (staging, checked on
+/// the router's listener, stays UP); starting it again sends the recovery.
+async fn monitors_alert_when_production_goes_down(state: &Path, client: &kube::Client, said: &str) {
+    use gantry_api::uptime::v1alpha1::Monitor;
+    let page = value_after(said, "status page")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let alerts = value_after(said, "alerts")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // The page is rendered from a cached snapshot of the history: it follows within seconds.
+    let page_shows = |name: &'static str, state: &'static str| {
+        let page = page.clone();
+        async move {
+            let want = format!("data-monitor=\"{NS}/{name}\" data-state=\"{state}\"");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let html = reqwest::get(&page).await.unwrap().text().await.unwrap();
+                if html.contains(&want) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} is not {state} on the status page: {html}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    page_shows("production", "UP").await;
+    page_shows("staging", "UP").await;
+    let received = || async {
+        let all: Vec<serde_json::Value> =
+            reqwest::get(&alerts).await.unwrap().json().await.unwrap();
+        all.iter()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a["reason"].as_str().unwrap_or_default(),
+                    a["involvedObject"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        received().await.is_empty(),
+        "no alert while everything is UP"
+    );
+    let monitors: Api<Monitor> = Api::namespaced(client.clone(), NS);
+    let state_of = |name: &'static str| {
+        let monitors = monitors.clone();
+        async move {
+            monitors
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.state)
+                .unwrap_or_default()
+        }
+    };
+    let until = |want: &'static [&'static str]| {
+        let received = &received;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let now = received().await;
+                if now == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "alerts {now:?}, expected {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    let stopped = xtask_ok(state, &["sandbox", "stand-in", "production", "stop"]);
+    assert!(stopped.contains("stand-in is stopped"), "{stopped}");
+    until(&["MonitorDown production"]).await;
+    assert_eq!(state_of("production").await, "DOWN");
+    assert_eq!(state_of("staging").await, "UP", "staging is not affected");
+    page_shows("production", "DOWN").await;
+
+    xtask_ok(state, &["sandbox", "stand-in", "production", "start"]);
+    until(&["MonitorDown production", "MonitorUp production"]).await;
+    assert_eq!(state_of("production").await, "UP");
+}
+
 #[tokio::test]
 async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down() {
     let state = tempfile::tempdir().unwrap();
@@ -210,6 +306,8 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
             String::from_utf8_lossy(&printed.stderr)
         );
     }
+    monitors_alert_when_production_goes_down(state.path(), &client, &said).await;
+
     let git_line = value_after(&said, "git");
     let mut words = git_line.split_whitespace();
     let git_url = words.next().unwrap().to_string();

@@ -40,6 +40,9 @@ fn start_gantry(namespace: &str) -> Gantry {
         .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
         .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
         .arg("--uptime-addr=127.0.0.1:0")
+        .arg("--serving-addr=127.0.0.1:0")
+        .arg("--serving-loopback-only=true")
+        .arg("--storage-addr=127.0.0.1:0")
         .arg("--storage-path")
         .arg(storage.path())
         .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
@@ -242,6 +245,9 @@ stringData: {token: outside}
             .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
             .arg("--uptime-addr=127.0.0.1:0")
+            .arg("--serving-addr=127.0.0.1:0")
+            .arg("--serving-loopback-only=true")
+            .arg("--storage-addr=127.0.0.1:0")
             .arg(format!(
                 "--uptime-heartbeat-url=http://127.0.0.1:{port}{path}"
             ))

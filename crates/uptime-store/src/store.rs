@@ -1057,12 +1057,15 @@ impl Mem {
         }
         let since = match previous {
             Some(p) if p.state == sample.state => p.since,
+            // A DOWN confirmed after PENDING failures began with the first of them, as the
+            // checker's DOWN alert says: a new leader recovering it times the outage alike.
+            Some(p) if sample.state == State::Down && p.state == State::Pending => p.since,
             _ => sample.at,
         };
         if sample.state == State::Down && !self.open.contains_key(key) {
             let incident = Incident {
                 key: key.clone(),
-                started_at: sample.at,
+                started_at: since,
                 ended_at: None,
                 cause: sample.message.clone().unwrap_or_default(),
             };
@@ -1400,6 +1403,38 @@ async fn retention_task(store: Weak<Inner>, interval: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_down_confirmed_after_pending_failures_began_with_the_first() {
+        let key = MonitorKey::new("prod", "web");
+        let at = |secs: i64, state: State| Sample {
+            key: key.clone(),
+            at: secs * 1000,
+            state,
+            success: state == State::Up,
+            response_us: None,
+            http_status: None,
+            message: None,
+        };
+        let mut mem = Mem::default();
+        for (secs, state) in [
+            (0, State::Up),
+            (10, State::Pending),
+            (12, State::Pending),
+            (14, State::Down),
+            (16, State::Down),
+        ] {
+            mem.track(&at(secs, state));
+        }
+        // As the checker's DOWN alert (`downSince`): the outage began with the first failure.
+        assert_eq!(mem.states[&key].since, 10_000);
+        assert_eq!(mem.open[&key].started_at, 10_000);
+        mem.track(&at(20, State::Up));
+        assert_eq!(mem.states[&key].since, 20_000);
+        // A DOWN straight after UP (a threshold of one) begins with itself.
+        mem.track(&at(30, State::Down));
+        assert_eq!(mem.open[&key].started_at, 30_000);
+    }
 
     #[test]
     fn locations_come_from_the_flags() {

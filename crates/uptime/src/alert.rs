@@ -17,6 +17,7 @@ use gantry_core::notification::alert::{self, Event, InvolvedObject, ProviderConf
 use gantry_core::uptime::state::{self, human};
 use gantry_notification::dispatch::{Stats, send_with_retries};
 
+use crate::engine::PERSIST_WAIT;
 use crate::plan::{AlertTargets, Plan};
 
 /// Reporter of alert events (Flux's `reportingController`).
@@ -63,6 +64,18 @@ impl Notifier {
 
     /// Sends `alert` about `plan`'s Monitor to its Providers, in the background.
     pub fn send(&self, plan: &Plan, alert: &state::Alert, now: jiff::Timestamp) {
+        self.send_after(plan, alert, now, None);
+    }
+
+    /// [`Notifier::send`] once `stored` resolves (the state the alert announces is in the
+    /// history database), or after [`PERSIST_WAIT`] at most.
+    pub fn send_after(
+        &self,
+        plan: &Plan,
+        alert: &state::Alert,
+        now: jiff::Timestamp,
+        stored: Option<BoxFuture<'static, ()>>,
+    ) {
         if plan.alerts == AlertTargets::default() {
             return;
         }
@@ -72,6 +85,11 @@ impl Notifier {
         let targets = plan.alerts.clone();
         let key = plan.key.to_string();
         tokio::spawn(async move {
+            if let Some(stored) = stored
+                && tokio::time::timeout(PERSIST_WAIT, stored).await.is_err()
+            {
+                tracing::warn!(monitor = %key, "alert sent before its state was stored (history database slow or away)");
+            }
             let deliveries = match this.directory.resolve(&namespace, &targets).await {
                 Ok(d) => d,
                 Err(err) => {

@@ -83,7 +83,17 @@ pub trait Recorder: Send + Sync + 'static {
     fn record(&self, plan: &Plan, at: Timestamp, state: State, result: &CheckResult);
     /// The Monitor is gone.
     fn forget(&self, key: &Key);
+    /// Resolves once what was recorded so far is stored where the next leader (or the next
+    /// process) recovers it from. An alert waits for it (bounded by [`PERSIST_WAIT`]), so the
+    /// state it announces is never announced again after a leader change or a restart.
+    fn persisted(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
+
+/// How long an alert waits for its state to be stored before it is sent anyway: a database
+/// that is away must not silence alerts (it then risks a repeat after a leader change).
+pub const PERSIST_WAIT: Duration = Duration::from_secs(10);
 
 /// A sink that only logs state changes.
 pub struct LogSink;
@@ -524,7 +534,10 @@ impl Engine {
             );
         }
         if let Some(alert) = &step.alert {
-            self.inner.notifier.send(plan, alert, now);
+            // Stored first: a leader killed after this alert leaves its successor the state
+            // it announced, so the successor neither repeats it nor misses the recovery.
+            let stored = self.recorder().map(|r| r.persisted());
+            self.inner.notifier.send_after(plan, alert, now, stored);
         }
         self.inner.sink.report(Report {
             snapshot: snap,

@@ -111,8 +111,10 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
                 "Monitor" => {
                     let mut m: Monitor = serde_json::from_value(doc).map_err(what)?;
                     id(&mut m);
-                    // Standalone objects never change generation: 1 throughout.
-                    m.metadata.generation = Some(1);
+                    // No API server counts generations here: one derived from the spec lets a
+                    // reload tell a changed Monitor (checked again soon) from an unchanged one
+                    // (schedule kept).
+                    m.metadata.generation = Some(spec_generation(&m));
                     config.monitors.push(m);
                 }
                 "Provider" => {
@@ -144,6 +146,16 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
     Ok(config)
 }
 
+/// A stable positive number for a Monitor's spec.
+fn spec_generation(m: &Monitor) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&m.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    i64::try_from(h.finish() >> 2).unwrap_or(1).max(1)
+}
+
 /// Providers, Alerts and Secrets from the configuration.
 pub struct ConfigDirectory(pub Arc<Config>);
 
@@ -153,62 +165,112 @@ impl Directory for ConfigDirectory {
         namespace: &'a str,
         targets: &'a AlertTargets,
     ) -> futures::future::BoxFuture<'a, Result<Vec<Delivery>, String>> {
-        Box::pin(async move {
-            let config = &self.0;
-            let id = |n: &str| (namespace.to_string(), n.to_string());
-            let mut wanted: Vec<(String, BTreeMap<String, String>, Option<String>)> = targets
-                .providers
-                .iter()
-                .map(|p| (p.clone(), BTreeMap::new(), None))
-                .collect();
-            if let Some(name) = &targets.alert {
-                let alert = config
-                    .alerts
-                    .get(&id(name))
-                    .ok_or_else(|| format!("Alert '{namespace}/{name}' not found"))?;
-                if !alert.spec.suspend {
-                    wanted.push((
-                        alert.spec.provider_ref.name.clone(),
-                        alert.spec.event_metadata.clone(),
-                        alert.spec.summary.clone(),
-                    ));
-                }
-            }
-            let mut out = Vec::new();
-            for (name, metadata, summary) in wanted {
-                let provider = config
-                    .providers
-                    .get(&id(&name))
-                    .ok_or_else(|| format!("Provider '{namespace}/{name}' not found"))?;
-                if provider.spec.suspend {
-                    continue;
-                }
-                let read = |secret: String| {
-                    let found = config.secrets.get(&id(&secret)).map(|d| {
-                        d.iter()
-                            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                            .collect()
-                    });
-                    async move { found.ok_or_else(|| format!("secret '{secret}' not found")) }
-                };
-                let (config, http, headers) =
-                    gantry_notification::dispatch::prepare_provider(provider, read).await?;
-                out.push(Delivery {
-                    name: format!("{namespace}/{name}"),
-                    config,
-                    http,
-                    headers,
-                    metadata,
-                    summary,
-                });
-            }
-            Ok(out)
-        })
+        Box::pin(resolve_in(self.0.clone(), namespace, targets))
     }
+}
+
+/// The configuration in use, which a reload replaces (alerts read it when they are sent).
+#[derive(Clone, Default)]
+pub struct LiveConfig(Arc<std::sync::RwLock<Arc<Config>>>);
+
+impl LiveConfig {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    pub fn get(&self) -> Arc<Config> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, config: Arc<Config>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+}
+
+impl Directory for LiveConfig {
+    fn resolve<'a>(
+        &'a self,
+        namespace: &'a str,
+        targets: &'a AlertTargets,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Delivery>, String>> {
+        Box::pin(resolve_in(self.get(), namespace, targets))
+    }
+}
+
+async fn resolve_in(
+    config: Arc<Config>,
+    namespace: &str,
+    targets: &AlertTargets,
+) -> Result<Vec<Delivery>, String> {
+    let config = &config;
+    let id = |n: &str| (namespace.to_string(), n.to_string());
+    let mut wanted: Vec<(String, BTreeMap<String, String>, Option<String>)> = targets
+        .providers
+        .iter()
+        .map(|p| (p.clone(), BTreeMap::new(), None))
+        .collect();
+    if let Some(name) = &targets.alert {
+        let alert = config
+            .alerts
+            .get(&id(name))
+            .ok_or_else(|| format!("Alert '{namespace}/{name}' not found"))?;
+        if !alert.spec.suspend {
+            wanted.push((
+                alert.spec.provider_ref.name.clone(),
+                alert.spec.event_metadata.clone(),
+                alert.spec.summary.clone(),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, metadata, summary) in wanted {
+        let provider = config
+            .providers
+            .get(&id(&name))
+            .ok_or_else(|| format!("Provider '{namespace}/{name}' not found"))?;
+        if provider.spec.suspend {
+            continue;
+        }
+        let read = |secret: String| {
+            let found = config.secrets.get(&id(&secret)).map(|d| {
+                d.iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect()
+            });
+            async move { found.ok_or_else(|| format!("secret '{secret}' not found")) }
+        };
+        let (config, http, headers) =
+            gantry_notification::dispatch::prepare_provider(provider, read).await?;
+        out.push(Delivery {
+            name: format!("{namespace}/{name}"),
+            config,
+            http,
+            headers,
+            metadata,
+            summary,
+        });
+    }
+    Ok(out)
 }
 
 /// Compiles every Monitor of `config` into `engine`; all problems are reported at once.
 pub fn schedule(config: &Config, engine: &Engine) -> Result<usize, Error> {
+    let plans = plans(config)?;
+    let n = plans.len();
+    for p in plans {
+        engine.upsert(p);
+    }
+    Ok(n)
+}
+
+/// Every Monitor of `config` compiled (suspended ones left out), or all the problems.
+fn plans(config: &Config) -> Result<Vec<plan::Plan>, Error> {
     let clients = Clients::default();
     let mut problems = Vec::new();
     let mut plans = Vec::new();
@@ -231,11 +293,96 @@ pub fn schedule(config: &Config, engine: &Engine) -> Result<usize, Error> {
     if !problems.is_empty() {
         return Err(Error::Invalid(problems.join("\n")));
     }
+    Ok(plans)
+}
+
+/// Reads the directory again and applies it: new Monitors are scheduled, changed ones take
+/// their new plan with their state and history, removed ones stop. A directory that does not
+/// load or holds an invalid Monitor changes nothing (the running configuration goes on); the
+/// error says why. Returns how many Monitors are scheduled.
+pub fn reload(dir: &Path, live: &LiveConfig, engine: &Engine) -> Result<usize, Error> {
+    let config = Arc::new(load(dir)?);
+    if config.monitors.is_empty() {
+        return Err(Error::Empty(dir.to_path_buf()));
+    }
+    let plans = plans(&config)?;
+    live.set(config);
+    let keep: std::collections::HashSet<plan::Key> = plans.iter().map(|p| p.key.clone()).collect();
+    for gone in engine
+        .snapshots()
+        .into_iter()
+        .map(|s| s.key)
+        .filter(|k| !keep.contains(k))
+    {
+        engine.remove(&gone);
+    }
     let n = plans.len();
     for p in plans {
         engine.upsert(p);
     }
     Ok(n)
+}
+
+/// What identifies the directory's contents cheaply: each YAML file's name, size and mtime.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Reloads the directory on SIGHUP, and when a file changes (looked at every `every`).
+async fn watch(
+    dir: PathBuf,
+    live: LiveConfig,
+    engine: Engine,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|err| tracing::warn!(%err, "no reload on SIGHUP"))
+        .ok();
+    let mut seen = fingerprint(&dir);
+    loop {
+        let why = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            _ = tokio::time::sleep(every) => {
+                let now = fingerprint(&dir);
+                if now == seen {
+                    continue;
+                }
+                "a file changed"
+            }
+        };
+        seen = fingerprint(&dir);
+        match reload(&dir, &live, &engine) {
+            Ok(monitors) => {
+                tracing::info!(dir = %dir.display(), monitors, why, "configuration reloaded")
+            }
+            Err(err) => tracing::error!(
+                dir = %dir.display(), why,
+                "configuration not reloaded, the previous one stays in use: {err}"
+            ),
+        }
+    }
 }
 
 /// Settings of `gantry uptime serve`.
@@ -247,6 +394,8 @@ pub struct Settings {
     /// Where history is kept (and states recovered from after a restart); memory only when
     /// `None`.
     pub storage: Option<gantry_uptime_store::Location>,
+    /// How often the directory is looked at for changes (SIGHUP reloads at once too).
+    pub reload_interval: std::time::Duration,
 }
 
 impl Settings {
@@ -256,6 +405,7 @@ impl Settings {
             listen,
             concurrency: DEFAULT_CONCURRENCY,
             storage: None,
+            reload_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -277,7 +427,8 @@ pub async fn start(
         return Err(Error::Empty(settings.config.clone()));
     }
     let metrics = Metrics::new();
-    let notifier = Notifier::new(Arc::new(ConfigDirectory(config.clone())));
+    let live = LiveConfig::new(config.clone());
+    let notifier = Notifier::new(Arc::new(live.clone()));
     let mut engine = Engine::new(
         notifier,
         Arc::new(LogSink),
@@ -334,7 +485,14 @@ pub async fn start(
             let server = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .into_future();
-            let (served, ()) = tokio::join!(server, engine.run(shutdown));
+            let watcher = watch(
+                settings.config.clone(),
+                live,
+                engine.clone(),
+                settings.reload_interval,
+                shutdown.clone(),
+            );
+            let (served, (), ()) = tokio::join!(server, engine.run(shutdown), watcher);
             if let Err(err) = served {
                 tracing::error!(%err, "uptime server");
             }

@@ -68,6 +68,15 @@ impl Recorder for Store {
         );
     }
 
+    fn persisted(&self) -> futures::future::BoxFuture<'static, ()> {
+        let store = self.clone();
+        Box::pin(async move {
+            if let Err(err) = store.flush().await {
+                tracing::warn!(%err, "uptime history not stored before an alert");
+            }
+        })
+    }
+
     fn forget(&self, key: &Key) {
         let store = self.clone();
         let key = key_of(key);

@@ -639,6 +639,8 @@ pub struct GantryProcess {
     pub health: String,
     /// The serving router's address (`--serving-addr`).
     pub serving: String,
+    /// Heartbeats and the uptime status page (`--uptime-addr`), `http://127.0.0.1:<port>`.
+    pub uptime: String,
     pub log: PathBuf,
 }
 
@@ -669,6 +671,7 @@ pub fn start_gantry(
     let (metrics_port, health_port) = (free_port()?, free_port()?);
     let receiver_port = opts.receiver_port.map_or_else(free_port, Ok)?;
     let serving_port = free_port()?;
+    let uptime_port = free_port()?;
     let storage = opts.dir.join("gantry-storage");
     fs::create_dir_all(&storage)?;
     let args = vec![
@@ -679,7 +682,7 @@ pub fn start_gantry(
         format!("--receiver-addr=127.0.0.1:{receiver_port}"),
         format!("--serving-addr=127.0.0.1:{serving_port}"),
         "--serving-loopback-only=true".to_string(),
-        "--uptime-addr=127.0.0.1:0".to_string(),
+        format!("--uptime-addr=127.0.0.1:{uptime_port}"),
         "--storage-addr=127.0.0.1:0".to_string(),
         format!("--storage-path={}", storage.display()),
     ];
@@ -702,6 +705,7 @@ pub fn start_gantry(
         metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
         health: format!("http://{health}/readyz"),
         serving: format!("127.0.0.1:{serving_port}"),
+        uptime: format!("http://127.0.0.1:{uptime_port}"),
         log: gantry.log.clone(),
     })
 }

@@ -200,7 +200,7 @@ impl ServingArgs {
     }
 }
 
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     gantry_api::meta::parse_duration(text).map_err(|e| e.to_string())
 }
 

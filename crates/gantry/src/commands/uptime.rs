@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// `postgres://...` to keep the history in Postgres instead.
     #[arg(long, env = "GANTRY_DATABASE_URL")]
     database_url: Option<String>,
+    /// How often the config directory is looked at for changes; SIGHUP reloads it at once.
+    /// A reload keeps every Monitor's state; a directory that does not load is reported and the
+    /// running configuration goes on.
+    #[arg(long, default_value = "5s", value_parser = super::run::parse_duration_arg)]
+    reload_interval: std::time::Duration,
     /// Checks running at once at most.
     #[arg(long, default_value_t = gantry_uptime::engine::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -60,6 +65,7 @@ fn run_serve(args: &ServeArgs) -> Result<ExitCode> {
         let mut settings =
             gantry_uptime::standalone::Settings::new(args.config.clone(), args.listen);
         settings.concurrency = args.concurrency;
+        settings.reload_interval = args.reload_interval;
         settings.storage = Some(gantry_uptime_store::Location::from_flags(
             &args.storage_path,
             args.database_url.as_deref(),
