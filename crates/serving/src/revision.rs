@@ -1,7 +1,8 @@
-//! The Revision controller: creates the Revision's Deployment (once, with the initial scale)
-//! and reports `Ready`, `ContainerHealthy`, `ResourcesAvailable` and `Active` from it. The
-//! Deployment's watch wakes it, so `Active=False`/`NoTraffic` follows a scale to zero by the
-//! autoscaler.
+//! The Revision controller: creates the Revision's Deployment (once, with the initial scale),
+//! puts back what a hand edit changed in it (everything but `replicas`, which is the
+//! autoscaler's), and reports `Ready`, `ContainerHealthy`, `ResourcesAvailable` and `Active`
+//! from it. The Deployment's watch wakes it, so `Active=False`/`NoTraffic` follows a scale to
+//! zero by the autoscaler.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use gantry_api::serving::{
 use gantry_core::serving::naming;
 use gantry_runtime::controller::{Cx, Reconciler};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -40,6 +41,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("correcting Deployment {name}: {source}")]
+    Correct {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("encoding Deployment {name}: {source}")]
+    Encode {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
 }
@@ -60,7 +73,7 @@ impl Reconciler for Revisions {
             source,
         })?;
         let deployment = match existing {
-            Some(d) => d,
+            Some(d) => correct(&api, &rev, d).await?,
             None => {
                 let replicas = initial_replicas(&rev);
                 let wanted = resources::deployment(&rev, replicas);
@@ -93,6 +106,84 @@ impl Reconciler for Revisions {
     async fn cleanup(&self, _rev: Arc<Revision>, _cx: &Cx<Revision>) -> Result<(), Error> {
         Ok(())
     }
+}
+
+/// The Deployment as the Revision wants it, for server-side apply: without `replicas`, so the
+/// apply neither owns nor resets the autoscaler's field.
+pub fn applied_deployment(rev: &Revision) -> Result<serde_json::Value, serde_json::Error> {
+    let mut body = serde_json::to_value(resources::deployment(rev, 0))?;
+    if let Some(spec) = body
+        .get_mut("spec")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        spec.remove("replicas");
+    }
+    body["apiVersion"] = "apps/v1".into();
+    body["kind"] = "Deployment".into();
+    Ok(body)
+}
+
+/// The first path where `have` lacks or changed something `want` sets, if any (the API server
+/// adds defaults and others may add fields: only what the controller sets is compared).
+pub fn difference(want: &serde_json::Value, have: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w.iter().find_map(|(k, v)| match h.get(k) {
+            // Unset or empty in `want`: nothing to compare (an empty map sets nothing).
+            _ if v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) => None,
+            Some(hv) => difference(v, hv).map(|p| format!(".{k}{p}")),
+            None => Some(format!(".{k}")),
+        }),
+        (Value::Array(w), Value::Array(h)) if w.len() == h.len() => w
+            .iter()
+            .zip(h)
+            .enumerate()
+            .find_map(|(i, (a, b))| difference(a, b).map(|p| format!("[{i}]{p}"))),
+        _ if want == have => None,
+        _ => Some(String::new()),
+    }
+}
+
+/// Puts back what was edited in the Revision's Deployment (by hand, by another tool) with a
+/// forced server-side apply of everything but `replicas`. Knative reconciles its Deployment
+/// the same way; the replica count stays the autoscaler's.
+async fn correct(
+    api: &Api<Deployment>,
+    rev: &Revision,
+    have: Deployment,
+) -> Result<Deployment, Error> {
+    let name = naming::deployment_name(&rev.name_any());
+    let encode = |source| Error::Encode {
+        name: name.clone(),
+        source,
+    };
+    let want = applied_deployment(rev).map_err(encode)?;
+    let current = serde_json::to_value(&have).map_err(encode)?;
+    let compared = |v: &serde_json::Value| {
+        serde_json::json!({
+            "metadata": { "labels": v["metadata"]["labels"], "annotations": v["metadata"]["annotations"] },
+            "spec": v["spec"],
+        })
+    };
+    let Some(changed) = difference(&compared(&want), &compared(&current)) else {
+        return Ok(have);
+    };
+    tracing::info!(
+        namespace = rev.namespace().unwrap_or_default(),
+        deployment = %name,
+        %changed,
+        "correcting a changed Revision Deployment (replicas stay the autoscaler's)"
+    );
+    api.patch(
+        &name,
+        &PatchParams::apply(CONTROLLER).force(),
+        &Patch::Apply(&want),
+    )
+    .await
+    .map_err(|source| Error::Correct {
+        name: name.clone(),
+        source,
+    })
 }
 
 /// `initial-scale` (default 1) raised to `min-scale`.
@@ -282,6 +373,46 @@ mod tests {
         let s = status_for(&rev, &deployment(1, 0));
         assert_eq!(cond(&s, ACTIVE), ("Unknown", QUEUED_REASON));
         assert_eq!(cond(&s, READY).0, "True");
+    }
+
+    #[test]
+    fn the_applied_deployment_leaves_replicas_out_and_edits_are_found() {
+        let rev: Revision = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": { "name": "a-00001", "namespace": "team", "uid": "u" },
+            "spec": { "containers": [{ "name": "user-container", "image": "img:1" }] }
+        }))
+        .unwrap();
+        let want = applied_deployment(&rev).unwrap();
+        assert!(want["spec"].get("replicas").is_none());
+        assert_eq!(want["kind"], "Deployment");
+        // What the API server stores: the same plus defaults and someone's replicas.
+        let mut stored = serde_json::to_value(resources::deployment(&rev, 7)).unwrap();
+        stored["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+            "IfNotPresent".into();
+        stored["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst".into();
+        stored["metadata"]["uid"] = "d".into();
+        assert_eq!(
+            difference(&want, &stored),
+            None,
+            "defaults and replicas are no drift"
+        );
+        // Created without annotations; the Deployment controller adds its own later.
+        stored["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        assert_eq!(
+            difference(&want, &stored),
+            None,
+            "an empty map sets nothing"
+        );
+        stored["spec"]["template"]["spec"]["containers"][0]["image"] = "img:hacked".into();
+        assert_eq!(
+            difference(&want, &stored).as_deref(),
+            Some(".spec.template.spec.containers[0].image"),
+            "an edited image is drift"
+        );
     }
 
     #[test]
