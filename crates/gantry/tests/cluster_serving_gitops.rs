@@ -40,8 +40,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// `--stable-window` + `--scale-to-zero-grace-period` of the `gantry run` below, plus slack for a
 /// loaded machine.
 const SLEEP_WITHIN: Duration = Duration::from_secs(4 + 2 + 30);
-/// Who owns a Revision Deployment's `replicas` once the autoscaler scaled it: nobody else.
-const NO_OWNER: [&str; 0] = [];
+/// The field manager of the autoscaler's `/scale` writes.
+const AUTOSCALER: &str = "gantry-autoscaler";
 
 struct Gantry {
     child: Child,
@@ -299,9 +299,19 @@ async fn wait_replicas(client: &Client, ns: &str, revision: &str, replicas: i32,
     .await;
 }
 
-/// Which field managers own `spec.replicas` of the Deployment. Kubernetes records no entry for
-/// writes through `/scale` (the autoscaler's), so only other writers show up here: a
-/// Kustomization or the serving controllers owning it would be a fight.
+/// Asserts that nobody but the autoscaler owns `spec.replicas` of the Deployment: a
+/// Kustomization or the serving controllers owning it would be a fight. (Kubernetes does not
+/// always record a manager for writes through `/scale`, so the list may be empty.)
+fn assert_only_the_autoscaler_scales(d: &Deployment) {
+    let owners = replicas_owners(d);
+    assert!(
+        owners.iter().all(|m| m == AUTOSCALER),
+        "replicas of {:?} owned by {owners:?}",
+        d.metadata.name
+    );
+}
+
+/// Which field managers own `spec.replicas` of the Deployment.
 fn replicas_owners(d: &Deployment) -> Vec<String> {
     d.metadata
         .managed_fields
@@ -452,7 +462,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         // Knative's initial scale (1 pod), then idle: the autoscaler puts it to sleep.
         wait_replicas(&client, &ns, "hello-00001", 0, WAIT).await;
         let asleep = deployment(&client, &ns, "hello-00001").await;
-        assert_eq!(replicas_owners(&asleep), NO_OWNER, "{asleep:?}");
+        assert_only_the_autoscaler_scales(&asleep);
 
         // A GitOps re-sync while asleep keeps it asleep, and the ksvc keeps its status.
         resync(&client, &ns).await;
@@ -482,7 +492,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         resync(&client, &ns).await;
         let awake = deployment(&client, &ns, "hello-00001").await;
         assert_eq!(replicas_of(&awake), 1, "drift correction reset replicas");
-        assert_eq!(replicas_owners(&awake), NO_OWNER, "{awake:?}");
+        assert_only_the_autoscaler_scales(&awake);
 
         // No re-apply loop: several Kustomization intervals later the ksvc is still at its
         // first generation, with one Revision and its status intact.
@@ -567,7 +577,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         );
         for rev in ["hello-00001", "hello-00002"] {
             let d = deployment(&client, &ns, rev).await;
-            assert_eq!(replicas_owners(&d), NO_OWNER, "{rev}: {d:?}");
+            assert_only_the_autoscaler_scales(&d);
         }
         assert_eq!(
             metric(&gantry, "gantry_serving_dial_refused_total").await,
@@ -700,6 +710,144 @@ async fn a_tag_pushed_to_the_registry_becomes_a_new_revision_that_serves_and_sle
         kubelet.abort();
         drop(gantry);
         release_finalizers(&client, &ns).await;
+    })
+    .await;
+}
+
+/// The image of the Revision Deployment's serving container.
+fn image_of(d: &Deployment) -> Option<&str> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .as_deref()
+}
+
+/// Changes the Deployment's image as `kubectl set image` does, and waits until the serving
+/// controllers have put the Revision's image back; returns the corrected Deployment.
+async fn tamper_and_wait_corrected(client: &Client, ns: &str, revision: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let name = format!("{revision}-deployment");
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "user-container", "image": "example.invalid/tampered:6"}]}}}});
+    let params = PatchParams {
+        field_manager: Some("kubectl-set".into()),
+        ..PatchParams::default()
+    };
+    let tampered = api
+        .patch(&name, &params, &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    assert_eq!(image_of(&tampered), Some("example.invalid/tampered:6"));
+    wait_for(&api, &name, WAIT, |d| {
+        d.and_then(image_of) == Some("example.invalid/hello:1")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_hand_edited_revision_deployment_is_put_back_and_its_replicas_stay_the_autoscalers() {
+    with_namespace("ksvc-drift", |client, ns| async move {
+        install_crds(&client).await;
+        let kubelet = kubelet(client.clone(), &ns);
+        let gantry = start_gantry(&ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let mut svc: Service =
+            serde_saphyr::from_str(&ksvc_manifest("image: example.invalid/hello:1", Some("0")))
+                .unwrap();
+        svc.metadata.namespace = Some(ns.clone());
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        wait_serving(&client, &ns, "hello-00001").await;
+        let http = reqwest::Client::new();
+        let host = format!("hello.{ns}.example.com");
+        routed(&http, &gantry).await;
+
+        // Asleep: put back, and still asleep (the correction wakes nothing).
+        let corrected = tamper_and_wait_corrected(&client, &ns, "hello-00001").await;
+        assert_eq!(
+            replicas_of(&corrected),
+            0,
+            "the correction changed replicas"
+        );
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            pods.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+
+        // Awake and busy: put back, and the autoscaler's replica count stays.
+        let (stop, keeper) = keep_awake(http.clone(), gantry.serving, host.clone());
+        wait_replicas(&client, &ns, "hello-00001", 1, WAIT).await;
+        let corrected = tamper_and_wait_corrected(&client, &ns, "hello-00001").await;
+        assert_eq!(
+            replicas_of(&corrected),
+            1,
+            "the correction changed replicas"
+        );
+        assert_only_the_autoscaler_scales(&corrected);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        keeper.await.unwrap();
+        // The Revision itself never changed: one Revision, still Ready.
+        assert_eq!(revision_names(&client, &ns).await, ["hello-00001"]);
+        wait_serving(&client, &ns, "hello-00001").await;
+        kubelet.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ksvc_with_a_long_name_gets_knatives_shortened_revision_and_deployment_names() {
+    with_namespace("ksvc-long", |client, ns| async move {
+        install_crds(&client).await;
+        let kubelet = kubelet(client.clone(), &ns);
+        let gantry = start_gantry(&ns);
+        // 60 characters: `<name>-00001` would be 66, past a Kubernetes label's 63.
+        let name = "a-very-long-service-name-that-a-team-chose-for-its-app-12345";
+        let manifest = ksvc_manifest("image: example.invalid/hello:1", Some("0"))
+            .replace("name: hello", &format!("name: {name}"));
+        let mut svc: Service = serde_saphyr::from_str(&manifest).unwrap();
+        svc.metadata.namespace = Some(ns.clone());
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        // Knative's `kmeta.ChildName`: head, MD5 of the whole name, suffix (63 characters).
+        let revision = "a-very-long-service-name-390cdbbc373890ea3ad077a9917fbafb-00001";
+        let svc = wait_for(&services, name, WAIT, |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+                st.latest_ready_revision_name.as_deref() == Some(revision)
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await
+        .unwrap();
+        let deployment = "a-very-long-service-f8a2aba5fd2ef69e24545654e6b56426-deployment";
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let d = deployments.get(deployment).await.unwrap();
+        assert_eq!(replicas_of(&d), 0);
+        // The router finds the same Deployment: a request wakes it and is answered.
+        let http = reqwest::Client::new();
+        routed(&http, &gantry).await;
+        let host = svc.status.unwrap().url.unwrap();
+        let host = host.trim_start_matches("http://");
+        assert_eq!(host, format!("{name}.{ns}.example.com"));
+        let (status, body) = get(&http, &gantry, host).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.starts_with("example.invalid/hello:1 from 127.244."),
+            "{body}"
+        );
+        assert_eq!(replicas_of(&deployments.get(deployment).await.unwrap()), 1);
+        kubelet.abort();
     })
     .await;
 }
