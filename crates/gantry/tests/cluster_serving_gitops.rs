@@ -851,3 +851,74 @@ async fn a_ksvc_with_a_long_name_gets_knatives_shortened_revision_and_deployment
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_revision_whose_pod_cannot_be_scheduled_says_why_as_knative_does() {
+    with_namespace("ksvc-unschedulable", |client, ns| async move {
+        install_crds(&client).await;
+        let _gantry = start_gantry(&ns);
+        // More CPU than kwok's node has: the scheduler refuses the pod.
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "greedy", "namespace": ns},
+            "spec": {"template": {"spec": {"containers": [{
+                "image": "example.invalid/greedy:1",
+                "ports": [{"containerPort": PORT}],
+                "resources": {"requests": {"cpu": "100000"}},
+            }]}}},
+        }))
+        .unwrap();
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        let revisions: Api<Revision> = Api::namespaced(client.clone(), &ns);
+        let condition = |r: &Revision, t: &str| {
+            r.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+        };
+        let rev = wait_for(&revisions, "greedy-00001", WAIT, |r| {
+            r.and_then(|r| condition(r, "ResourcesAvailable"))
+                .is_some_and(|c| c.status == "False")
+        })
+        .await
+        .unwrap();
+        let available = condition(&rev, "ResourcesAvailable").unwrap();
+        assert_eq!(available.reason, "Unschedulable", "{available:?}");
+        assert!(
+            available.message.contains("Insufficient cpu"),
+            "{available:?}"
+        );
+        let ready = condition(&rev, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        // The ksvc names the failed Revision, as Knative's does.
+        let svc = wait_for(&services, "greedy", WAIT, |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "ConfigurationsReady"
+                        && c.status == "False"
+                        && c.reason == "RevisionFailed"
+                })
+            })
+        })
+        .await
+        .unwrap();
+        let status = svc.status.unwrap();
+        let configurations = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ConfigurationsReady")
+            .unwrap();
+        assert!(
+            configurations.message.contains("greedy-00001")
+                && configurations.message.contains("Insufficient cpu"),
+            "{configurations:?}"
+        );
+    })
+    .await;
+}

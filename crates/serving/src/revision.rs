@@ -15,7 +15,8 @@ use gantry_api::serving::{
 use gantry_core::serving::naming;
 use gantry_runtime::controller::{Cx, Reconciler};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -96,11 +97,23 @@ impl Reconciler for Revisions {
                 }
             }
         };
-        let status = status_for(&rev, &deployment);
+        let starving = wants_pods_but_has_none(&deployment);
+        let trouble = if starving {
+            first_pod_trouble(cx.client(), &namespace, &rev, &deployment).await
+        } else {
+            None
+        };
+        let status = status_with_pods(&rev, &deployment, trouble.as_ref());
         cx.write_status(&rev, &status)
             .await
             .map_err(Error::Status)?;
-        Ok(Action::await_change())
+        // Pod conditions change without the Deployment changing (the scheduler, the kubelet):
+        // look again while pods are wanted and none is available.
+        Ok(if starving {
+            Action::requeue(POD_RECHECK)
+        } else {
+            Action::await_change()
+        })
     }
 
     async fn cleanup(&self, _rev: Arc<Revision>, _cx: &Cx<Revision>) -> Result<(), Error> {
@@ -184,6 +197,165 @@ async fn correct(
         name: name.clone(),
         source,
     })
+}
+
+/// How often a Revision whose pods do not come up is looked at again.
+const POD_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What Knative surfaces from a Revision's first pod when none is available: the scheduler's
+/// refusal, the serving container's last exit, or (after the progress deadline) why it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodTrouble {
+    /// `ResourcesAvailable=False` with the pod's `PodScheduled` reason and message.
+    Unschedulable { reason: String, message: String },
+    /// `ContainerHealthy=False`, reason `ExitCode<n>`.
+    Exited { code: i32, message: String },
+    /// `ResourcesAvailable=False` with the container's waiting reason (e.g. `ImagePullBackOff`).
+    Waiting { reason: String, message: String },
+}
+
+/// The Deployment wants pods and has none available (Knative looks at the pods then).
+fn wants_pods_but_has_none(d: &Deployment) -> bool {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let available = d
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    desired > 0 && available == 0
+}
+
+/// Whether the Deployment's progress deadline passed (`Progressing=False`).
+fn timed_out(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        })
+}
+
+/// Knative's reading of one pod (`reconcileDeployment`): unschedulable first, then the serving
+/// container's last termination, then, past the deadline, its waiting reason.
+pub fn pod_trouble(pod: &Pod, container: &str, deadline_passed: bool) -> Option<PodTrouble> {
+    let status = pod.status.as_ref()?;
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| PodTrouble::Unschedulable {
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
+        });
+    let cs = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == container);
+    let from_container = cs.and_then(|cs| {
+        if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            let message = t
+                .message
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| {
+                    if t.exit_code == 0 {
+                        "container exited with no error".into()
+                    } else {
+                        String::new()
+                    }
+                });
+            return Some(PodTrouble::Exited {
+                code: t.exit_code,
+                message,
+            });
+        }
+        let waiting = cs.state.as_ref()?.waiting.as_ref()?;
+        deadline_passed.then(|| PodTrouble::Waiting {
+            reason: waiting.reason.clone().unwrap_or_default(),
+            message: waiting.message.clone().unwrap_or_default(),
+        })
+    });
+    // Knative applies both; the container's finding is the later, more specific one.
+    from_container.or(unschedulable)
+}
+
+/// The first pod's trouble, if any. A failed list is logged and read as "no trouble", as
+/// Knative does: the next look tries again.
+async fn first_pod_trouble(
+    client: &Client,
+    namespace: &str,
+    rev: &Revision,
+    d: &Deployment,
+) -> Option<PodTrouble> {
+    let selector = d
+        .spec
+        .as_ref()?
+        .selector
+        .match_labels
+        .as_ref()?
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::warn!(%namespace, revision = %rev.name_any(), %err, "listing the Revision's pods");
+            return None;
+        }
+    };
+    let container = rev
+        .spec
+        .container()
+        .and_then(|c| c.name.clone())
+        .unwrap_or_else(|| gantry_api::serving::DEFAULT_CONTAINER_NAME.to_owned());
+    pod_trouble(list.items.first()?, &container, timed_out(d))
+}
+
+/// [`status_for`] plus what the first pod says when the Revision has none available.
+pub fn status_with_pods(
+    rev: &Revision,
+    deployment: &Deployment,
+    trouble: Option<&PodTrouble>,
+) -> RevisionStatus {
+    let mut status = status_for(rev, deployment);
+    let Some(trouble) = trouble else {
+        return status;
+    };
+    let cs = &mut status.conditions;
+    match trouble {
+        PodTrouble::Unschedulable { reason, message } | PodTrouble::Waiting { reason, message } => {
+            set(
+                cs,
+                RESOURCES_AVAILABLE,
+                "False",
+                reason,
+                message,
+                severity::ERROR,
+            );
+        }
+        PodTrouble::Exited { code, message } => {
+            let message = format!("Container failed with: {message}");
+            let reason = format!("ExitCode{code}");
+            set(
+                cs,
+                CONTAINER_HEALTHY,
+                "False",
+                &reason,
+                &message,
+                severity::ERROR,
+            );
+        }
+    }
+    conditions::set_ready(cs, &[RESOURCES_AVAILABLE, CONTAINER_HEALTHY]);
+    status
 }
 
 /// `initial-scale` (default 1) raised to `min-scale`.
@@ -413,6 +585,64 @@ mod tests {
             Some(".spec.template.spec.containers[0].image"),
             "an edited image is drift"
         );
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "p" }, "status": status }))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_first_pod_says_why_there_is_none_as_knative_reports_it() {
+        let rev = Revision::new("a-00001", Default::default());
+        let unschedulable = pod(serde_json::json!({ "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient cpu."
+        }]}));
+        let trouble = pod_trouble(&unschedulable, "user-container", false);
+        let s = status_with_pods(&rev, &deployment(1, 0), trouble.as_ref());
+        assert_eq!(cond(&s, RESOURCES_AVAILABLE), ("False", "Unschedulable"));
+        assert_eq!(cond(&s, READY), ("False", "Unschedulable"));
+
+        let crashed = pod(serde_json::json!({ "containerStatuses": [{
+            "name": "user-container", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+            "lastState": { "terminated": { "exitCode": 5, "message": "I failed" } },
+            "state": { "waiting": { "reason": "CrashLoopBackOff" } }
+        }]}));
+        let trouble = pod_trouble(&crashed, "user-container", false);
+        assert_eq!(
+            trouble,
+            Some(PodTrouble::Exited {
+                code: 5,
+                message: "I failed".into()
+            })
+        );
+        let s = status_with_pods(&rev, &deployment(1, 0), trouble.as_ref());
+        assert_eq!(cond(&s, CONTAINER_HEALTHY), ("False", "ExitCode5"));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONTAINER_HEALTHY)
+            .unwrap();
+        assert_eq!(c.message, "Container failed with: I failed");
+        assert_eq!(cond(&s, READY).0, "False");
+
+        // Waiting (e.g. pulling) counts only once the progress deadline passed.
+        let pulling = pod(serde_json::json!({ "containerStatuses": [{
+            "name": "user-container", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": { "waiting": { "reason": "ImagePullBackOff", "message": "can't pull" } }
+        }]}));
+        assert_eq!(pod_trouble(&pulling, "user-container", false), None);
+        assert_eq!(
+            pod_trouble(&pulling, "user-container", true),
+            Some(PodTrouble::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: "can't pull".into()
+            })
+        );
+        // Nothing wrong: the Deployment decides, as before.
+        let s = status_with_pods(&rev, &deployment(1, 0), None);
+        assert_eq!(cond(&s, RESOURCES_AVAILABLE), ("Unknown", DEPLOYING_REASON));
     }
 
     #[test]
