@@ -1118,6 +1118,8 @@ async fn serve_stand_in(listener: tokio::net::TcpListener, answer: std::sync::Ar
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let answer = answer.clone();
