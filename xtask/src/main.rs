@@ -184,6 +184,15 @@ enum SandboxTask {
         #[arg(long)]
         user: String,
     },
+    /// Play the kubelet for kwok's pods until killed: a stand-in HTTP server on each pod's
+    /// loopback IP and container port (started detached by `up`).
+    #[command(hide = true)]
+    ServePods {
+        #[arg(long)]
+        pods_kubeconfig: PathBuf,
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -444,6 +453,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 SandboxTask::ServeGit { root, port, user } => {
                     sandbox::serve_git(&root, port, &user)?
                 }
+                SandboxTask::ServePods {
+                    pods_kubeconfig,
+                    namespaces,
+                } => sandbox::serve_pods(&pods_kubeconfig, &namespaces)?,
             }
             Ok(ExitCode::SUCCESS)
         }

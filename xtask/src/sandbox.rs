@@ -5,13 +5,21 @@
 //! `GANTRY_CLUSTER=<state dir>` (so `sandbox down`, `cluster down` and a later `up` find them): a
 //! `docker-registry` whose notifications go to a `generic` Receiver, a git server that accepts
 //! authenticated pushes (testkit's `GitHttpServer` in `cargo xtask sandbox serve-git`), and
-//! `gantry run`. It pushes the sample repository (`apps/base`, `clusters/staging`,
-//! `clusters/production`) and two images, applies the Flux objects of the reference pipeline
-//! in `flux-system`, and waits until both environments are rolled out. See `docs/sandbox.md`.
+//! `gantry run`. It pushes the sample repository (`apps/base`, `apps/serverless`,
+//! `clusters/staging`, `clusters/production`) and two images, applies the Flux objects of the
+//! reference pipeline in `flux-system`, and waits until both environments are rolled out. See
+//! `docs/sandbox.md`.
+//!
+//! Staging runs the app as a Knative Service scaled to zero (served by `gantry run`'s router and
+//! woken by the first request); production runs it as an ordinary Deployment. kwok runs no
+//! containers, so `sandbox serve-pods` (started detached by `up`) plays the kubelet: a stand-in
+//! HTTP server on each pod's 127.244.x address and container port, answering with the pod's
+//! image, so what the router forwards to gets an answer and nothing leaves loopback.
 //!
 //! With an existing cluster (`--kubeconfig`) the processes are tagged with `<state>/sandbox`
 //! instead, so that stopping them never touches a local control plane sharing the state dir.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +28,14 @@ use anyhow::{Context as _, Result, bail};
 use gantry_api::image::v1::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::notification::v1::Receiver;
+use gantry_api::serving::v1::{Revision, Service as KnativeService};
 use gantry_api::source::v1::GitRepository;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -69,6 +78,9 @@ pub struct Record {
     pub metrics: String,
     /// The serving router (Knative Services, routed by Host).
     pub serving: String,
+    /// The staging Knative Service's host (its `status.url`), the Host header for `serving`.
+    #[serde(default)]
+    pub staging_host: String,
     pub health: String,
     pub gantry_pid: u32,
     pub gantry_log: PathBuf,
@@ -201,6 +213,7 @@ pub fn up(
             env: &[("GANTRY_KUSTOMIZE", kustomize.as_os_str())],
         },
     )?;
+    start_pod_stand_ins(&tag, &logs, &kubeconfig)?;
 
     let monitors = uptime::start(&tag, &dir, &logs, &gantry.serving, &gantry.uptime)?;
 
@@ -216,7 +229,7 @@ pub fn up(
         github_token: github_token.clone(),
         registry_token: registry_token.clone(),
     };
-    let webhooks = runtime.block_on(async {
+    let (webhooks, staging_host) = runtime.block_on(async {
         let client = cluster::client(&kubeconfig).await?;
         apply_pipeline(&client, &pipeline).await?;
         let hooks = [
@@ -227,14 +240,16 @@ pub fn up(
             ),
         ];
         wait_ready(&client, &hooks).await?;
+        let staging_host = wait_staging_asleep(&client).await?;
         uptime::apply(&client, &monitors).await?;
         uptime::wait_up(&client, ready_timeout()).await?;
-        anyhow::Ok(
+        anyhow::Ok((
             hooks
                 .iter()
                 .map(|(name, path)| (name.to_string(), format!("{receiver}{path}")))
                 .collect::<Vec<_>>(),
-        )
+            staging_host,
+        ))
     })?;
 
     let record = Record {
@@ -246,6 +261,7 @@ pub fn up(
         webhooks,
         metrics: gantry.metrics.clone(),
         serving: gantry.serving.clone(),
+        staging_host,
         health: gantry.health.clone(),
         gantry_pid: gantry.pid,
         gantry_log: gantry.log.clone(),
@@ -336,9 +352,14 @@ pub fn push_image(paths: &Paths, tag: &str) -> Result<()> {
     println!("Pushed {image} ({digest}).");
     println!("The registry notifies the `registry` Receiver; watch it roll out:");
     println!(
-        "  kubectl --kubeconfig {} -n staging get deploy web -w",
+        "  kubectl --kubeconfig {} -n staging get ksvc,revisions -w   # staging: a new Revision",
         record.kubeconfig.display()
     );
+    println!(
+        "  kubectl --kubeconfig {} -n production get deploy web -w",
+        record.kubeconfig.display()
+    );
+    println!("  {}", curl_line(&record));
     Ok(())
 }
 
@@ -427,6 +448,7 @@ fn stop_processes(tag: &Path) {
             || cmdline.contains("serve-git")
             || cmdline.contains(uptime::STAND_IN_COMMAND)
             || cmdline.contains(uptime::ALERTS_COMMAND)
+            || cmdline.contains("serve-pods")
             || (cmdline.contains("gantry") && cmdline.contains(" run "));
         if ours {
             process::stop_pid(pid, Duration::from_secs(10));
@@ -501,13 +523,15 @@ fn start_git_server(tag: &Path, root: &Path, logs: &Path, password: &str) -> Res
 }
 
 /// The sample application repository, laid out as the reference pipeline. The overlays pin the
-/// image through kustomize's `images:`, and the setter markers on `newTag` let
-/// ImageUpdateAutomation rewrite exactly that.
+/// image through kustomize's `images:` (which also rewrites a Knative Service's container
+/// image), and the setter markers on `newTag` let ImageUpdateAutomation rewrite exactly that.
+/// Staging runs `apps/serverless` (the app as a Knative Service at zero), production
+/// `apps/base` (a Deployment and a Service).
 fn sample_repository(image: &str) -> Vec<(&'static str, String)> {
-    let overlay = |ns: &str, tag: &str, policy: &str| {
+    let overlay = |ns: &str, app: &str, tag: &str, policy: &str| {
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\n\
-             resources:\n  - namespace.yaml\n  - ../../apps/base\n\
+             resources:\n  - namespace.yaml\n  - ../../apps/{app}\n\
              images:\n  - name: web\n    newName: {image}\n    \
              newTag: {tag} # {{\"$imagepolicy\": \"{NAMESPACE}:{policy}:tag\"}}\n"
         )
@@ -518,8 +542,10 @@ fn sample_repository(image: &str) -> Vec<(&'static str, String)> {
         (
             "README.md",
             "# fleet\n\nThe reference pipeline of `cargo xtask sandbox`: `apps/base` is the application, \
-             `clusters/staging` follows the newest `<sha>-<YYYYMMDDHHMM>` image, `clusters/production` \
-             the newest semver release. Gantry's ImageUpdateAutomation commits new tags here.\n"
+             `apps/serverless` the same app as a Knative Service. `clusters/staging` runs it scaled \
+             to zero (woken by the first request) and follows the newest `<sha>-<YYYYMMDDHHMM>` image, \
+             `clusters/production` runs `apps/base` and follows the newest semver release. Gantry's \
+             ImageUpdateAutomation commits new tags here.\n"
                 .to_string(),
         ),
         (
@@ -542,18 +568,44 @@ fn sample_repository(image: &str) -> Vec<(&'static str, String)> {
              ports:\n    - port: 80\n      targetPort: 8080\n"
                 .to_string(),
         ),
+        (
+            "apps/serverless/kustomization.yaml",
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - service.yaml\n"
+                .to_string(),
+        ),
+        ("apps/serverless/service.yaml", STAGING_KSVC.to_string()),
         ("clusters/staging/namespace.yaml", namespace("staging")),
         (
             "clusters/staging/kustomization.yaml",
-            overlay("staging", FIRST_STAGING_TAG, "web-staging"),
+            overlay("staging", "serverless", FIRST_STAGING_TAG, "web-staging"),
         ),
         ("clusters/production/namespace.yaml", namespace("production")),
         (
             "clusters/production/kustomization.yaml",
-            overlay("production", FIRST_RELEASE_TAG, "web-production"),
+            overlay("production", "base", FIRST_RELEASE_TAG, "web-production"),
         ),
     ]
 }
+
+/// The app as a Knative Service, as a team writes it for Knative: at zero until the first
+/// request, back to zero after the 6 s window plus `gantry run`'s 30 s grace period.
+const STAGING_KSVC: &str = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/initial-scale: \"0\"
+        autoscaling.knative.dev/window: 6s
+    spec:
+      containers:
+        - image: web
+          ports:
+            - containerPort: 8080
+";
 
 struct Pipeline {
     /// Where `gantry run` serves webhooks, recorded on the `webhook-receiver` Service.
@@ -871,10 +923,8 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
             }
         }
     }
-    for (ns, tag) in [
-        ("staging", FIRST_STAGING_TAG),
-        ("production", FIRST_RELEASE_TAG),
-    ] {
+    // Staging is a Knative Service: see `wait_staging_asleep`.
+    for (ns, tag) in [("production", FIRST_RELEASE_TAG)] {
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
         loop {
             let deployment = api.get_opt("web").await?;
@@ -893,6 +943,246 @@ async fn wait_ready(client: &kube::Client, hooks: &[(&str, String)]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Waits until staging's Knative Service routes to a Ready Revision of the first staging image
+/// that sleeps at zero replicas; returns the Service's host (the Host header to the router).
+async fn wait_staging_asleep(client: &kube::Client) -> Result<String> {
+    let timeout = ready_timeout();
+    let deadline = Instant::now() + timeout;
+    let services: Api<KnativeService> = Api::namespaced(client.clone(), "staging");
+    let revisions: Api<Revision> = Api::namespaced(client.clone(), "staging");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "staging");
+    loop {
+        let state = match staging_state(&services, &revisions, &deployments).await? {
+            Ok(host) => return Ok(host),
+            Err(state) => state,
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "Knative Service staging/{IMAGE} did not serve {IMAGE}:{FIRST_STAGING_TAG} at zero within {timeout:?}: {state}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `Ok(host)` when staging's ksvc is Ready on the first image at zero, else what is missing.
+async fn staging_state(
+    services: &Api<KnativeService>,
+    revisions: &Api<Revision>,
+    deployments: &Api<Deployment>,
+) -> Result<std::result::Result<String, String>> {
+    let Some(svc) = services.get_opt(IMAGE).await? else {
+        return Ok(Err("it does not exist".into()));
+    };
+    let Some(status) = svc.status.as_ref() else {
+        return Ok(Err("no status yet".into()));
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| format!("Ready={} ({}: {})", c.status, c.reason, c.message))
+        .unwrap_or_else(|| "no Ready condition yet".into());
+    if !ready.starts_with("Ready=True") || status.observed_generation != svc.metadata.generation {
+        return Ok(Err(ready));
+    }
+    let Some(revision) = status.latest_ready_revision_name.as_deref() else {
+        return Ok(Err("no Ready Revision yet".into()));
+    };
+    let image = revisions
+        .get_opt(revision)
+        .await?
+        .and_then(|r| r.spec.container().and_then(|c| c.image.clone()))
+        .unwrap_or_default();
+    if !image.ends_with(&format!(":{FIRST_STAGING_TAG}")) {
+        return Ok(Err(format!("Revision {revision} runs {image:?}")));
+    }
+    let replicas = deployments
+        .get_opt(&format!("{revision}-deployment"))
+        .await?
+        .and_then(|d| d.spec?.replicas);
+    if replicas != Some(0) {
+        return Ok(Err(format!(
+            "Revision {revision} has {replicas:?} replicas, not 0"
+        )));
+    }
+    let host = status
+        .url
+        .as_deref()
+        .and_then(|u| {
+            u.strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+        })
+        .unwrap_or_default()
+        .to_string();
+    Ok(Ok(host))
+}
+
+/// The `curl` that wakes staging through the router.
+pub fn curl_line(r: &Record) -> String {
+    format!(
+        "curl -H 'Host: {}' http://{}/   # wakes staging from zero",
+        r.staging_host, r.serving
+    )
+}
+
+/// Starts `sandbox serve-pods` in the background for staging and production.
+fn start_pod_stand_ins(tag: &Path, logs: &Path, kubeconfig: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let args = [
+        "sandbox".to_string(),
+        "serve-pods".to_string(),
+        "--pods-kubeconfig".to_string(),
+        kubeconfig.display().to_string(),
+        "--namespace".to_string(),
+        "staging".to_string(),
+        "--namespace".to_string(),
+        "production".to_string(),
+    ];
+    process::spawn(tag, "pod-stand-ins", &exe, &args, logs)?;
+    Ok(())
+}
+
+/// One stand-in: a pod's address and port, and what it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StandIn {
+    pod: String,
+    addr: std::net::SocketAddr,
+    answer: String,
+}
+
+/// The stand-ins a pod needs: one per container port, on its IP, when it has a loopback one.
+fn stand_ins(pod: &Pod) -> Vec<StandIn> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Vec::new();
+    }
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = format!("{namespace}/{}", pod.name_any());
+    let Some(ip) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+    else {
+        return Vec::new();
+    };
+    // The sandbox never listens on (or sends to) anything off the machine.
+    if !ip.is_loopback() {
+        eprintln!("pod {name} has address {ip}, not loopback: no stand-in");
+        return Vec::new();
+    }
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .flat_map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            let name = name.clone();
+            c.ports.iter().flatten().filter_map(move |p| {
+                let port = u16::try_from(p.container_port).ok()?;
+                Some(StandIn {
+                    pod: name.clone(),
+                    addr: (ip, port).into(),
+                    answer: format!("Hello from {image} (pod {name})\n"),
+                })
+            })
+        })
+        .collect()
+}
+
+/// `cargo xtask sandbox serve-pods`: plays the kubelet for kwok's pods in `namespaces` until
+/// killed: each pod's container ports get a stand-in HTTP server on the pod's loopback IP,
+/// started when the pod gets its address and stopped when it goes.
+pub fn serve_pods(kubeconfig: &Path, namespaces: &[String]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = cluster::client(kubeconfig).await?;
+        let mut running: HashMap<StandIn, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let mut wanted = Vec::new();
+            for ns in namespaces {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+                match pods.list(&ListParams::default()).await {
+                    Ok(list) => wanted.extend(list.items.iter().flat_map(stand_ins)),
+                    Err(err) => eprintln!("listing pods in {ns}: {err}"),
+                }
+            }
+            running.retain(|s, task| {
+                let keep = wanted.contains(s);
+                if !keep {
+                    println!("{}: stopped {}", s.pod, s.addr);
+                    task.abort();
+                }
+                keep
+            });
+            for s in wanted {
+                if running.contains_key(&s) {
+                    continue;
+                }
+                // A pod that went away may still hold the address for a moment: next round.
+                match tokio::net::TcpListener::bind(s.addr).await {
+                    Ok(listener) => {
+                        println!("{}: serving on {}", s.pod, s.addr);
+                        let answer: std::sync::Arc<str> = s.answer.clone().into();
+                        running.insert(s, tokio::spawn(serve_stand_in(listener, answer)));
+                    }
+                    Err(err) => eprintln!("{}: binding {}: {err}", s.pod, s.addr),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// Answers every HTTP/1.1 request on `listener` with 200 and `answer`, one per connection.
+async fn serve_stand_in(listener: tokio::net::TcpListener, answer: std::sync::Arc<str>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let request = async {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 || head.len() > 64 * 1024 {
+                        return None;
+                    }
+                    head.extend_from_slice(&chunk[..n]);
+                }
+                Some(())
+            };
+            // Readiness probes connect and close: nothing to answer then.
+            if tokio::time::timeout(Duration::from_secs(30), request)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return;
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
 
 /// The image of the Deployment's first container.
@@ -926,7 +1216,7 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
     let registry_host = r.registry.trim_start_matches("http://");
     let rel = |p: &str| workspace.join(p).display().to_string();
     println!(
-        "The sandbox is up ({:.1}s): staging runs {IMAGE}:{FIRST_STAGING_TAG}, production {IMAGE}:{FIRST_RELEASE_TAG}.",
+        "The sandbox is up ({:.1}s): staging runs {IMAGE}:{FIRST_STAGING_TAG} as a Knative Service at zero, production {IMAGE}:{FIRST_RELEASE_TAG}.",
         took.as_secs_f64()
     );
     println!("  kubeconfig   {}", r.kubeconfig.display());
@@ -945,8 +1235,8 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
     );
     println!("  metrics      {}", r.metrics);
     println!(
-        "  serving      http://{} (Knative Services, by Host header)",
-        r.serving
+        "  serving      http://{} (Knative Services, by Host header; staging is {})",
+        r.serving, r.staging_host
     );
     println!("  ready        {}", r.health);
     if let Some(u) = &r.uptime {
@@ -968,7 +1258,8 @@ fn print_summary(workspace: &Path, r: &Record, took: Duration) {
     println!(
         "  cargo xtask sandbox push-image 1a2b3c4-202602011200   # staging follows <sha>-<YYYYMMDDHHMM>"
     );
-    println!("  kubectl -n staging get deploy web -w");
+    println!("  {}", curl_line(r));
+    println!("  kubectl -n staging get ksvc,revisions,deploy   # staging sleeps at 0 replicas");
     println!(
         "  cargo xtask sandbox push-image 1.1.0                  # production follows releases"
     );

@@ -2,9 +2,10 @@
 //! own. Everything is real: the control plane with kwok, `docker-registry` notifying the
 //! `registry` Receiver, the git server in `sandbox serve-git`, the `gantry run` binary.
 //!
-//! up -> every Flux object Ready, both environments run their first image -> a new staging image
-//! (registry webhook, scan, policy, commit+push, fetch, apply, rollout) -> a release reaches
-//! production and not staging -> down leaves no process of the state directory.
+//! up -> every Flux object Ready, both environments run their first image (staging as a Knative
+//! Service at zero, woken by the printed `curl`) -> a new staging image (registry webhook, scan,
+//! policy, commit+push, fetch, apply, a new Revision that serves and goes back to zero) -> a
+//! release reaches production and not staging -> down leaves no process of the state directory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use gantry_api::image::v1::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::notification::v1::Receiver;
+use gantry_api::serving::v1::{Revision, Service as KnativeService};
 use gantry_api::source::v1::GitRepository;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
@@ -101,6 +103,84 @@ async fn wait_rollout(client: &kube::Client, ns: &str, tag: &str, timeout: Durat
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Staging's latest Ready Revision and its image, once its ksvc is Ready for its generation.
+async fn staging_revision(client: &kube::Client) -> Option<(String, String)> {
+    let svc = Api::<KnativeService>::namespaced(client.clone(), "staging")
+        .get("web")
+        .await
+        .unwrap();
+    let status = svc.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready || status.observed_generation != svc.metadata.generation {
+        return None;
+    }
+    let name = status.latest_ready_revision_name.clone()?;
+    if status.traffic.first()?.revision_name.as_deref() != Some(name.as_str()) {
+        return None;
+    }
+    let rev = Api::<Revision>::namespaced(client.clone(), "staging")
+        .get(&name)
+        .await
+        .unwrap();
+    let image = rev.spec.container()?.image.clone()?;
+    Some((name, image))
+}
+
+/// Polls until staging's ksvc serves a Revision of `tag`; returns its name and the time taken.
+async fn wait_staging(client: &kube::Client, tag: &str, timeout: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    loop {
+        let current = staging_revision(client).await;
+        if let Some((name, image)) = &current
+            && image.ends_with(&format!(":{tag}"))
+        {
+            return (name.clone(), start.elapsed());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "staging did not serve {tag} within {timeout:?}: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn revision_replicas(client: &kube::Client, revision: &str) -> i32 {
+    Api::<Deployment>::namespaced(client.clone(), "staging")
+        .get(&format!("{revision}-deployment"))
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.replicas)
+        .unwrap_or(-1)
+}
+
+/// Runs the printed `curl` (its Host header, its URL) and returns status and body.
+async fn curl(line: &str) -> (u16, String) {
+    let host = line
+        .split("Host: ")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no Host header in {line:?}"));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"));
+    let resp = reqwest::Client::new()
+        .get(url)
+        .header("host", host)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 async fn deployment_image(client: &kube::Client, ns: &str) -> String {
@@ -258,16 +338,36 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         .unwrap()
         .trim_start_matches("http://")
         .to_string();
+    let (first, image) = staging_revision(&client).await.expect("staging is Ready");
+    assert_eq!(image, format!("{registry}/web:0000000-202601010000"));
     assert_eq!(
-        deployment_image(&client, "staging").await,
-        format!("{registry}/web:0000000-202601010000")
+        revision_replicas(&client, &first).await,
+        0,
+        "staging sleeps"
     );
     assert_eq!(
         deployment_image(&client, "production").await,
         format!("{registry}/web:1.0.0")
     );
-    wait_rollout(&client, "staging", "0000000-202601010000", Duration::ZERO).await;
     wait_rollout(&client, "production", "1.0.0", Duration::ZERO).await;
+
+    // The printed curl wakes staging and gets the app's answer (a stand-in on the pod's IP).
+    let curl_line = said
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl -H 'Host: "))
+        .unwrap_or_else(|| panic!("no curl line in: {said}"))
+        .to_string();
+    assert!(curl_line.contains("Host: web.staging."), "{curl_line}");
+    let (status, body) = curl(&curl_line).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with(&format!(
+            "Hello from {registry}/web:0000000-202601010000 (pod staging/{first}-deployment-"
+        )),
+        "{body}"
+    );
+    assert_eq!(revision_replicas(&client, &first).await, 1, "woken");
 
     // What it printed is where things are.
     let metrics = value_after(&said, "metrics");
@@ -341,11 +441,36 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
     let tag = "1a2b3c4-202602011200";
     let pushed = Instant::now();
     xtask_ok(state.path(), &["sandbox", "push-image", tag]);
-    let took = wait_rollout(&client, "staging", tag, Duration::from_secs(20)).await;
+    let (second, took) = wait_staging(&client, tag, Duration::from_secs(20)).await;
     eprintln!(
-        "push-image {tag} to staging rolled out: {:.0?} (the push itself included: {:.0?})",
+        "push-image {tag} to staging's new Revision {second}: {:.0?} (the push itself included: {:.0?})",
         took,
         pushed.elapsed()
+    );
+    assert_ne!(second, first);
+    // The new Revision serves (from zero), then staging goes back to zero: window 6 s + grace
+    // 30 s, with room for a loaded machine.
+    let (status, body) = curl(&curl_line).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with(&format!(
+            "Hello from {registry}/web:{tag} (pod staging/{second}-"
+        )),
+        "{body}"
+    );
+    let idle = Instant::now();
+    while revision_replicas(&client, &second).await != 0
+        || revision_replicas(&client, &first).await != 0
+    {
+        assert!(
+            idle.elapsed() < Duration::from_secs(90),
+            "staging did not go back to zero"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "staging back to zero {:.0?} after its last request",
+        idle.elapsed()
     );
     assert_eq!(
         deployment_image(&client, "production").await,
@@ -390,13 +515,13 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
     let took = wait_rollout(&client, "production", "1.1.0", Duration::from_secs(20)).await;
     eprintln!("push-image 1.1.0 to production rolled out: {took:.0?}");
     assert_eq!(
-        deployment_image(&client, "staging").await,
-        format!("{registry}/web:{tag}"),
+        staging_revision(&client).await.map(|(_, image)| image),
+        Some(format!("{registry}/web:{tag}")),
         "staging does not follow releases"
     );
 
     // A push of yours: the repository's hook sends GitHub's signed push event to the `github`
-    // Receiver, so both environments get it at once (the GitRepository's interval is 1m).
+    // Receiver, so production gets it at once (the GitRepository's interval is 1m).
     git(&["-C", dir, "pull", "--quiet", "--ff-only"]);
     let base = Path::new(dir).join("apps/base/deployment.yaml");
     let manifest = std::fs::read_to_string(&base).unwrap();
@@ -413,7 +538,7 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for ns in ["staging", "production"] {
+    for ns in ["production"] {
         let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
         loop {
             let d = api.get("web").await.unwrap();
@@ -431,12 +556,13 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         }
     }
     eprintln!(
-        "a git push to both environments with two replicas available: {:.0?}",
+        "a git push to production with two replicas available: {:.0?}",
         pushed.elapsed()
     );
 
     // Nothing can be scheduled any more: a second `up` (which resets the repository to the first
     // images) must fail naming what did not become Ready, not trust the previous run's Ready.
+    // Staging needs no pod at zero; production's first image does.
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch(
@@ -460,7 +586,7 @@ async fn sandbox_runs_the_reference_pipeline_from_push_to_production_until_down(
         failed.trim_end().lines().last().unwrap_or("")
     );
     assert!(
-        failed.contains("Kustomization flux-system/staging did not become Ready within 15s"),
+        failed.contains("Kustomization flux-system/production did not become Ready within 15s"),
         "{failed}"
     );
 

@@ -63,9 +63,10 @@ impl Default for Defaults {
     }
 }
 
-/// The Deployment serving a Revision (named by the serving controller).
+/// The Deployment serving a Revision (named by the serving controller, shortened as Knative
+/// does when long).
 pub fn deployment_name(revision: &str) -> String {
-    format!("{revision}-deployment")
+    gantry_core::serving::naming::deployment_name(revision)
 }
 
 fn positive(v: Option<i64>) -> Option<u64> {
