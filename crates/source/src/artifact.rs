@@ -33,6 +33,10 @@ pub const GIT_REPOSITORY_KIND: &str = "gitrepository";
 /// Storage sub-directory of OCIRepository artifacts.
 pub const OCI_REPOSITORY_KIND: &str = "ocirepository";
 
+/// Name of the link to an object's current artifact in its storage directory (Flux's
+/// `latest.tar.gz`, which OCIRepository's `status.url` names).
+pub const LATEST_FILE: &str = "latest.tar.gz";
+
 /// Errors of the artifact store.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -207,6 +211,32 @@ impl ArtifactStore {
         })
     }
 
+    /// Points the object's [`LATEST_FILE`] at `artifact` and returns its URL: what Flux's
+    /// OCIRepository reconciler writes to `status.url`. Flux makes a symlink; this is a hard link
+    /// (replaced atomically), because the artifact server serves no symlinks.
+    pub fn link_latest(&self, artifact: &Artifact) -> Result<String, ArtifactError> {
+        let target = self.local_path(artifact)?;
+        let (rel_dir, _) = artifact
+            .path
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .ok_or_else(|| ArtifactError::InvalidPath(artifact.path.clone()))?;
+        let dir = self.root.join(rel_dir);
+        let link = dir.join(LATEST_FILE);
+        let tmp = dir.join(format!(".{LATEST_FILE}.tmp"));
+        let storage_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ArtifactError::Storage { path, source }
+        };
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(storage_err(&tmp)(e)),
+            _ => {}
+        }
+        std::fs::hard_link(&target, &tmp).map_err(storage_err(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(storage_err(&link))?;
+        Ok(format!("{}/{rel_dir}/{LATEST_FILE}", self.base_url))
+    }
+
     /// Removes every artifact of an object (when the object is deleted).
     pub fn remove_all(&self, kind: &str, namespace: &str, name: &str) -> Result<(), ArtifactError> {
         let dir = self.object_dir(kind, namespace, name);
@@ -304,6 +334,7 @@ impl ArtifactStore {
             let entry = entry.map_err(storage_err)?;
             let path = entry.path();
             let is_artifact = path.extension().is_some_and(|e| e == "gz")
+                && entry.file_name() != LATEST_FILE
                 && entry.file_type().is_ok_and(|t| t.is_file());
             if !is_artifact || path == current {
                 continue;
@@ -831,6 +862,26 @@ mod tests {
             store.open(&forged),
             Err(ArtifactError::DigestMismatch { .. })
         ));
+        // The latest link follows the newest artifact, is served as a file and is never
+        // counted or collected as an artifact.
+        let url = store.link_latest(&stored[3]).unwrap();
+        assert_eq!(
+            url,
+            "http://gantry.test/gitrepository/ns/repo/latest.tar.gz"
+        );
+        let latest = root.path().join("gitrepository/ns/repo").join(LATEST_FILE);
+        assert_eq!(
+            digest_of(&std::fs::read(&latest).unwrap()),
+            stored[3].digest
+        );
+        let src = tree(&[("app.yaml", "v4")]);
+        let newest = store
+            .store("gitrepository", "ns", "repo", src.path(), &ignore, "r4")
+            .unwrap();
+        assert!(store.exists(&stored[3]), "the link is not an artifact");
+        store.link_latest(&newest).unwrap();
+        assert_eq!(digest_of(&std::fs::read(&latest).unwrap()), newest.digest);
+
         forged.path = "../etc/passwd".into();
         assert!(matches!(
             store.open(&forged),
