@@ -630,7 +630,6 @@ fn success_status(
         observed_layer_selector: obj.spec.layer_selector.clone(),
         last_handled_reconcile_at: requested_at
             .or_else(|| previous.last_handled_reconcile_at.clone()),
-        ..previous.clone()
     }
 }
 
