@@ -639,6 +639,22 @@ pub fn policy(workspace: &Path, tags: usize, runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench gzip`: goflate's example benchmark in release mode.
+pub fn gzip(workspace: &Path, size_mib: usize, runs: usize) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("Building and running the gzip benchmark (release)...");
+    let status = Command::new(cargo)
+        .args(["run", "--release", "--quiet", "--package", "goflate"])
+        .args(["--example", "gzip_bench", "--"])
+        .args([size_mib.to_string(), runs.to_string()])
+        .current_dir(workspace)
+        .status()?;
+    if !status.success() {
+        bail!("the gzip benchmark failed");
+    }
+    Ok(())
+}
+
 /// `cargo xtask bench sops`: the decryption example of gantry-core in release mode, with files
 /// the real `sops` at `sops` encrypts.
 pub fn sops(workspace: &Path, sops: &Path, count: usize, runs: usize) -> Result<()> {

@@ -314,6 +314,16 @@ enum BenchTask {
         #[arg(long)]
         gantry: Option<PathBuf>,
     },
+    /// Artifact compression: goflate (Go's gzip, what Flux's digests need) against flate2, same
+    /// inputs, release build (no cluster).
+    Gzip {
+        /// Input size, MiB.
+        #[arg(long, default_value_t = 10)]
+        size_mib: usize,
+        /// Timed runs of each compressor per input (alternating; the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// ImagePolicy's tag choice over a large tag list: time and heap allocations (no cluster).
     Policy {
         /// How many tags.
@@ -560,6 +570,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runs,
                 downloads,
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Gzip { size_mib, runs }) => {
+            bench::gzip(&workspace_root(), size_mib, runs)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Policy { tags, runs }) => {

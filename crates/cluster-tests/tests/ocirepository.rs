@@ -245,6 +245,17 @@ async fn artifacts_pushed_by_gantry_and_by_flux_become_flux_revisions() {
         let file = running.store.local_path(artifact).unwrap();
         assert_eq!(file_sha256(&file), artifact.digest);
         assert_eq!(artifact.size, Some(std::fs::metadata(&file).unwrap().len() as i64));
+        // `status.url` as source-controller writes it: the object's `latest.tar.gz`, a link to
+        // the current artifact that the artifact server serves (a regular file, no symlink).
+        let latest = format!("ocirepository/{ns}/by-gantry/latest.tar.gz");
+        assert_eq!(
+            status.url.as_deref(),
+            Some(format!("http://gantry.test/{latest}").as_str())
+        );
+        let served = running.store.file_for(&format!("/{latest}")).unwrap();
+        let meta = std::fs::symlink_metadata(&served).unwrap();
+        assert!(meta.is_file(), "{} is not a regular file", served.display());
+        assert_eq!(file_sha256(&served), artifact.digest);
         let (_, _, message) = ready(Some(&repo)).unwrap();
         assert_eq!(
             message,

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use flate2::Compression;
 use flate2::read::GzDecoder;
 use gantry_api::source::v1::Artifact;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -33,6 +32,10 @@ pub const DEFAULT_RETENTION: usize = 3;
 pub const GIT_REPOSITORY_KIND: &str = "gitrepository";
 /// Storage sub-directory of OCIRepository artifacts.
 pub const OCI_REPOSITORY_KIND: &str = "ocirepository";
+
+/// Name of the link to an object's current artifact in its storage directory (Flux's
+/// `latest.tar.gz`, which OCIRepository's `status.url` names).
+pub const LATEST_FILE: &str = "latest.tar.gz";
 
 /// Errors of the artifact store.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +211,32 @@ impl ArtifactStore {
         })
     }
 
+    /// Points the object's [`LATEST_FILE`] at `artifact` and returns its URL: what Flux's
+    /// OCIRepository reconciler writes to `status.url`. Flux makes a symlink; this is a hard link
+    /// (replaced atomically), because the artifact server serves no symlinks.
+    pub fn link_latest(&self, artifact: &Artifact) -> Result<String, ArtifactError> {
+        let target = self.local_path(artifact)?;
+        let (rel_dir, _) = artifact
+            .path
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .ok_or_else(|| ArtifactError::InvalidPath(artifact.path.clone()))?;
+        let dir = self.root.join(rel_dir);
+        let link = dir.join(LATEST_FILE);
+        let tmp = dir.join(format!(".{LATEST_FILE}.tmp"));
+        let storage_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ArtifactError::Storage { path, source }
+        };
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(storage_err(&tmp)(e)),
+            _ => {}
+        }
+        std::fs::hard_link(&target, &tmp).map_err(storage_err(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(storage_err(&link))?;
+        Ok(format!("{}/{rel_dir}/{LATEST_FILE}", self.base_url))
+    }
+
     /// Removes every artifact of an object (when the object is deleted).
     pub fn remove_all(&self, kind: &str, namespace: &str, name: &str) -> Result<(), ArtifactError> {
         let dir = self.object_dir(kind, namespace, name);
@@ -305,6 +334,7 @@ impl ArtifactStore {
             let entry = entry.map_err(storage_err)?;
             let path = entry.path();
             let is_artifact = path.extension().is_some_and(|e| e == "gz")
+                && entry.file_name() != LATEST_FILE
                 && entry.file_type().is_ok_and(|t| t.is_file());
             if !is_artifact || path == current {
                 continue;
@@ -411,18 +441,21 @@ pub const MAX_UNPACKED_BYTES: u64 = 4 << 30;
 /// slash, USTAR headers as Go's `archive/tar` writes them (uid/gid 0, no user or group names,
 /// mtime 0), files 0600 (0700 when executable) and directories 0750, and nothing but regular
 /// files and directories. The tar stream is byte for byte Flux's (proved by the fixture test
-/// `the_tar_stream_is_flux_s`); the gzip wrapper has Go's header, its deflate stream is
-/// zlib-compatible but not Go's bytes.
+/// `the_tar_stream_is_flux_s`), and so is the gzip around it: `goflate` is Go's
+/// `compress/gzip` at the default level, fed the same sequence of writes as Go's tar writer
+/// issues, so the digest is the one Flux computes for the same tree (`the_artifact_is_flux_s`).
 pub fn write_tarball(dir: &Path, ignore: &SourceIgnore, out: impl Write) -> io::Result<()> {
-    let gz = flate2::GzBuilder::new()
-        .operating_system(255)
-        .write(out, Compression::default());
-    let mut gz = write_tar(dir, ignore, gz)?;
-    gz.try_finish()?;
+    let gz = write_tar(dir, ignore, goflate::GzipWriter::new(out))?;
     gz.finish()?.flush()
 }
 
-/// The uncompressed tar stream of [`write_tarball`].
+/// Bytes Go's `io.Copy` moves per read and write (the size of its buffer).
+const GO_COPY_BUFFER: usize = 32 * 1024;
+
+/// The uncompressed tar stream of [`write_tarball`]. `out` sees the same sequence of `write`
+/// calls as the gzip writer in Flux's `storage.Archive` (what Go's tar writer and `io.Copy` issue:
+/// one per header block, file data in 32 KiB reads, one per padding and per trailer block),
+/// because Go's deflate output depends on the write sizes.
 pub fn write_tar<W: Write>(dir: &Path, ignore: &SourceIgnore, mut out: W) -> io::Result<W> {
     let mut entries = vec![Entry {
         name: ".".into(),
@@ -430,6 +463,7 @@ pub fn write_tar<W: Write>(dir: &Path, ignore: &SourceIgnore, mut out: W) -> io:
         executable: false,
     }];
     collect(dir, Path::new(""), ignore, &mut entries)?;
+    let mut buf = vec![0u8; GO_COPY_BUFFER];
     for entry in &entries {
         if entry.is_dir {
             write_header(&mut out, &entry.name, DIR_MODE, 0, b'5')?;
@@ -443,7 +477,7 @@ pub fn write_tar<W: Write>(dir: &Path, ignore: &SourceIgnore, mut out: W) -> io:
             FILE_MODE
         };
         write_header(&mut out, &entry.name, mode, len, b'0')?;
-        let copied = io::copy(&mut file.take(len), &mut out)?;
+        let copied = copy_like_go(&mut file.take(len), &mut out, &mut buf)?;
         if copied != len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -453,14 +487,41 @@ pub fn write_tar<W: Write>(dir: &Path, ignore: &SourceIgnore, mut out: W) -> io:
         let pad = (512 - len % 512) % 512;
         out.write_all(&[0; 512][..pad as usize])?;
     }
-    // End of archive: two zero blocks, no padding to a record size (as Go writes it).
-    out.write_all(&[0; 1024])?;
+    // End of archive: two zero blocks written one by one, no padding to a record size (as Go).
+    out.write_all(&[0; 512])?;
+    out.write_all(&[0; 512])?;
     Ok(out)
 }
 
-// One USTAR header block as Go's `archive/tar` writes it for a sanitised header. Names longer
-// than 100 bytes are split into prefix and name at a `/` like Go's `splitUSTARPath`; a name that
-// fits neither way (or is not ASCII) gets a PAX record, as Go would choose.
+// Go's `io.Copy` from a regular file: full buffers (a read(2) on a regular file returns all it
+// was asked for until the end), each passed on in one write.
+fn copy_like_go(from: &mut impl Read, out: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match from.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..filled])?;
+        total += filled as u64;
+        if filled < buf.len() {
+            return Ok(total);
+        }
+    }
+}
+
+// One header block as Go's `archive/tar` writes it for a sanitised header: USTAR, with names
+// longer than 100 bytes split into prefix and name at a `/` like Go's `splitUSTARPath`; a name
+// that fits neither way (or is not ASCII) gets a PAX record first, as Go chooses, and the block
+// keeps the name's ASCII characters only (Go's `toASCII`), cut to the field.
 fn write_header(
     out: &mut impl Write,
     name: &str,
@@ -468,15 +529,17 @@ fn write_header(
     size: u64,
     kind: u8,
 ) -> io::Result<()> {
-    let (prefix, short) = match ustar_split(name) {
-        Some(split) => split,
+    let mut block = [0u8; 512];
+    match ustar_split(name) {
+        Some((prefix, short)) => {
+            put_str(&mut block[0..100], short);
+            put_str(&mut block[345..500], prefix);
+        }
         None => {
             write_pax(out, name)?;
-            ("", truncate_name(name))
+            put_name(&mut block[0..100], &to_ascii(name));
         }
-    };
-    let mut block = [0u8; 512];
-    put_str(&mut block[0..100], short);
+    }
     put_octal(&mut block[100..108], u64::from(mode));
     put_octal(&mut block[108..116], 0);
     put_octal(&mut block[116..124], 0);
@@ -487,18 +550,20 @@ fn write_header(
     block[263..265].copy_from_slice(b"00");
     put_octal(&mut block[329..337], 0);
     put_octal(&mut block[337..345], 0);
-    put_str(&mut block[345..500], prefix);
     finish_checksum(&mut block);
     out.write_all(&block)
 }
 
-// A PAX extended header carrying `path`, named and laid out as Go writes one.
+// A PAX extended header carrying `path`, named and laid out as Go's `writeRawFile` writes one:
+// `<dir>/PaxHeaders.0/<base>` in ASCII, cut to 100 bytes, no trailing `/`, device fields unset.
 fn write_pax(out: &mut impl Write, name: &str) -> io::Result<()> {
     let record = pax_record("path", name);
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let dir = name.rsplit_once('/').map_or(".", |(d, _)| d);
-    let pax_name = format!("{dir}/PaxHeaders.0/{base}");
-    let pax_name = truncate_name(&pax_name);
+    let pax_name = match name.rsplit_once('/') {
+        Some((dir, base)) => format!("{dir}/PaxHeaders.0/{base}"),
+        None => format!("PaxHeaders.0/{name}"),
+    };
+    let pax_name = to_ascii(&pax_name);
+    let pax_name = pax_name[..pax_name.len().min(100)].trim_end_matches('/');
     let mut block = [0u8; 512];
     put_str(&mut block[0..100], pax_name);
     put_octal(&mut block[100..108], 0);
@@ -509,8 +574,6 @@ fn write_pax(out: &mut impl Write, name: &str) -> io::Result<()> {
     block[156] = b'x';
     block[257..263].copy_from_slice(b"ustar\0");
     block[263..265].copy_from_slice(b"00");
-    put_octal(&mut block[329..337], 0);
-    put_octal(&mut block[337..345], 0);
     finish_checksum(&mut block);
     out.write_all(&block)?;
     out.write_all(record.as_bytes())?;
@@ -528,14 +591,21 @@ fn pax_record(key: &str, value: &str) -> String {
     format!("{len}{body}")
 }
 
-// The first 100 bytes of `name` on a character boundary (what the ustar name field keeps when
-// a PAX record holds the full name).
-fn truncate_name(name: &str) -> &str {
-    let mut end = name.len().min(100);
-    while !name.is_char_boundary(end) {
-        end -= 1;
+// Go's `toASCII`: the string without its non-ASCII characters (and NULs).
+fn to_ascii(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii() && *c != '\0').collect()
+}
+
+// Go's `formatString` for the name field: cut to the field; when that leaves a `/` in the last
+// byte, the run of slashes it ends becomes the terminator (buggy readers take a trailing slash
+// for a directory).
+fn put_name(field: &mut [u8], ascii: &str) {
+    put_str(field, ascii);
+    let width = field.len();
+    if ascii.len() > width && field[width - 1] == b'/' {
+        let n = ascii[..width - 1].trim_end_matches('/').len();
+        field[n] = 0;
     }
-    &name[..end]
 }
 
 fn ustar_split(name: &str) -> Option<(&str, &str)> {
@@ -792,6 +862,26 @@ mod tests {
             store.open(&forged),
             Err(ArtifactError::DigestMismatch { .. })
         ));
+        // The latest link follows the newest artifact, is served as a file and is never
+        // counted or collected as an artifact.
+        let url = store.link_latest(&stored[3]).unwrap();
+        assert_eq!(
+            url,
+            "http://gantry.test/gitrepository/ns/repo/latest.tar.gz"
+        );
+        let latest = root.path().join("gitrepository/ns/repo").join(LATEST_FILE);
+        assert_eq!(
+            digest_of(&std::fs::read(&latest).unwrap()),
+            stored[3].digest
+        );
+        let src = tree(&[("app.yaml", "v4")]);
+        let newest = store
+            .store("gitrepository", "ns", "repo", src.path(), &ignore, "r4")
+            .unwrap();
+        assert!(store.exists(&stored[3]), "the link is not an artifact");
+        store.link_latest(&newest).unwrap();
+        assert_eq!(digest_of(&std::fs::read(&latest).unwrap()), newest.digest);
+
         forged.path = "../etc/passwd".into();
         assert!(matches!(
             store.open(&forged),

@@ -188,7 +188,15 @@ impl Reconciler for OCIRepositories {
         .unwrap_or(Err(Error::Timeout(timeout)));
         match pulled {
             Ok(artifact) => {
-                let status = success_status(obj, &previous, artifact.clone(), requested_at);
+                // Best effort, as Flux: a failed link keeps the previous URL.
+                let url = match self.store.link_latest(&artifact) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to update status URL link");
+                        previous.url.clone()
+                    }
+                };
+                let status = success_status(obj, &previous, artifact.clone(), url, requested_at);
                 cx.write_status(obj, &status).await.map_err(Error::Status)?;
                 let changed = previous
                     .artifact
@@ -591,6 +599,7 @@ fn success_status(
     obj: &OCIRepository,
     previous: &OCIRepositoryStatus,
     artifact: Artifact,
+    url: Option<String>,
     requested_at: Option<String>,
 ) -> OCIRepositoryStatus {
     let generation = obj.metadata.generation;
@@ -616,11 +625,11 @@ fn success_status(
         observed_generation: generation,
         conditions: conds,
         artifact: Some(artifact),
+        url,
         observed_ignore: obj.spec.ignore.clone(),
         observed_layer_selector: obj.spec.layer_selector.clone(),
         last_handled_reconcile_at: requested_at
             .or_else(|| previous.last_handled_reconcile_at.clone()),
-        ..previous.clone()
     }
 }
 
@@ -808,7 +817,7 @@ mod tests {
                 .ends_with(", origin source 'https://git/x', origin revision 'main@sha1:1'")
         );
 
-        let ok = success_status(&obj, &Default::default(), artifact.clone(), None);
+        let ok = success_status(&obj, &Default::default(), artifact.clone(), None, None);
         let kinds: Vec<_> = ok
             .conditions
             .iter()
