@@ -137,6 +137,8 @@ pub struct Figures {
     /// RSS (MiB) and CPU (% of one core) over the idle period once everything is Ready.
     pub idle: Option<(f64, f64)>,
     pub load_before: f64,
+    /// Where the wall time went ([`crate::bench_timeline`]).
+    pub timeline: Vec<String>,
 }
 
 /// Runs the benchmark for each count against the cluster in `kubeconfig`.
@@ -227,6 +229,11 @@ fn print_table(count: usize, concurrency: u16, results: &[(String, Figures)]) {
             controller / n,
             all / n,
         );
+    }
+    for (name, f) in results {
+        for line in &f.timeline {
+            println!("{name}: {line}");
+        }
     }
     for (name, f) in results {
         if let Some((rss, cpu)) = f.idle {
@@ -405,6 +412,7 @@ async fn measure(
     let apiserver_before = apiserver.map(bench_support::cpu_seconds);
     let cpu_before: f64 = pids.iter().map(|&p| bench_support::cpu_seconds(p)).sum();
     let started = Instant::now();
+    let timeline = crate::bench_timeline::Timeline::start(client, ns, started);
 
     let repos: Api<GitRepository> = Api::namespaced(client.clone(), ns);
     let spec = GitRepositorySpec {
@@ -484,6 +492,9 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let wall = started.elapsed();
+    // The watches may be a moment behind the bench's list: let them see the last Ready.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let timeline = timeline.finish(wall);
     let cpu_seconds = pids
         .iter()
         .map(|&p| bench_support::cpu_seconds(p))
@@ -526,6 +537,7 @@ async fn measure(
         requests,
         idle,
         load_before,
+        timeline,
     })
 }
 

@@ -13,6 +13,7 @@ mod bench_oci;
 mod bench_pipeline;
 mod bench_receiver;
 mod bench_support;
+mod bench_timeline;
 mod bench_uptime;
 mod cache_lock;
 mod cluster;

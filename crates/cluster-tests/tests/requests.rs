@@ -383,3 +383,168 @@ async fn drift_correction_runs_of_an_unchanged_revision_write_nothing() {
     })
     .await;
 }
+
+/// Whether a request is a single-object read of `resource/name` (not a list or a watch).
+fn reads(request: &(String, String), resource_and_name: &str) -> bool {
+    let (method, uri) = request;
+    let path = uri.split('?').next().unwrap_or_default();
+    method == "GET" && path.ends_with(resource_and_name)
+}
+
+#[tokio::test]
+async fn a_first_reconcile_reads_nothing_the_watches_know_and_later_runs_write_nothing() {
+    with_namespace("watched", |admin, ns| async move {
+        gantry_testkit::install_crds(&admin).await;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(root.path(), "app");
+        repo.write("deploy/app.yaml", MANIFEST).commit("one");
+        repo.push("HEAD:refs/heads/main");
+        let server = GitHttpServer::start(root.path(), HttpAuth::None);
+        let storage = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::new(storage.path(), "http://gantry.test/");
+
+        // As `gantry run` wires them: the source watch on (it fills the source store).
+        let (client, requests) = counting_client().await;
+        let (stored, stored_requests) = Trigger::<GitRepository>::new();
+        let source = Controller::new(
+            GitRepositories::new(store.clone()).notify_stored(stored),
+            Shared::new(admin.clone()),
+        )
+        .namespace(Some(&ns));
+        let kustomize = gantry_kustomize::controller::controller(
+            gantry_kustomize::controller::Settings::new(store),
+            Shared::new(client),
+            stored_requests,
+            Some(&ns),
+        );
+        let tasks = [
+            tokio::spawn(source.run(std::future::pending())),
+            tokio::spawn(kustomize.run(std::future::pending())),
+        ];
+        let git = GitRepositorySpec {
+            url: server.url("app.git"),
+            interval: "1h".into(),
+            r#ref: Some(GitRepositoryRef {
+                branch: Some("main".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let repos = Api::<GitRepository>::namespaced(admin.clone(), &ns);
+        repos
+            .create(&PostParams::default(), &GitRepository::new("app", git))
+            .await
+            .unwrap();
+        wait_for(&repos, "app", Duration::from_secs(60), |r| {
+            r.and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.artifact.is_some())
+        })
+        .await;
+        // The source watch has had time to list (it started with the controller).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let spec = KustomizationSpec {
+            interval: "2s".into(),
+            timeout: Some("30s".into()),
+            path: Some("deploy".into()),
+            prune: true,
+            wait: true,
+            target_namespace: Some(ns.clone()),
+            source_ref: CrossNamespaceSourceReference {
+                kind: SourceKind::GitRepository,
+                name: "app".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let kustomizations = Api::<Kustomization>::namespaced(admin.clone(), &ns);
+        kustomizations
+            .create(&PostParams::default(), &Kustomization::new("app", spec))
+            .await
+            .unwrap();
+        let ready = |ks: Option<&Kustomization>| {
+            ks.and_then(|k| k.status.as_ref())
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True")
+        };
+        wait_for(&kustomizations, "app", Duration::from_secs(60), ready).await;
+
+        // The first run: the source's artifact from the watch's store, the objects known absent
+        // from their kinds' first lists; every object dry-run before the first write.
+        let sent = requests.take();
+        for read in [
+            "/gitrepositories/app",
+            "/configmaps/app",
+            "/serviceaccounts/app",
+        ] {
+            assert!(
+                !sent.iter().any(|r| reads(r, read)),
+                "the first run read {read}: {sent:?}"
+            );
+        }
+        let applies: Vec<usize> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, (method, uri))| {
+                method == "PATCH"
+                    && (uri.contains("/configmaps/app") || uri.contains("/serviceaccounts/app"))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let is_dry_run = |i: &usize| sent[*i].1.contains("dryRun=All");
+        let dry_runs: Vec<usize> = applies.iter().copied().filter(is_dry_run).collect();
+        let writes: Vec<usize> = applies.iter().copied().filter(|i| !is_dry_run(i)).collect();
+        assert_eq!((dry_runs.len(), writes.len()), (2, 2), "{sent:?}");
+        assert!(
+            dry_runs.iter().max() < writes.iter().min(),
+            "every object is dry-run before the first write: {sent:?}"
+        );
+
+        // Runs every 2 s of an unchanged revision: nothing written, nothing dry-run.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        requests.take();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let sent = requests.take();
+        assert!(
+            Requests::writes(&sent).is_empty(),
+            "runs of an unchanged revision wrote: {:?}",
+            Requests::writes(&sent)
+        );
+        assert!(
+            sent.iter().all(|(_, uri)| !uri.contains("dryRun")),
+            "nor dry-ran anything: {sent:?}"
+        );
+
+        // Drift made by hand: the next interval run (the runs did happen) corrects it, and
+        // writes only that object (and the event that says so).
+        let cms = Api::<ConfigMap>::namespaced(admin.clone(), &ns);
+        cms.patch(
+            "app",
+            &PatchParams {
+                field_manager: Some("hand-edit".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({ "data": { "a": "edited" } })),
+        )
+        .await
+        .unwrap();
+        wait_for(&cms, "app", Duration::from_secs(60), |cm| {
+            cm.and_then(|cm| cm.data.as_ref())
+                .is_some_and(|d| d["a"] == "1")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = requests.take();
+        let writes = Requests::writes(&sent);
+        assert!(
+            !writes.is_empty()
+                && writes
+                    .iter()
+                    .all(|(_, uri)| uri.contains("/configmaps/app") || uri.contains("/events")),
+            "only the drifted object (and an event) is written: {writes:?}"
+        );
+        for task in tasks {
+            task.abort();
+        }
+    })
+    .await;
+}

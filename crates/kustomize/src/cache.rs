@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::StreamExt;
 use gantry_core::kustomize::inventory::ObjectId;
@@ -34,6 +35,10 @@ use tracing::debug;
 
 use crate::apply::meta::{self, OWNER_NAME_LABEL};
 use crate::discovery::Resolved;
+
+/// How long after a kind's watch started readers wait for its first list rather than asking
+/// the API server per object (a list of a few thousand objects takes a second or two).
+pub const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What the cache knows of one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +70,10 @@ type Key = (String, String);
 #[derive(Default)]
 struct KindState {
     synced: bool,
+    // The watch stopped for good (not allowed to list): it will never sync.
+    given_up: bool,
+    // When the watch started: readers wait for its first list until FIRST_LIST_PATIENCE later.
+    started: Option<tokio::time::Instant>,
     objects: HashMap<Key, Cached>,
     // Objects of a relist (`Init` .. `InitDone`), swapped in whole at the end.
     relist: Option<HashMap<Key, Cached>>,
@@ -133,7 +142,13 @@ impl ObjectCache {
         if state.kinds.contains_key(&gk) {
             return;
         }
-        state.kinds.insert(gk.clone(), KindState::default());
+        state.kinds.insert(
+            gk.clone(),
+            KindState {
+                started: Some(tokio::time::Instant::now()),
+                ..KindState::default()
+            },
+        );
         let api: Api<DynamicObject> = Api::all_with(self.inner.client.clone(), &resolved.resource);
         let config = watcher::Config::default().labels(OWNER_NAME_LABEL);
         // A weak reference: the task must not keep the cache alive.
@@ -150,6 +165,7 @@ impl ObjectCache {
                     // with their own (impersonated) client, as without a cache.
                     Err(err) if forbidden(&err) => {
                         debug!(kind = %gk.1, %err, "not watching applied objects of this kind");
+                        cache.give_up(&gk);
                         return;
                     }
                     Err(err) => {
@@ -214,6 +230,43 @@ impl ObjectCache {
             }
         }
         self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn give_up(&self, gk: &GroupKind) {
+        self.lock().kinds.entry(gk.clone()).or_default().given_up = true;
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// [`ObjectCache::lookup`], but if the kind's watch is still making its initial list, waits
+    /// for it (until [`FIRST_LIST_PATIENCE`] after the watch started) instead of answering
+    /// [`Lookup::Unknown`]: the first reconciles after a start then need no GET per object.
+    pub async fn lookup_synced(&self, id: &ObjectId) -> Lookup {
+        let mut changed = self.subscribe();
+        loop {
+            let lookup = self.lookup(id);
+            if lookup != Lookup::Unknown {
+                return lookup;
+            }
+            let Some(deadline) = self.list_deadline(id) else {
+                return lookup;
+            };
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.lookup(id),
+            }
+        }
+    }
+
+    // Until when a reader may wait for the first list of the kind of `id` (None: no wait, as
+    // the kind is not watched, its watch gave up, or it has had its chance).
+    fn list_deadline(&self, id: &ObjectId) -> Option<tokio::time::Instant> {
+        let state = self.lock();
+        let kind = state.kinds.get(&(id.group.clone(), id.kind.clone()))?;
+        if kind.synced || kind.given_up {
+            return None;
+        }
+        let deadline = kind.started? + FIRST_LIST_PATIENCE;
+        (tokio::time::Instant::now() < deadline).then_some(deadline)
     }
 
     /// What the cache knows of `id`.

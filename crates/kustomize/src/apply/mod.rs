@@ -429,12 +429,13 @@ impl Applier {
         self.applied_lock().insert(d.id.clone(), last);
     }
 
-    /// What the watch cache says about `d` without asking the API server.
-    fn known(&self, d: &Desired) -> Known {
+    /// What the watch cache says about `d` without asking the API server (waiting for the
+    /// kind's watch to list if it is still at it, as just after a start).
+    async fn known(&self, d: &Desired) -> Known {
         let Some(cache) = &self.cache else {
             return Known::Nothing;
         };
-        match cache.lookup(&d.id) {
+        match cache.lookup_synced(&d.id).await {
             Lookup::Absent => Known::Absent,
             Lookup::Present(cached) => {
                 if cached.skip_flagged {
@@ -786,7 +787,7 @@ impl Applier {
                     return Ok(Plan::Defer);
                 }
                 let namespace_comes_later = may_defer && new_namespaces.contains(&d.id.namespace);
-                let absent = match self.known(d) {
+                let absent = match self.known(d).await {
                     Known::Unchanged => return Ok(Plan::Unchanged),
                     Known::Skip => return Ok(Plan::Skip),
                     Known::Absent => true,

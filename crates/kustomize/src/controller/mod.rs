@@ -36,7 +36,10 @@ use crate::apply::{self, Applier};
 use crate::build::Kustomize;
 
 mod decide;
+mod sources;
 mod steps;
+
+use sources::Sources;
 
 /// How the Kustomization controller works in this process.
 pub struct Settings {
@@ -95,6 +98,8 @@ pub struct Kustomizations {
     // The harness's cache of Kustomizations: dependencies and dependents are read from it.
     cache: Store<Kustomization>,
     dependents: Trigger<Kustomization>,
+    // What the source watches saw: artifacts are read from here, not with a GET per run.
+    sources: Sources,
     // Made with the harness's client on first use; clones share its discovery cache.
     applier: OnceLock<Applier>,
 }
@@ -115,40 +120,44 @@ pub fn controller(
         None => Api::all(shared.client.clone()),
     };
     let watch_sources = settings.watch_sources;
-    let oci_client = shared.client.clone();
+    let oci_repos: Api<OCIRepository> = match namespace {
+        Some(ns) => Api::namespaced(shared.client.clone(), ns),
+        None => Api::all(shared.client.clone()),
+    };
+    let mut sources = Sources::default();
+    // One watch per source kind: it fills the source stores the runs read their artifact
+    // from, and a new artifact (not every status write) wakes the Kustomizations that use it.
+    let watches = watch_sources.then(|| {
+        let artifacts = sources
+            .git_stream(watcher(repos, watcher::Config::default()).default_backoff())
+            .applied_objects()
+            .predicate_filter(decide::artifact_changed, Default::default())
+            .filter_map(|repo| async move {
+                repo.inspect_err(|err| tracing::debug!(%err, "GitRepository watch"))
+                    .ok()
+            });
+        let oci_artifacts = sources
+            .oci_stream(watcher(oci_repos, watcher::Config::default()).default_backoff())
+            .applied_objects()
+            .predicate_filter(decide::oci_artifact_changed, Default::default())
+            .filter_map(|repo| async move {
+                repo.inspect_err(|err| tracing::debug!(%err, "OCIRepository watch"))
+                    .ok()
+            });
+        (artifacts, oci_artifacts)
+    });
     let controller = Controller::new_with(shared, |cache, dependents| Kustomizations {
         settings,
         cache,
         dependents,
+        sources,
         applier: OnceLock::new(),
     })
     .namespace(namespace)
     .requested_by_related(stored, users_of);
-    if !watch_sources {
+    let Some((artifacts, oci_artifacts)) = watches else {
         return controller;
-    }
-    // Only a new artifact matters, not every status write of the source.
-    let artifacts = watcher(repos, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(decide::artifact_changed, Default::default())
-        .filter_map(|repo| async move {
-            repo.inspect_err(|err| tracing::debug!(%err, "GitRepository watch"))
-                .ok()
-        });
-    let oci_repos: Api<OCIRepository> = match namespace {
-        Some(ns) => Api::namespaced(oci_client, ns),
-        None => Api::all(oci_client),
     };
-    // OCIRepositories wake their Kustomizations through this watch (artifact changes only).
-    let oci_artifacts = watcher(oci_repos, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(decide::oci_artifact_changed, Default::default())
-        .filter_map(|repo| async move {
-            repo.inspect_err(|err| tracing::debug!(%err, "OCIRepository watch"))
-                .ok()
-        });
     controller
         .requested_by_related(artifacts, |repo: &GitRepository, cache| {
             users_of(&ObjectRef::from_obj(repo), cache)

@@ -21,6 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 
 use super::decide::{self, Failure};
+use super::sources::{FIRST_ARTIFACT_PATIENCE, Seen};
 use super::{Error, Kustomizations};
 use crate::apply::{self, Applier, ApplyOptions, Owner};
 use crate::build::{self, SourceData, SubstituteSource};
@@ -47,7 +48,7 @@ impl Kustomizations {
         let namespace = ks.namespace().unwrap_or_default();
         let name = ks.name_any();
         // Read once: the dependency check needs the source's revision too.
-        let source = source_artifact(ks, cx.client()).await;
+        let source = self.source_artifact(ks, cx.client()).await;
         let source_revision = source.as_ref().ok().map(|(a, _)| a.revision.as_str());
         self.check_dependencies(ks, cx.client(), source_revision)
             .await?;
@@ -356,18 +357,21 @@ impl Kustomizations {
     }
 }
 
-/// The artifact of the Kustomization's source, and the source's id for messages.
-async fn source_artifact(
-    ks: &Kustomization,
-    client: &Client,
-) -> Result<(Artifact, String), Failure> {
-    let source = &ks.spec.source_ref;
-    let source_namespace = decide::source_namespace(ks);
-    let kind = match source.kind {
-        SourceKind::GitRepository => "GitRepository",
-        SourceKind::OciRepository => "OCIRepository",
-        _ => {
-            return Err(Failure::new(
+impl Kustomizations {
+    /// The artifact of the Kustomization's source, and the source's id for messages: from the
+    /// source watch's store when it has one (see [`super::sources`]), else read from the server.
+    async fn source_artifact(
+        &self,
+        ks: &Kustomization,
+        client: &Client,
+    ) -> Result<(Artifact, String), Failure> {
+        let source = &ks.spec.source_ref;
+        let source_namespace = decide::source_namespace(ks);
+        let kind = match source.kind {
+            SourceKind::GitRepository => "GitRepository",
+            SourceKind::OciRepository => "OCIRepository",
+            _ => {
+                return Err(Failure::new(
                 ARTIFACT_FAILED_REASON,
                 format!(
                     "source kind {:?} is not supported by Gantry yet (only GitRepository and OCIRepository)",
@@ -375,39 +379,56 @@ async fn source_artifact(
                 ),
             )
             .terminal());
+            }
+        };
+        let source_id = format!("{kind}/{source_namespace}/{}", source.name);
+        let patience = FIRST_ARTIFACT_PATIENCE;
+        let seen = match source.kind {
+            SourceKind::OciRepository => {
+                self.sources
+                    .wait_for_artifact(patience, |s| s.oci(&source_namespace, &source.name))
+                    .await
+            }
+            _ => {
+                self.sources
+                    .wait_for_artifact(patience, |s| s.git(&source_namespace, &source.name))
+                    .await
+            }
+        };
+        if let Seen::Artifact(artifact) = seen {
+            return Ok((artifact, source_id));
         }
-    };
-    let source_id = format!("{kind}/{source_namespace}/{}", source.name);
-    let found = match source.kind {
-        SourceKind::OciRepository => {
-            Api::<OCIRepository>::namespaced(client.clone(), &source_namespace)
+        let found = match source.kind {
+            SourceKind::OciRepository => {
+                Api::<OCIRepository>::namespaced(client.clone(), &source_namespace)
+                    .get_opt(&source.name)
+                    .await
+                    .map(|r| r.map(|r| r.status.and_then(|s| s.artifact)))
+            }
+            _ => Api::<GitRepository>::namespaced(client.clone(), &source_namespace)
                 .get_opt(&source.name)
                 .await
-                .map(|r| r.map(|r| r.status.and_then(|s| s.artifact)))
+                .map(|r| r.map(|r| r.status.and_then(|s| s.artifact))),
+        };
+        let artifact = match found {
+            Ok(Some(artifact)) => artifact,
+            Ok(None) => {
+                let message = format!("Source '{source_id}' not found");
+                return Err(Failure::new(ARTIFACT_FAILED_REASON, message).waiting(None));
+            }
+            Err(err) => {
+                let message = format!("reading {source_id}: {err}");
+                return Err(Failure::new(ARTIFACT_FAILED_REASON, message));
+            }
+        };
+        match artifact {
+            Some(artifact) => Ok((artifact, source_id)),
+            None => Err(Failure::new(
+                ARTIFACT_FAILED_REASON,
+                format!("Source '{source_id}' is not ready, artifact not found"),
+            )
+            .waiting(None)),
         }
-        _ => Api::<GitRepository>::namespaced(client.clone(), &source_namespace)
-            .get_opt(&source.name)
-            .await
-            .map(|r| r.map(|r| r.status.and_then(|s| s.artifact))),
-    };
-    let artifact = match found {
-        Ok(Some(artifact)) => artifact,
-        Ok(None) => {
-            let message = format!("Source '{source_id}' not found");
-            return Err(Failure::new(ARTIFACT_FAILED_REASON, message).waiting(None));
-        }
-        Err(err) => {
-            let message = format!("reading {source_id}: {err}");
-            return Err(Failure::new(ARTIFACT_FAILED_REASON, message));
-        }
-    };
-    match artifact {
-        Some(artifact) => Ok((artifact, source_id)),
-        None => Err(Failure::new(
-            ARTIFACT_FAILED_REASON,
-            format!("Source '{source_id}' is not ready, artifact not found"),
-        )
-        .waiting(None)),
     }
 }
 
