@@ -63,7 +63,10 @@ fn figures(engine: &Engine, name: &str) -> Option<Figures> {
 
 /// The status page's JSON for one monitor.
 async fn page_monitor(addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
-    let text = reqwest::get(url(addr, "/api/status"))
+    let client = gantry_runtime::http::client(&Default::default()).expect("client");
+    let text = client
+        .get(url(addr, "/api/status"))
+        .send()
         .await
         .expect("GET /api/status")
         .text()
