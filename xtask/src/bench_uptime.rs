@@ -1,7 +1,9 @@
 //! `cargo xtask bench uptime`: N HTTP Monitors at one interval against a local HTTP server,
 //! checked by `gantry uptime serve` (the same engine `gantry run` uses, without a cluster) for a
 //! while; measured: the process's CPU (% of one core) and RSS, and how late checks started
-//! (scheduling lateness p50/p99, from the engine's own histogram at `/api/v1/scheduler`).
+//! (scheduling lateness p50/p99, from the engine's own histogram at `/api/v1/scheduler`), and
+//! how fast the history database grows (SQLite file or a private Postgres server, `VACUUM`ed
+//! before both measurements so dead row versions do not count), extrapolated to a day.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -67,10 +69,23 @@ pub fn uptime(
     monitors: usize,
     interval: Duration,
     duration: Duration,
+    database: &str,
 ) -> Result<()> {
     let gantry = match gantry {
         Some(g) => g.to_path_buf(),
         None => bench_support::build_release(workspace)?,
+    };
+    let storage = tempfile::tempdir()?;
+    let postgres = match database {
+        "sqlite" => None,
+        "postgres" => Some(gantry_testkit::postgres::Postgres::start_durable()),
+        other => bail!("--database is sqlite or postgres, not {other:?}"),
+    };
+    let location = match &postgres {
+        Some(pg) => gantry_uptime_store::Location::Postgres(pg.url()),
+        None => gantry_uptime_store::Location::Sqlite(
+            storage.path().join(gantry_uptime_store::store::SQLITE_FILE),
+        ),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -91,10 +106,17 @@ pub fn uptime(
         }
         drop(file);
         let port = free_port()?;
-        let child = Command::new(&gantry)
+        let mut command = Command::new(&gantry);
+        command
             .args(["uptime", "serve", "--config"])
             .arg(dir.path())
             .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--storage-path")
+            .arg(storage.path());
+        if let Some(pg) = &postgres {
+            command.arg(format!("--database-url={}", pg.url()));
+        }
+        let child = command
             .env("GANTRY_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -116,6 +138,18 @@ pub fn uptime(
         // The first interval spreads the first checks; measure the steady state after it.
         eprintln!("[bench] {monitors} monitors every {interval:?}; warming up for one interval");
         tokio::time::sleep(interval).await;
+        // The same database, opened here only to measure it.
+        let store = gantry_uptime_store::Store::open(gantry_uptime_store::StoreConfig::new(
+            location.clone(),
+        ))
+        .await
+        .context("opening the history database")?;
+        let size = || async {
+            store.vacuum().await?;
+            store.size_bytes().await
+        };
+        let size_before = size().await?;
+        let load_before = load_average();
         let cpu_before = bench_support::cpu_seconds(pid);
         let hits_before = hits.load(Ordering::Relaxed);
         let measuring = Instant::now();
@@ -126,6 +160,10 @@ pub fn uptime(
         let scheduler: serde_json::Value = client.get(&api).send().await?.json().await?;
         let (rss, _) = bench_support::idle_usage(pid, Duration::from_millis(100)).await;
         let peak = bench_support::peak_rss_mib(pid);
+        let size_after = size().await?;
+        let per_day = (size_after as f64 - size_before as f64) * 86_400.0
+            / measuring.elapsed().as_secs_f64();
+        let load_after = load_average();
         let expected = monitors as f64 * measuring.elapsed().as_secs_f64() / interval.as_secs_f64();
         println!("uptime benchmark: {monitors} HTTP monitors every {}s, measured {}s after a {}s warm-up", interval.as_secs(), duration.as_secs(), interval.as_secs());
         println!("  binary                  {}", gantry.display());
@@ -136,6 +174,21 @@ pub fn uptime(
             "  scheduling lateness     p50 {} ms, p99 {} ms (over {} checks since start)",
             scheduler["lateness"]["p50Ms"], scheduler["lateness"]["p99Ms"], scheduler["lateness"]["measured"]
         );
+        println!(
+            "  history ({database})       {:.1} MiB → {:.1} MiB: {:.2} GiB a day (VACUUMed)",
+            size_before as f64 / 1048576.0,
+            size_after as f64 / 1048576.0,
+            per_day / 1073741824.0
+        );
+        println!("  load average            {load_before} at the start, {load_after} at the end");
+        drop(store);
         Ok(())
     })
+}
+
+/// `/proc/loadavg`'s three figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

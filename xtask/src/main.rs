@@ -298,6 +298,10 @@ enum BenchTask {
         /// Benchmark this `gantry` binary instead of building a release one.
         #[arg(long)]
         gantry: Option<PathBuf>,
+        /// Where the history goes: `sqlite` (a file in a temporary directory) or `postgres`
+        /// (a private server on loopback); its growth per day is measured.
+        #[arg(long, default_value = "sqlite")]
+        database: String,
     },
     /// An OCIRepository pulling a large artifact (time, peak RSS) and the artifact server's
     /// download throughput.
@@ -543,6 +547,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             interval,
             duration,
             gantry,
+            database,
         }) => {
             bench_uptime::uptime(
                 &workspace_root(),
@@ -550,6 +555,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 monitors,
                 std::time::Duration::from_secs(interval),
                 std::time::Duration::from_secs(duration),
+                &database,
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -13,10 +13,11 @@
 pub mod model;
 pub mod status;
 pub mod store;
+mod window;
 
 pub use model::{
     Aggregate, DayBar, Incident, LastState, Millis, MonitorInfo, MonitorKey, ResponsePoint, Sample,
     State, Summary, now_ms,
 };
 pub use status::{StatusOptions, StatusPage};
-pub use store::{Error, Health, Location, RetentionReport, Store, StoreConfig};
+pub use store::{Error, Health, Location, Page, PageMonitor, RetentionReport, Store, StoreConfig};

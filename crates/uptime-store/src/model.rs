@@ -278,14 +278,16 @@ impl Aggregate {
     }
 }
 
-fn bucket_of(us: i64) -> usize {
+pub(crate) fn bucket_of(us: i64) -> usize {
     BUCKET_BOUNDS_MS
         .iter()
         .position(|&bound| us <= bound * 1000)
         .unwrap_or(BUCKET_BOUNDS_MS.len())
 }
 
-/// Uptime and response times of one monitor over the usual windows, from the aggregates.
+/// Uptime and response times of one monitor over the usual windows (ending now, in UTC buckets):
+/// 24 h is the current hour and the 23 before it, 7 d and 30 d the current day and the 6 or 29
+/// before it; percentiles are over the 24 h window, from the aggregates' histograms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Summary {
     pub uptime_24h: Option<f64>,
@@ -294,6 +296,7 @@ pub struct Summary {
     /// Over the last 24 hours.
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// One day of the 90-day bar.

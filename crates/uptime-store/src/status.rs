@@ -1,11 +1,13 @@
 //! The status page: one server-rendered HTML page (inline SVG, no JavaScript), the JSON API
 //! behind it and SVG badges, served on its own listener.
 //!
-//! Light on the server: the page is rendered from a [`Snapshot`] of the aggregates (grouped
-//! queries over the hourly and daily tables, never a raw scan) that is rebuilt only when the
-//! store has written something new and the snapshot is at least `min_refresh` old (or older
-//! than `max_age`); the rendered HTML is cached with it. Current states come from the store's
-//! memory, so they are right even while the database is away, which the page says in a banner.
+//! Light on the server: the page is rendered from a [`Snapshot`] of the store's memory (each
+//! monitor's windows of aggregates, updated as results arrive, its last state and the recent
+//! incidents), never from a database read. A background task rebuilds it when results arrived
+//! and it is at least `min_refresh` old (or older than `max_age`), while someone looks at it;
+//! requests are served the cached HTML. So the page, the JSON API, the badges and the Monitor
+//! status show the same figures, and they are right even while the database is away, which the
+//! page says in a banner.
 //! Every name on the page comes from users: all of it is HTML-escaped.
 
 use std::collections::BTreeMap;
@@ -22,15 +24,12 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::model::{
-    DAY_MS, DayBar, HOUR_MS, Incident, LastState, Millis, MonitorKey, ResponsePoint, State,
-    Summary, now_ms,
+    DayBar, HOUR_MS, Incident, LastState, Millis, MonitorKey, ResponsePoint, State, Summary, now_ms,
 };
 use crate::store::{Health, Store};
 
 /// Days in the uptime bar.
 pub const BAR_DAYS: i64 = 90;
-/// Recent incidents listed.
-const RECENT_INCIDENTS: i64 = 50;
 
 /// How the page looks and how fresh it is kept.
 #[derive(Debug, Clone)]
@@ -112,30 +111,56 @@ pub struct StatusPage {
     store: Store,
     options: StatusOptions,
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// When the page was last asked for: the background rebuild stops when nobody looks.
+    asked: std::sync::Mutex<Option<Instant>>,
 }
 
+/// The background rebuild keeps going this long after the last request.
+const KEEP_WARM: Duration = Duration::from_secs(600);
+
 impl StatusPage {
+    /// The page over `store`; with a Tokio runtime, also a task that rebuilds it in the
+    /// background (at most every `min_refresh`, while it is being looked at), so requests are
+    /// served from the cache. The task ends when the page is dropped.
     pub fn new(store: Store, options: StatusOptions) -> Arc<Self> {
-        Arc::new(Self {
+        let page = Arc::new(Self {
             store,
             options,
             cache: tokio::sync::Mutex::new(None),
-        })
+            asked: std::sync::Mutex::new(None),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(refresh_task(Arc::downgrade(&page)));
+        }
+        page
     }
 
-    /// The current snapshot and its HTML, rebuilt if stale.
+    fn stale(&self, cached: &Cached) -> bool {
+        let age = cached.built.elapsed();
+        let changed = cached.generation != self.store.generation();
+        age >= self.options.max_age || (changed && age >= self.options.min_refresh)
+    }
+
+    /// The current snapshot and its HTML: the cached ones unless stale (then rebuilt here;
+    /// the background task usually got there first).
     pub async fn current(&self) -> (Arc<Snapshot>, Arc<String>) {
+        *self
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.refresh().await
+    }
+
+    /// The cached page, rebuilt first if stale.
+    async fn refresh(&self) -> (Arc<Snapshot>, Arc<String>) {
         let mut cache = self.cache.lock().await;
-        let generation = self.store.generation();
-        if let Some(c) = cache.as_ref() {
-            let age = c.built.elapsed();
-            let changed = c.generation != generation;
-            if age < self.options.max_age && (!changed || age < self.options.min_refresh) {
-                return (c.snapshot.clone(), c.html.clone());
-            }
+        if let Some(c) = cache.as_ref()
+            && !self.stale(c)
+        {
+            return (c.snapshot.clone(), c.html.clone());
         }
-        let previous = cache.as_ref().map(|c| c.snapshot.clone());
-        let snapshot = Arc::new(self.build(previous.as_deref()).await);
+        let generation = self.store.generation();
+        let snapshot = Arc::new(self.build());
         let html = Arc::new(render_html(&self.options.title, &snapshot));
         *cache = Some(Cached {
             built: Instant::now(),
@@ -146,57 +171,23 @@ impl StatusPage {
         (snapshot, html)
     }
 
-    /// Reads the aggregates into a new snapshot (what the cache saves).
-    pub async fn build(&self, previous: Option<&Snapshot>) -> Snapshot {
-        let now = now_ms();
-        let store = &self.store;
-        let reads = async {
-            Ok::<_, crate::store::Error>((
-                store.summaries().await?,
-                store.daily_bars(BAR_DAYS).await?,
-                store.hourly_response_times(now - 24 * HOUR_MS).await?,
-                store.recent_incidents(RECENT_INCIDENTS).await?,
-            ))
-        };
-        let (mut summaries, mut bars, mut response, incidents, read_error) = match reads.await {
-            Ok((s, b, r, i)) => (s, b, r, i, None),
-            Err(err) => {
-                tracing::warn!(error = %err, "status page: aggregates unreadable");
-                // Keep showing the last figures read, with the error.
-                let mut s = std::collections::HashMap::new();
-                let mut b = std::collections::HashMap::new();
-                let mut r = std::collections::HashMap::new();
-                let mut incidents = Vec::new();
-                if let Some(prev) = previous {
-                    for m in prev.groups.iter().flat_map(|g| &g.monitors) {
-                        let key = MonitorKey::new(&m.namespace, &m.name);
-                        s.insert(key.clone(), m.summary.clone());
-                        b.insert(key.clone(), m.bars.clone());
-                        r.insert(key, m.response.clone());
-                    }
-                    incidents = prev
-                        .recent_incidents
-                        .iter()
-                        .map(|i| Incident {
-                            key: MonitorKey::new(&i.namespace, &i.name),
-                            started_at: i.started_at,
-                            ended_at: i.ended_at,
-                            cause: i.cause.clone(),
-                        })
-                        .collect();
-                }
-                (s, b, r, incidents, Some(err.to_string()))
-            }
-        };
-        let states: std::collections::HashMap<MonitorKey, LastState> = store
-            .last_states()
-            .into_iter()
-            .map(|s| (s.key.clone(), s))
-            .collect();
+    fn looked_at(&self) -> bool {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < KEEP_WARM)
+    }
+
+    /// A new snapshot from the store's memory (its windows, states and incidents): no
+    /// database read, so it costs the same whether the database is there or not.
+    pub fn build(&self) -> Snapshot {
+        let page = self.store.page(BAR_DAYS);
+        let now = page.now;
         let mut groups: BTreeMap<String, Vec<MonitorView>> = BTreeMap::new();
         let mut titles = std::collections::HashMap::new();
-        for info in store.monitors() {
-            let state = states.get(&info.key);
+        for m in page.monitors {
+            let info = m.info;
+            let state = m.state.as_ref();
             titles.insert(info.key.clone(), info.title().to_string());
             let view = MonitorView {
                 namespace: info.key.namespace.clone(),
@@ -207,29 +198,17 @@ impl StatusPage {
                 state: state.map(|s| s.state),
                 since: state.map(|s| s.since),
                 message: state.and_then(|s| s.message.clone()),
-                summary: summaries.remove(&info.key).unwrap_or_default(),
-                bars: bars
-                    .remove(&info.key)
-                    .unwrap_or_else(|| empty_bars(now, BAR_DAYS)),
-                response: response.remove(&info.key).unwrap_or_default(),
+                summary: m.summary,
+                bars: m.bars,
+                response: m.response,
             };
             groups.entry(info.group.clone()).or_default().push(view);
         }
         for monitors in groups.values_mut() {
             monitors.sort_by(|a, b| a.title.cmp(&b.title).then(a.name.cmp(&b.name)));
         }
-        let mut incidents = incidents;
-        // Open incidents are known in memory even before they reach the database.
-        for open in store.open_incidents() {
-            if !incidents
-                .iter()
-                .any(|i| i.key == open.key && i.started_at == open.started_at)
-            {
-                incidents.push(open);
-            }
-        }
-        incidents.sort_by_key(|i| std::cmp::Reverse(i.started_at));
-        let recent_incidents = incidents
+        let recent_incidents = page
+            .incidents
             .into_iter()
             .map(|i| IncidentView {
                 title: titles
@@ -245,8 +224,8 @@ impl StatusPage {
             .collect();
         Snapshot {
             generated_at: now,
-            health: store.health(),
-            read_error,
+            health: page.health,
+            read_error: None,
             // Named groups first, alphabetically; ungrouped monitors last.
             groups: {
                 let mut named: Vec<Group> = Vec::new();
@@ -266,7 +245,24 @@ impl StatusPage {
     }
 }
 
+/// Rebuilds the page when it is stale and someone looked at it lately. Ends with the page.
+async fn refresh_task(page: std::sync::Weak<StatusPage>) {
+    loop {
+        let tick = match page.upgrade() {
+            Some(p) => p.options.min_refresh.max(Duration::from_millis(500)),
+            None => return,
+        };
+        tokio::time::sleep(tick).await;
+        let Some(page) = page.upgrade() else { return };
+        if page.looked_at() {
+            page.refresh().await;
+        }
+    }
+}
+
+#[cfg(test)]
 fn empty_bars(now: Millis, days: i64) -> Vec<DayBar> {
+    use crate::model::DAY_MS;
     let first = now - now.rem_euclid(DAY_MS) - (days - 1) * DAY_MS;
     (0..days)
         .map(|i| DayBar {
@@ -343,7 +339,7 @@ async fn monitor_json(
     let detail = async {
         Ok::<_, crate::store::Error>(MonitorDetail {
             state: store.last_state(&key),
-            summary: store.summary(&key).await?,
+            summary: store.figures(&key).unwrap_or_default(),
             bars: store.daily_bars_of(&key, BAR_DAYS).await?,
             response_times: store.response_times(&key, now_ms() - 24 * HOUR_MS).await?,
             incidents: store.incidents(&key, 20).await?,
@@ -709,28 +705,27 @@ fn render_chart(out: &mut String, points: &[ResponsePoint], now: Millis) {
          role=\"img\" aria-label=\"response time per hour, last 24 hours, up to {top:.0} ms\">",
         w = SLOTS * SLOT_W,
     );
+    // One path for the hourly means and one for the p95 ticks, no tooltip per hour: with a
+    // thousand monitors, one element per hour was most of the page. The figures are in the
+    // JSON API and the 24-hour percentiles in the text above the chart.
+    let mut means = String::new();
+    let mut ticks = String::new();
     for p in points {
         let slot = (p.at - first).div_euclid(HOUR_MS);
         if !(0..SLOTS).contains(&slot) {
             continue;
         }
         let x = slot * SLOT_W + 1;
-        let mean = height(p.ms);
-        let p95 = height(p.p95_ms);
-        let _ = write!(
-            out,
-            "<rect class=\"mean\" x=\"{x}\" y=\"{y:.1}\" width=\"{w}\" height=\"{mean:.1}\">\
-             <title>{hour}: mean {ms:.0} ms, p95 {p95ms:.0} ms</title></rect>\
-             <rect class=\"p95\" x=\"{x}\" y=\"{y95:.1}\" width=\"{w}\" height=\"1.5\"/>",
-            y = H - mean,
-            w = SLOT_W - 2,
-            hour = time(p.at),
-            ms = p.ms,
-            p95ms = p.p95_ms,
-            y95 = (H - p95 - 1.5).max(0.0),
-        );
+        let mean = height(p.ms).round();
+        let y95 = (H - height(p.p95_ms) - 2.0).max(0.0).round();
+        let w = SLOT_W - 2;
+        let _ = write!(means, "M{x} {H}v-{mean}h{w}v{mean}z");
+        let _ = write!(ticks, "M{x} {y95}h{w}v2h-{w}z");
     }
-    out.push_str("</svg>");
+    let _ = write!(
+        out,
+        "<path class=\"mean\" d=\"{means}\"/><path class=\"p95\" d=\"{ticks}\"/></svg>"
+    );
 }
 
 /// A shields-style badge: the monitor's title and its state with the 24-hour uptime.

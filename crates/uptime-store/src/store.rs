@@ -29,6 +29,10 @@ use crate::model::{
     Aggregate, BUCKETS, DAY_MS, DayBar, HOUR_MS, Incident, LastState, Millis, MonitorInfo,
     MonitorKey, ResponsePoint, Sample, State, Summary, now_ms,
 };
+use crate::window::{self, Windows};
+
+/// Recent incidents kept in memory (open ones are always kept as well).
+pub const RECENT_INCIDENTS: usize = 50;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,28 @@ pub struct RetentionReport {
     pub incidents: u64,
 }
 
+/// What the status page shows, read from memory ([`Store::page`]).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub now: Millis,
+    pub health: Health,
+    /// Sorted by key.
+    pub monitors: Vec<PageMonitor>,
+    /// Recent incidents (open ones included), newest first.
+    pub incidents: Vec<Incident>,
+}
+
+/// One monitor on the status page.
+#[derive(Debug, Clone)]
+pub struct PageMonitor {
+    pub info: MonitorInfo,
+    pub state: Option<LastState>,
+    pub summary: Summary,
+    pub bars: Vec<DayBar>,
+    /// Hourly mean and p95 over the last 24 hours.
+    pub response: Vec<ResponsePoint>,
+}
+
 /// The database pool of either backend.
 #[derive(Debug, Clone)]
 enum Db {
@@ -228,6 +254,10 @@ struct Mem {
     last_error: Option<String>,
     /// Samples taken by the writer and not yet committed.
     in_flight: usize,
+    /// Each monitor's recent aggregates, updated with every sample (what status shows).
+    windows: HashMap<MonitorKey, Windows>,
+    /// The most recent incidents, newest first.
+    recent: VecDeque<Incident>,
 }
 
 #[derive(Debug)]
@@ -287,11 +317,18 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
     "init",
     include_str!("../migrations/sqlite/0001_init.sql"),
 )];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "fillfactor",
+        include_str!("../migrations/postgres/0002_fillfactor.sql"),
+    ),
+];
 
 impl Store {
     /// Connects (creating the SQLite file and its directory if needed), migrates the schema,
@@ -418,6 +455,8 @@ impl Store {
             }
             wake = mem.buffer.len() >= MAX_BATCH / 2;
         }
+        // The windows changed: the status page's cache is stale.
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
         if dropped > 0 {
             self.inner.dropped.fetch_add(dropped, Ordering::Relaxed);
             tracing::warn!(
@@ -450,6 +489,55 @@ impl Store {
         all
     }
 
+    /// Uptime and response-time percentiles of one monitor from its in-memory windows (loaded
+    /// from the aggregates at start and updated with every result): what the Monitor status, the
+    /// status page and its JSON API all show. `None` before its first result.
+    pub fn figures(&self, key: &MonitorKey) -> Option<Summary> {
+        let now = now_ms();
+        self.mem().windows.get(key).map(|w| w.summary(now))
+    }
+
+    /// Everything the status page shows, from memory under one lock: no database read.
+    pub fn page(&self, bar_days: i64) -> Page {
+        let now = now_ms();
+        let mem = self.mem();
+        let mut monitors: Vec<PageMonitor> = mem
+            .infos
+            .values()
+            .map(|info| {
+                let w = mem.windows.get(&info.key);
+                PageMonitor {
+                    info: info.clone(),
+                    state: mem.states.get(&info.key).cloned(),
+                    summary: w.map(|w| w.summary(now)).unwrap_or_default(),
+                    bars: w.map_or_else(
+                        || Windows::default().bars(now, bar_days),
+                        |w| w.bars(now, bar_days),
+                    ),
+                    response: w.map(|w| w.response(now)).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let mut incidents: Vec<Incident> = mem.recent.iter().cloned().collect();
+        for open in mem.open.values() {
+            if !incidents
+                .iter()
+                .any(|i| i.key == open.key && i.started_at == open.started_at)
+            {
+                incidents.push(open.clone());
+            }
+        }
+        drop(mem);
+        monitors.sort_by(|a, b| a.info.key.cmp(&b.info.key));
+        incidents.sort_by_key(|i| std::cmp::Reverse(i.started_at));
+        Page {
+            now,
+            health: self.health(),
+            monitors,
+            incidents,
+        }
+    }
+
     /// Whether history reaches the database.
     pub fn health(&self) -> Health {
         let mem = self.mem();
@@ -463,7 +551,7 @@ impl Store {
         }
     }
 
-    /// Changes whenever a write changed the database or the health changed.
+    /// Changes whenever a result arrived, a write changed the database or the health changed.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
     }
@@ -527,6 +615,17 @@ impl Store {
         mem.ids = fresh.ids;
         mem.states = fresh.states;
         mem.open = fresh.open;
+        mem.recent = fresh.recent;
+        mem.windows = fresh.windows;
+        // Results queued since the flush are not in the database yet: count them again.
+        let queued: Vec<(MonitorKey, Millis, State, Option<i32>)> = mem
+            .buffer
+            .iter()
+            .map(|s| (s.key.clone(), s.at, s.state, s.response_us))
+            .collect();
+        for (key, at, state, rt) in queued {
+            mem.windows.entry(key).or_default().add(at, state, rt);
+        }
         drop(mem);
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -546,8 +645,9 @@ impl Store {
         }
     }
 
-    /// Uptime and response-time percentiles of every monitor with history, from the aggregates
-    /// (three grouped queries, no raw scan).
+    /// Uptime and response-time percentiles of every monitor with history, read from the
+    /// database's aggregates (three grouped queries, no raw scan). What status shows comes from
+    /// memory instead ([`Store::figures`]); this is the same figures from the tables.
     pub async fn summaries(&self) -> Result<HashMap<MonitorKey, Summary>, Error> {
         self.summaries_at(now_ms(), None).await
     }
@@ -572,7 +672,7 @@ impl Store {
         let h24 = window(db, "hourly", hour - 23 * HOUR_MS, only)
             .await
             .map_err(|e| self.db_error(e))?;
-        let d7 = window(db, "hourly", hour - 167 * HOUR_MS, only)
+        let d7 = window(db, "daily", day - 6 * DAY_MS, only)
             .await
             .map_err(|e| self.db_error(e))?;
         let d30 = window(db, "daily", day - 29 * DAY_MS, only)
@@ -591,6 +691,7 @@ impl Store {
                     uptime_30d: agg.uptime(),
                     p50_ms: day.and_then(|a| a.percentile_ms(0.5)),
                     p95_ms: day.and_then(|a| a.percentile_ms(0.95)),
+                    p99_ms: day.and_then(|a| a.percentile_ms(0.99)),
                 },
             );
         }
@@ -843,6 +944,8 @@ impl Store {
             mem.infos.remove(key);
             mem.states.remove(key);
             mem.open.remove(key);
+            mem.windows.remove(key);
+            mem.recent.retain(|i| &i.key != key);
             mem.ids.remove(key)
         };
         let Some(id) = id else { return Ok(()) };
@@ -929,6 +1032,21 @@ impl Store {
             out.push((table.to_string(), u64::try_from(bytes).unwrap_or_default()));
         }
         Ok(out)
+    }
+
+    /// Postgres: `VACUUM` the tables (what autovacuum does in the background), so that sizes
+    /// measured afterwards are the steady state rather than the dead rows of the last updates.
+    /// SQLite: nothing ([`Store::size_bytes`] already leaves free pages out).
+    pub async fn vacuum(&self) -> Result<(), Error> {
+        if let Db::Postgres(p) = &self.inner.db {
+            sqlx::query(
+                "VACUUM (ANALYZE) samples, hourly, daily, monitor_state, incidents, monitors",
+            )
+            .execute(p)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        Ok(())
     }
 
     /// Bytes the database takes: the SQLite file (with its WAL) or the Postgres database.
@@ -1045,6 +1163,14 @@ impl Mem {
     /// Updates the in-memory state and incidents for a new sample.
     fn track(&mut self, sample: &Sample) {
         let key = &sample.key;
+        match self.windows.get_mut(key) {
+            Some(w) => w.add(sample.at, sample.state, sample.response_us),
+            None => {
+                let mut w = Windows::default();
+                w.add(sample.at, sample.state, sample.response_us);
+                self.windows.insert(key.clone(), w);
+            }
+        }
         if !self.infos.contains_key(key) {
             self.infos
                 .insert(key.clone(), MonitorInfo::bare(key.clone()));
@@ -1070,10 +1196,19 @@ impl Mem {
                 cause: sample.message.clone().unwrap_or_default(),
             };
             self.open.insert(key.clone(), incident.clone());
+            self.recent.push_front(incident.clone());
+            self.recent.truncate(RECENT_INCIDENTS);
             self.incident_ops.push_back(IncidentOp::Open(incident));
         } else if sample.state == State::Up
             && let Some(open) = self.open.remove(key)
         {
+            if let Some(i) = self
+                .recent
+                .iter_mut()
+                .find(|i| &i.key == key && i.started_at == open.started_at)
+            {
+                i.ended_at = Some(sample.at);
+            }
             self.incident_ops.push_back(IncidentOp::Close {
                 key: key.clone(),
                 started_at: open.started_at,
@@ -1347,6 +1482,57 @@ async fn load(db: &Db, backend: &'static str) -> Result<Mem, Error> {
                 response_us: r.try_get(5).map_err(err)?,
                 http_status: r.try_get(6).map_err(err)?,
                 message: r.try_get(7).map_err(err)?,
+            });
+        }
+        let now = now_ms();
+        let since = now - now.rem_euclid(HOUR_MS) - (window::HOURS - 1) * HOUR_MS;
+        let sql = format!(
+            "SELECT monitor_id, bucket, up, down, pending, maintenance, rt_count, rt_sum_us, \
+             rt_max_us, {} FROM hourly WHERE bucket >= $1", histogram_columns(""));
+        let rows = sqlx::query(&sql).bind(since).fetch_all(p).await.map_err(err)?;
+        for r in &rows {
+            let id: i64 = r.try_get(0).map_err(err)?;
+            let Some(key) = keys.get(&id) else { continue };
+            let mut agg = Aggregate {
+                up: r.try_get(2).map_err(err)?, down: r.try_get(3).map_err(err)?,
+                pending: r.try_get(4).map_err(err)?, maintenance: r.try_get(5).map_err(err)?,
+                rt_count: r.try_get(6).map_err(err)?, rt_sum_us: r.try_get(7).map_err(err)?,
+                rt_max_us: r.try_get(8).map_err(err)?,
+                ..Aggregate::default()
+            };
+            for (i, h) in agg.histogram.iter_mut().enumerate() {
+                *h = i64::from(r.try_get::<i32, _>(9 + i).map_err(err)?);
+            }
+            let bucket: i64 = r.try_get(1).map_err(err)?;
+            mem.windows.entry(key.clone()).or_default().set_hour(bucket, &agg);
+        }
+        let first_day = now - now.rem_euclid(DAY_MS) - (window::DAYS - 1) * DAY_MS;
+        let rows = sqlx::query(
+            "SELECT monitor_id, bucket, up, down, pending, maintenance FROM daily WHERE bucket >= $1")
+            .bind(first_day).fetch_all(p).await.map_err(err)?;
+        for r in &rows {
+            let id: i64 = r.try_get(0).map_err(err)?;
+            let Some(key) = keys.get(&id) else { continue };
+            let agg = Aggregate {
+                up: r.try_get(2).map_err(err)?, down: r.try_get(3).map_err(err)?,
+                pending: r.try_get(4).map_err(err)?, maintenance: r.try_get(5).map_err(err)?,
+                ..Aggregate::default()
+            };
+            let bucket: i64 = r.try_get(1).map_err(err)?;
+            mem.windows.entry(key.clone()).or_default().set_day(bucket, &agg);
+        }
+        let rows = sqlx::query(
+            "SELECT monitor_id, started_at, ended_at, cause FROM incidents \
+             ORDER BY started_at DESC LIMIT $1")
+            .bind(RECENT_INCIDENTS as i64).fetch_all(p).await.map_err(err)?;
+        for r in &rows {
+            let id: i64 = r.try_get(0).map_err(err)?;
+            let Some(key) = keys.get(&id) else { continue };
+            mem.recent.push_back(Incident {
+                key: key.clone(),
+                started_at: r.try_get(1).map_err(err)?,
+                ended_at: r.try_get(2).map_err(err)?,
+                cause: r.try_get(3).map_err(err)?,
             });
         }
         let rows = sqlx::query(

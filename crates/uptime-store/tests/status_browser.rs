@@ -194,7 +194,7 @@ async fn chromium_shows_a_monitor_going_down_and_up() {
     );
     browser
         .find(Locator::Css(
-            "article[data-monitor=\"prod/web\"] svg.chart rect.mean",
+            "article[data-monitor=\"prod/web\"] svg.chart path.mean",
         ))
         .await
         .unwrap();

@@ -49,7 +49,7 @@ async fn the_page_the_api_and_the_badges_show_the_states() {
     let public = html.find("<h2>Public</h2>").unwrap();
     assert!(internal < public);
     assert!(html.contains("aria-label=\"uptime per day, last 90 days\""));
-    assert!(html.contains("<rect class=\"mean\""));
+    assert!(html.contains("<path class=\"mean\" d=\"M"));
 
     let (status, content_type, json) = get(addr, "/api/status").await;
     assert_eq!(status, 200);

@@ -71,6 +71,7 @@ on_both_backends!(
     many_monitors_are_written_in_batches,
     monitor_info_is_kept_and_removed,
     a_new_leader_takes_over_the_state,
+    figures_from_memory_match_the_tables_and_survive_a_restart,
 );
 
 fn key(name: &str) -> MonitorKey {
@@ -317,6 +318,70 @@ async fn a_new_leader_takes_over_the_state(fx: Fixture) {
     let incidents = follower.incidents(&key("lb"), 10).await.unwrap();
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0].ended_at, Some(t0 + 60_000));
+}
+
+/// What status and the status page show ([`Store::figures`], [`Store::page`]) is kept in memory
+/// as results arrive: it equals what the aggregate tables say, and a new process (or a new
+/// leader) reads the same from them.
+async fn figures_from_memory_match_the_tables_and_survive_a_restart(fx: Fixture) {
+    let store = fx.open().await;
+    let now = now_ms();
+    // 40 days of history for two monitors: every 10 minutes, with an outage now and then and
+    // response times from 5 ms to 2 s.
+    let mut samples = Vec::new();
+    for (m, name) in ["web", "api"].iter().enumerate() {
+        let mut at = now - 40 * DAY;
+        let mut i = 0i64;
+        while at < now {
+            let x = (i * 7919 + m as i64 * 104_729) % 1000;
+            let state = match x {
+                0..20 => State::Down,
+                20..30 => State::Pending,
+                30..35 => State::Maintenance,
+                _ => State::Up,
+            };
+            samples.push(sample(name, at, state, 5 + (x as i32 * 2)));
+            at += 10 * 60_000;
+            i += 1;
+        }
+    }
+    store.record_many(samples);
+    let in_memory = |store: &Store| {
+        ["web", "api"]
+            .map(|n| store.figures(&key(n)).expect("figures"))
+            .to_vec()
+    };
+    let before = in_memory(&store);
+    store.flush().await.unwrap();
+    let tables = store.summaries().await.unwrap();
+    for (name, figures) in ["web", "api"].iter().zip(&before) {
+        assert_eq!(&tables[&key(name)], figures, "{name}: memory and tables");
+        assert!(figures.uptime_30d.is_some_and(|u| u < 1.0 && u > 0.9));
+        assert!(figures.p99_ms.is_some());
+    }
+    let page = store.page(90);
+    let bars = store.daily_bars_of(&key("web"), 90).await.unwrap();
+    let web = page
+        .monitors
+        .iter()
+        .find(|m| m.info.key == key("web"))
+        .unwrap();
+    assert_eq!(web.bars, bars, "the 90-day bar");
+    assert_eq!(web.summary, before[0]);
+    assert!(web.response.len() >= 23, "{:?}", web.response);
+    store.close().await.unwrap();
+
+    // A restart: the figures come back from the aggregates.
+    let store = fx.open().await;
+    assert_eq!(in_memory(&store), before, "after a restart");
+    assert_eq!(store.page(90).monitors.len(), 2);
+    // And a replica that opened before the writes catches up when it takes over.
+    let follower = fx.open().await;
+    store.record(sample("web", now, State::Down, 10));
+    store.flush().await.unwrap();
+    follower.reload().await.unwrap();
+    assert_eq!(follower.figures(&key("web")), store.figures(&key("web")));
+    assert_ne!(store.figures(&key("web")).unwrap(), before[0]);
 }
 
 /// Waits until `done` holds, panicking with `what` after a minute.

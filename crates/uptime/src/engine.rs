@@ -4,7 +4,8 @@
 //! one, rather than a sleeping task per Monitor: a check is spawned when due, bounded by a
 //! semaphore, and schedules its successor from its *intended* time, so intervals do not drift
 //! with check durations. First checks are spread over the interval by a hash of the Monitor's
-//! key, so ten thousand Monitors created at once do not fire together. How late each check
+//! key, so ten thousand Monitors created at once do not fire together; Monitors added before
+//! the scheduler runs (a configuration read at start) count that offset from when it starts. How late each check
 //! starts is kept as a histogram ([`Engine::jitter`]) for the benchmark.
 
 use std::cmp::Reverse;
@@ -72,6 +73,14 @@ pub trait Sink: Send + Sync + 'static {
     fn report(&self, report: Report);
 }
 
+/// Uptime and response times of one Monitor, as its status shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    pub uptime: Uptime,
+    /// p50, p95, p99 in milliseconds.
+    pub response_times: Option<(u64, u64, u64)>,
+}
+
 /// Where every result is kept and where the last state comes back from after a restart (the
 /// history store; see [`crate::store`]).
 pub trait Recorder: Send + Sync + 'static {
@@ -89,6 +98,10 @@ pub trait Recorder: Send + Sync + 'static {
     fn persisted(&self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async {})
     }
+    /// Its uptime and response times from the kept history (results included as soon as
+    /// [`record`](Self::record) returns), so status agrees with the status page and survives a
+    /// restart. `None` before any result.
+    fn figures(&self, key: &Key) -> Option<Figures>;
 }
 
 /// How long an alert waits for its state to be stored before it is sent anyway: a database
@@ -115,6 +128,7 @@ impl Sink for LogSink {
 #[derive(Default)]
 struct Runtime {
     machine: Machine,
+    /// Only without a [`Recorder`] (its history is then the only one).
     history: History,
     last: Option<LastCheck>,
     last_beat: Option<std::time::Instant>,
@@ -151,6 +165,10 @@ struct Inner {
     sink: Arc<dyn Sink>,
     metrics: Option<UptimeMetrics>,
     recorder: Mutex<Option<Arc<dyn Recorder>>>,
+    /// First checks of Monitors added before [`Engine::run`] started (offset, key, epoch);
+    /// `None` once it runs. Their offsets count from the start of the scheduler, not from
+    /// the upsert: plans compiled during a slow start must not all be due at once.
+    before_start: Mutex<Option<Vec<(Duration, Key, u64)>>>,
     jitter: Vec<AtomicU32>,
     checks: AtomicU64,
 }
@@ -183,6 +201,7 @@ impl Engine {
                 sink,
                 metrics,
                 recorder: Mutex::new(None),
+                before_start: Mutex::new(Some(Vec::new())),
                 jitter: (0..JITTER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
                 checks: AtomicU64::new(0),
             }),
@@ -245,7 +264,14 @@ impl Engine {
             lock(&self.inner.heartbeats).insert(path.clone(), key.clone());
         }
         if let Some(after) = first {
-            self.schedule(Instant::now() + after, key, epoch, false);
+            let mut waiting = lock(&self.inner.before_start);
+            match waiting.as_mut() {
+                Some(waiting) => waiting.push((after, key, epoch)),
+                None => {
+                    drop(waiting);
+                    self.schedule(Instant::now() + after, key, epoch, false);
+                }
+            }
         }
     }
 
@@ -324,17 +350,24 @@ impl Engine {
     /// The state of one Monitor.
     pub fn snapshot(&self, key: &Key) -> Option<Snapshot> {
         let entry = lock(&self.inner.monitors).get(key).cloned()?;
+        let recorder = self.recorder();
         let rt = lock(&entry.runtime);
-        Some(snapshot(&entry.plan, &rt, Timestamp::now()))
+        Some(snapshot(
+            &entry.plan,
+            &rt,
+            Timestamp::now(),
+            recorder.as_deref(),
+        ))
     }
 
     /// The state of every Monitor, sorted by key.
     pub fn snapshots(&self) -> Vec<Snapshot> {
         let entries: Vec<Entry> = lock(&self.inner.monitors).values().cloned().collect();
         let now = Timestamp::now();
+        let recorder = self.recorder();
         let mut all: Vec<Snapshot> = entries
             .iter()
-            .map(|e| snapshot(&e.plan, &lock(&e.runtime), now))
+            .map(|e| snapshot(&e.plan, &lock(&e.runtime), now, recorder.as_deref()))
             .collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
@@ -408,6 +441,11 @@ impl Engine {
 
     /// Runs the scheduler until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let waiting = lock(&self.inner.before_start).take().unwrap_or_default();
+        let start = Instant::now();
+        for (after, key, epoch) in waiting {
+            self.schedule(start + after, key, epoch, false);
+        }
         loop {
             let next = lock(&self.inner.queue).peek().map(|Reverse(d)| d.at);
             let now = Instant::now();
@@ -495,23 +533,28 @@ impl Engine {
             response_time: result.response_time,
             message: result.message.clone(),
         };
-        let (step, snap) = {
+        let recorder = self.recorder();
+        let step = {
             let mut rt = lock(&entry.runtime);
             let step = rt
                 .machine
                 .observe(&plan.settings, &outcome, maintenance, now);
-            rt.history.record(now, result.success, result.response_time);
+            if recorder.is_none() {
+                rt.history.record(now, result.success, result.response_time);
+            }
             rt.last = Some(LastCheck {
                 time: now,
                 success: result.success,
                 response_ms: u64::try_from(result.response_time.as_millis()).unwrap_or(u64::MAX),
                 message: result.message.clone(),
             });
-            (step, snapshot(plan, &rt, now))
+            step
         };
-        if let Some(r) = self.recorder() {
+        // Recorded before the snapshot, so its figures count this result.
+        if let Some(r) = &recorder {
             r.record(plan, now, step.to, result);
         }
+        let snap = snapshot(plan, &lock(&entry.runtime), now, recorder.as_deref());
         if let Some(m) = &self.inner.metrics {
             let (ns, name, t) = (&plan.key.namespace, &plan.key.name, plan.type_.as_str());
             m.observe_check(
@@ -557,8 +600,20 @@ impl Engine {
     }
 }
 
-fn snapshot(plan: &Plan, rt: &Runtime, now: Timestamp) -> Snapshot {
-    let uptime = rt.history.uptime(now);
+fn snapshot(
+    plan: &Plan,
+    rt: &Runtime,
+    now: Timestamp,
+    recorder: Option<&dyn Recorder>,
+) -> Snapshot {
+    let figures = match recorder {
+        Some(r) => r.figures(&plan.key).unwrap_or_default(),
+        None => Figures {
+            uptime: rt.history.uptime(now),
+            response_times: rt.history.percentiles(),
+        },
+    };
+    let uptime = figures.uptime;
     Snapshot {
         key: plan.key.clone(),
         display_name: plan.display_name.clone(),
@@ -577,7 +632,7 @@ fn snapshot(plan: &Plan, rt: &Runtime, now: Timestamp) -> Snapshot {
         uptime_24h: uptime.day,
         uptime_7d: uptime.week,
         uptime_30d: uptime.month,
-        response_times: rt.history.percentiles(),
+        response_times: figures.response_times,
         heartbeat_path: plan.heartbeat_path.clone(),
     }
 }

@@ -1,6 +1,7 @@
 //! A bounded in-memory history per Monitor: hourly buckets for 30 days (uptime over 24 h, 7 d,
-//! 30 d) and the last [`RECENT`] response times (percentiles). Used until a durable store is
-//! wired in; memory per Monitor stays under ~20 KiB whatever the interval.
+//! 30 d) and the last [`RECENT`] response times (percentiles). Used only by an engine without a
+//! history store (tests, embedding); with one, status figures come from the store's windows
+//! ([`crate::engine::Recorder::figures`]). Memory per Monitor stays under ~20 KiB.
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -1,13 +1,16 @@
 //! The history store (`gantry-uptime-store`: SQLite or Postgres) as the engine's
-//! [`Recorder`]: every result is written (buffered while the database is away), and the last
-//! state comes back after a restart, so a recovery is announced even by a new process.
+//! [`Recorder`]: every result is written (buffered while the database is away), the last
+//! state comes back after a restart, so a recovery is announced even by a new process, and the
+//! uptime and response-time figures of the status come from the store's windows (the same ones
+//! the status page shows, loaded from the aggregates at start).
 
 use gantry_core::uptime::state::State;
 use gantry_uptime_store::{MonitorInfo, MonitorKey, Sample, Store};
 use jiff::Timestamp;
 
 use crate::check::CheckResult;
-use crate::engine::Recorder;
+use crate::engine::{Figures, Recorder};
+use crate::history::Uptime;
 use crate::plan::{Key, Plan};
 
 fn key_of(key: &Key) -> MonitorKey {
@@ -74,6 +77,22 @@ impl Recorder for Store {
             if let Err(err) = store.flush().await {
                 tracing::warn!(%err, "uptime history not stored before an alert");
             }
+        })
+    }
+
+    fn figures(&self, key: &Key) -> Option<Figures> {
+        let s = Store::figures(self, &key_of(key))?;
+        let ms = |v: f64| v.max(0.0).round() as u64;
+        Some(Figures {
+            uptime: Uptime {
+                day: s.uptime_24h,
+                week: s.uptime_7d,
+                month: s.uptime_30d,
+            },
+            response_times: match (s.p50_ms, s.p95_ms, s.p99_ms) {
+                (Some(a), Some(b), Some(c)) => Some((ms(a), ms(b), ms(c))),
+                _ => None,
+            },
         })
     }
 
