@@ -724,14 +724,17 @@ pub fn uptime_store(
     Ok(())
 }
 
-/// `cargo xtask bench serving`: the router's benchmark example, built with optimisations.
-pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
+/// `cargo xtask bench serving`: the router's benchmark example, built with optimisations, against
+/// the backend directly and through Debian's nginx (installed here if missing, as root).
+pub fn serving(workspace: &Path, runs: usize, seconds: u64, rounds: usize) -> Result<()> {
+    crate::prerequisites::ensure_bench(&["nginx"])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("Building and running the serving benchmark (release)...");
     let status = Command::new(cargo)
         .args(["run", "--release", "--quiet", "--package", "gantry-router"])
         .args(["--example", "serving_bench", "--"])
-        .args([runs.to_string(), seconds.to_string()])
+        .args([runs.to_string(), seconds.to_string(), rounds.to_string()])
+        .arg(NGINX)
         .current_dir(workspace)
         .status()?;
     if !status.success() {
@@ -739,6 +742,9 @@ pub fn serving(workspace: &Path, runs: usize, seconds: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Debian's nginx (package `nginx`, a benchmark prerequisite).
+const NGINX: &str = "/usr/sbin/nginx";
 
 /// A child process killed on drop.
 pub struct Process(pub Child);

@@ -12,6 +12,7 @@ mod bench;
 mod bench_oci;
 mod bench_pipeline;
 mod bench_receiver;
+mod bench_serving;
 mod bench_support;
 mod bench_timeline;
 mod bench_uptime;
@@ -274,7 +275,9 @@ enum BenchTask {
         runs: usize,
     },
     /// The serving router (no cluster, loopback): cold-start overhead over pod ready, warm
-    /// latency direct vs through the router at 1000 and 5000 rps, saturation, router CPU/RSS.
+    /// latency direct vs through nginx vs through the router at 1000 and 5000 rps, saturation,
+    /// the proxies' CPU and memory. With `--sleeping N`: the release `gantry run` on the local
+    /// control plane, idle, without and with N Knative Services asleep.
     Serving {
         /// Cold starts to time.
         #[arg(long, default_value_t = 20)]
@@ -282,6 +285,18 @@ enum BenchTask {
         /// Seconds per warm case.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Rounds of the warm cases (direct, nginx and the router alternate); medians printed.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Instead: idle CPU and RSS of `gantry run` without and with this many ksvcs at zero.
+        #[arg(long)]
+        sleeping: Option<usize>,
+        /// Seconds of each idle measurement (`--sleeping`).
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+        /// With `--sleeping`: benchmark this `gantry` binary instead of building a release one.
+        #[arg(long)]
+        gantry: Option<PathBuf>,
     },
     /// N HTTP Monitors against a local server, checked by `gantry uptime serve` (no cluster):
     /// CPU, RSS and scheduling lateness.
@@ -538,8 +553,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::sops(&workspace_root(), &sops, count, runs)?;
             Ok(ExitCode::SUCCESS)
         }
-        Task::Bench(BenchTask::Serving { runs, seconds }) => {
-            bench::serving(&workspace_root(), runs, seconds)?;
+        Task::Bench(BenchTask::Serving {
+            runs,
+            seconds,
+            rounds,
+            sleeping: None,
+            ..
+        }) => {
+            bench::serving(&workspace_root(), runs, seconds, rounds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench(BenchTask::Serving {
+            sleeping: Some(count),
+            idle,
+            gantry,
+            ..
+        }) => {
+            let kubeconfig = match &cli.global.kubeconfig {
+                Some(kubeconfig) => kubeconfig.clone(),
+                None => cluster::up(&paths, &versions, &cluster::UpOptions::default())?.kubeconfig,
+            };
+            bench_serving::sleeping(
+                &workspace_root(),
+                &kubeconfig,
+                gantry.as_deref(),
+                count,
+                std::time::Duration::from_secs(idle),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench(BenchTask::Uptime {

@@ -102,6 +102,45 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
     },
 ];
 
+/// Debian packages only a benchmark needs: never installed by `cargo xtask test` or the
+/// sandbox, only by the benchmark that runs them ([`ensure_bench`]).
+pub const BENCH_PACKAGES: &[Package] = &[Package {
+    name: "nginx",
+    files: &["/usr/sbin/nginx"],
+    why: "`cargo xtask bench serving` compares the router with nginx as a reverse proxy",
+}];
+
+/// Every package either list names.
+fn all_packages() -> impl Iterator<Item = &'static Package> {
+    DEBIAN_PACKAGES.iter().chain(BENCH_PACKAGES)
+}
+
+/// Checks the benchmark packages `names` (of [`BENCH_PACKAGES`]), installing missing ones as
+/// root like [`ensure`].
+pub fn ensure_bench(names: &[&str]) -> Result<()> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let missing = missing_packages(&names)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the benchmark needs Debian packages {}. Install them with (or run as root, which installs them):\n  {}",
+            described(&missing),
+            install_line(&missing, false)
+        );
+    }
+    install(&missing)?;
+    let still = missing_packages(&missing)?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get install succeeded but {} still not installed",
+            still.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Names of [`DEBIAN_PACKAGES`], plus `GANTRY_PREREQUISITES_EXTRA` (space-separated; lets a test
 /// require a package that is really absent).
 pub fn package_names() -> Vec<String> {
@@ -135,7 +174,7 @@ fn described(names: &[String]) -> String {
     names
         .iter()
         .map(
-            |name| match DEBIAN_PACKAGES.iter().find(|p| p.name == name.as_str()) {
+            |name| match all_packages().find(|p| p.name == name.as_str()) {
                 Some(p) => format!("{name} ({})", p.why),
                 None => name.clone(),
             },
@@ -193,8 +232,7 @@ pub fn missing_packages(names: &[String]) -> Result<Vec<String>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(names
             .iter()
             .filter(|name| {
-                DEBIAN_PACKAGES
-                    .iter()
+                all_packages()
                     .find(|p| p.name == name.as_str())
                     .is_none_or(|p| !p.files.iter().all(|f| Path::new(f).exists()))
             })
@@ -352,7 +390,7 @@ mod tests {
     #[test]
     fn package_names_are_unique() {
         let mut seen = std::collections::BTreeSet::new();
-        for p in DEBIAN_PACKAGES {
+        for p in all_packages() {
             assert!(seen.insert(p.name), "{} twice", p.name);
             assert!(!p.files.is_empty() && !p.why.is_empty(), "{}", p.name);
         }
@@ -382,11 +420,7 @@ mod tests {
             collect_rust_files(&root.join(dir), &mut sources);
         }
         assert!(sources.len() > 20, "found only {} sources", sources.len());
-        let provided: Vec<&str> = DEBIAN_PACKAGES
-            .iter()
-            .flat_map(|p| p.files)
-            .copied()
-            .collect();
+        let provided: Vec<&str> = all_packages().flat_map(|p| p.files).copied().collect();
         let mut checked = 0;
         for source in &sources {
             let text = std::fs::read_to_string(source).unwrap();
@@ -432,12 +466,10 @@ mod tests {
             eprintln!("not a Debian machine: nothing to compare");
             return;
         }
-        let names = package_names();
+        let mut names = package_names();
+        names.extend(BENCH_PACKAGES.iter().map(|p| p.name.to_string()));
         let missing = missing_packages(&names).unwrap();
-        for package in DEBIAN_PACKAGES
-            .iter()
-            .filter(|p| !missing.contains(&p.name.to_string()))
-        {
+        for package in all_packages().filter(|p| !missing.contains(&p.name.to_string())) {
             let depends = Command::new("dpkg-query")
                 .args(["-W", "--showformat=${Depends}", package.name])
                 .output()

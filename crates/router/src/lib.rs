@@ -12,7 +12,7 @@
 //!   sum (replica Leases, a report endpoint on the serving listener, scrapes each tick).
 //! - [`dial`]: the loopback guard every backend connection (and peer scrape) goes through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -252,7 +252,8 @@ impl Router {
 
     /// Replaces the whole host table at once (the cluster side's full view).
     pub fn replace_routes(&self, routes: &HashMap<String, Vec<Target>>) {
-        let keep: Vec<String> = routes.keys().map(|h| normalize_host(h)).collect();
+        // A set: with 1000 ksvcs (5000 hosts) a list made every Service event cost 25 M compares.
+        let keep: HashSet<String> = routes.keys().map(|h| normalize_host(h)).collect();
         for (host, targets) in routes {
             self.set_route(host, targets);
         }

@@ -2,6 +2,7 @@
 //! forward to a pod, pass upgrades and streams through.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, RETRY_AFTER, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, HOST, RETRY_AFTER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -24,7 +26,7 @@ use crate::dial::{DialGuard, GuardedConnector};
 use crate::metrics::RevisionLabels;
 use crate::probe::phase;
 use crate::revision::{Lease, Pod, Revision};
-use crate::table::{RevisionConfig, normalize_host};
+use crate::table::{RevisionConfig, host_key};
 use crate::{Router, ScaleReason};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,29 +53,34 @@ impl Clients {
 /// A response body that holds the request's lease until the body ends or is dropped, so an open
 /// stream (SSE, a long download) counts as in flight.
 pub struct ProxyBody {
-    inner: BoxBody<Bytes, BoxError>,
+    inner: Inner,
     lease: Option<Lease>,
 }
 
+/// The pod's body as hyper gives it (no box per response), or the router's own answer.
+enum Inner {
+    Pod(Incoming),
+    Own(BoxBody<Bytes, BoxError>),
+}
+
 impl ProxyBody {
-    fn new(inner: BoxBody<Bytes, BoxError>, lease: Option<Lease>) -> Self {
-        ProxyBody { inner, lease }
+    fn own(inner: BoxBody<Bytes, BoxError>) -> Self {
+        ProxyBody {
+            inner: Inner::Own(inner),
+            lease: None,
+        }
     }
 
     fn text(s: impl Into<Bytes>) -> Self {
-        ProxyBody::new(
+        ProxyBody::own(
             Full::new(s.into())
                 .map_err(|n: Infallible| match n {})
                 .boxed(),
-            None,
         )
     }
 
     fn empty() -> Self {
-        ProxyBody::new(
-            Empty::new().map_err(|n: Infallible| match n {}).boxed(),
-            None,
-        )
+        ProxyBody::own(Empty::new().map_err(|n: Infallible| match n {}).boxed())
     }
 }
 
@@ -85,7 +92,10 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match &mut self.inner {
+            Inner::Pod(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Inner::Own(b) => Pin::new(b).poll_frame(cx),
+        };
         if let Poll::Ready(None) = polled {
             // The stream is over: free the pod slot now rather than when hyper drops the body.
             self.lease = None;
@@ -94,11 +104,17 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Pod(b) => b.is_end_stream(),
+            Inner::Own(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Pod(b) => b.size_hint(),
+            Inner::Own(b) => b.size_hint(),
+        }
     }
 }
 
@@ -165,7 +181,7 @@ impl Router {
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .map(normalize_host)
+            .map(host_key)
             .unwrap_or_default();
         let Some(route) = self.route(&host) else {
             if host == crate::peers::REPORT_HOST {
@@ -225,6 +241,10 @@ impl Router {
             let notified = rev.capacity.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Pairs with the fence in `Revision::release`, which skips the wake-up when no one
+            // is counted in `waiting`: this request is counted, so either that release sees it
+            // or this look for a slot sees the slot it freed.
+            std::sync::atomic::fence(Ordering::SeqCst);
             if let Some(pod) = rev.try_acquire(config.container_concurrency) {
                 return Ok(pod);
             }
@@ -317,10 +337,9 @@ impl Router {
         {
             parts.headers.insert(HOST, v);
         }
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match format!("http://{addr}{path}").parse() {
-            Ok(uri) => uri,
-            Err(_) => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
+        parts.uri = match pod_uri(addr, parts.uri.path_and_query()) {
+            Some(uri) => uri,
+            None => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
         };
         parts.version = if config.h2c {
             Version::HTTP_2
@@ -333,7 +352,13 @@ impl Router {
         } else {
             &self.inner.clients.http1
         };
-        let labels = RevisionLabels::from(&rev.key);
+        let rejected = || {
+            self.inner
+                .metrics
+                .rejected
+                .get_or_create(&RevisionLabels::from(&rev.key))
+                .inc();
+        };
         let mut resp = match tokio::time::timeout_at(
             deadline,
             client.request(Request::from_parts(parts, body)),
@@ -342,7 +367,7 @@ impl Router {
         {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
-                self.inner.metrics.rejected.get_or_create(&labels).inc();
+                rejected();
                 if err.is_connect() {
                     // The pod stopped answering: route around it until a probe succeeds again.
                     lease.pod.ready.store(false, Ordering::SeqCst);
@@ -352,7 +377,7 @@ impl Router {
                 return answer(StatusCode::BAD_GATEWAY, "the revision's pod did not answer");
             }
             Err(_) => {
-                self.inner.metrics.rejected.get_or_create(&labels).inc();
+                rejected();
                 let mut resp = answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the revision did not answer in time",
@@ -383,7 +408,10 @@ impl Router {
             return Response::from_parts(parts, ProxyBody::empty());
         }
         strip_hop_headers(resp.headers_mut(), false);
-        resp.map(|b| ProxyBody::new(b.map_err(BoxError::from).boxed(), Some(lease)))
+        resp.map(|b| ProxyBody {
+            inner: Inner::Pod(b),
+            lease: Some(lease),
+        })
     }
 
     fn first_byte(&self, rev: &Revision) {
@@ -415,6 +443,22 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// `http://<pod>/<path?query>` without formatting and re-parsing the whole URI.
+fn pod_uri(addr: SocketAddr, path: Option<&PathAndQuery>) -> Option<Uri> {
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    write!(w, "{addr}").ok()?;
+    let n = 64 - w.len();
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(Authority::try_from(&buf[..n]).ok()?);
+    parts.path_and_query = Some(
+        path.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
         && headers
@@ -427,25 +471,38 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Hop-by-hop headers of RFC 9110 §7.6.1 besides `Connection` and `Upgrade`.
+static HOP_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1); an upgrade keeps `Connection` and `Upgrade`.
+/// Allocates only for the header names a `Connection` header lists.
 fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .filter(|t| !(t.is_empty() || (keep_upgrade && t == "upgrade")))
-        .collect();
-    for name in named {
-        headers.remove(name.as_str());
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || t.eq_ignore_ascii_case("close")
+                    || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
+    for name in &HOP_HEADERS {
         headers.remove(name);
     }
     if !keep_upgrade {

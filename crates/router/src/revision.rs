@@ -247,10 +247,16 @@ impl Revision {
         }
     }
 
-    /// Gives a pod slot back and wakes waiters.
+    /// Gives a pod slot back and wakes waiters, if any: waking takes the `Notify`'s lock, which
+    /// every request of the Revision would otherwise contend for. A waiter counts itself in
+    /// `waiting` and then (after a fence, see `proxy`) looks for a free slot; with the fence
+    /// here, either it sees this slot free or this sees it waiting.
     pub fn release(&self, pod: &Pod) {
         pod.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.capacity.notify_waiters();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.capacity.notify_waiters();
+        }
     }
 }
 

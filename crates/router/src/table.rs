@@ -4,6 +4,7 @@
 //! its serving settings and the addresses of its pods. Tests fill these by hand with loopback
 //! stand-in servers.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,12 +86,23 @@ pub struct Endpoint {
 
 /// Host name as routes are keyed: lower-case, without a port or a trailing dot.
 pub fn normalize_host(host: &str) -> String {
+    host_key(host).into_owned()
+}
+
+/// [`normalize_host`] without allocating when the host is already in that form (what clients
+/// send almost always): the request path looks routes up with it.
+pub fn host_key(host: &str) -> Cow<'_, str> {
     let host = match host.rsplit_once(':') {
         // Keep IPv6 literals intact: only strip a port after `]` or from a name.
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => host,
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +120,10 @@ mod tests {
             "hello.default.svc.cluster.local"
         );
         assert_eq!(normalize_host("hello"), "hello");
+        assert!(matches!(
+            host_key("hello.default.example.com:80"),
+            Cow::Borrowed("hello.default.example.com")
+        ));
+        assert_eq!(host_key("[::1]:8080"), "[::1]");
     }
 }

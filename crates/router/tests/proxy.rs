@@ -526,7 +526,16 @@ async fn idle_goes_to_zero_within_window_plus_grace_plus_5s() {
         "slept before the idle deadline: {took:?}"
     );
     assert_eq!(s.scaler.sleeps(), 1);
-    assert!(s.scaler.live_pods().is_empty());
+    // The router records zero replicas when the scale call returns; the stand-in "cluster"
+    // stops the pod in a task of its own just after, as a ReplicaSet would.
+    let stopped = Instant::now();
+    while !s.scaler.live_pods().is_empty() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "the pod still runs 5 s after the scale to zero"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_loopback_only(&s.router);
 }
 
@@ -575,4 +584,29 @@ async fn two_hundred_requests_around_the_idle_deadline_all_succeed() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     served_once(&s.scaler, (0..200).map(|i| format!("d{i}")));
+}
+
+/// Ticks over a sleeping, untouched Revision are skipped (its idle cost); a `min-scale` set
+/// while it sleeps must still raise it at the next tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_revision_stays_asleep_until_min_scale_raises_it() {
+    let s = setup(
+        RouterSettings::default(),
+        short_windows(),
+        StandInScaler::default(),
+    )
+    .await;
+    for _ in 0..3 {
+        assert!(
+            s.router.autoscale_tick().is_empty(),
+            "woke without a request"
+        );
+    }
+    let mut config = short_windows();
+    config.autoscale.min_scale = 1;
+    s.router.set_revision(&s.key, config);
+    let decisions = s.router.autoscale_tick();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].replicas, 1);
+    assert_eq!(decisions[0].revision, s.key);
 }
