@@ -496,6 +496,8 @@ async fn the_installed_pod_reconciles_with_its_in_cluster_identity() {
             (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                 Some("metadata.name") => pod_name.to_string(),
                 Some("metadata.namespace") => namespace.clone(),
+                // The pod is this loopback process: peers reach its serving listener there.
+                Some("status.podIP") => "127.0.0.1".to_string(),
                 other => panic!("env {} from {other:?}: teach this test", var.name),
             },
             (None, None) => String::new(),

@@ -402,8 +402,8 @@ async fn a_long_request_through_the_standby_keeps_the_revision_awake_for_the_lea
         }
 
         // A replica that stops (SIGTERM) deletes its Lease: the leader stops asking at once.
-        let stopped = Command::new("kill")
-            .args(["-TERM", &b.child.id().to_string()])
+        let stopped = Command::new("sh") // the shell's builtin `kill` (procps' need not be installed)
+        .args(["-c", &format!("kill -TERM {}", b.child.id())])
             .status()
             .unwrap();
         assert!(stopped.success());

@@ -68,8 +68,8 @@ async fn sighup_reloads_the_directory_and_keeps_states() {
     };
 
     std::fs::write(config.path().join("b.yaml"), monitor("up", open)).unwrap();
-    let status = Command::new("kill")
-        .args(["-HUP", &serve.0.id().to_string()])
+    let status = Command::new("sh") // the shell's builtin `kill` (procps' need not be installed)
+        .args(["-c", &format!("kill -HUP {}", serve.0.id())])
         .status()
         .unwrap();
     assert!(status.success());

@@ -311,13 +311,15 @@ async fn serve(args: &RunArgs) -> Result<()> {
     // Every replica serves the data path and reports its counts; only the leader's autoscaler
     // scales, from the counts of all.
     let leader = Arc::new(AtomicBool::new(false));
+    let mut membership = None;
     if args.serving_router.enabled() {
         let router = args.serving_router.router(&client, router_metrics);
         let replica = args.leader_elect.then(|| super::serving_router::Replica {
             identity: identity(),
             namespace: args.leader_election_namespace.clone(),
         });
-        args.serving_router
+        membership = args
+            .serving_router
             .start(
                 client.clone(),
                 router,
@@ -388,6 +390,11 @@ async fn serve(args: &RunArgs) -> Result<()> {
     shutdown.cancel();
     if let Some(lease) = lease {
         lease.release().await;
+    }
+    // The replica Lease is deleted on the way out (bounded inside), so the leader stops asking
+    // this replica at once instead of after the staleness bound.
+    if let Some(task) = membership {
+        let _ = task.await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = health_server.await;

@@ -97,7 +97,8 @@ impl ServingRouterArgs {
 
     /// Serves the router, fills it from the cluster, runs the autoscaler while `leader` is set
     /// and, with leader election (`replica`), reports this replica's counts to the leader.
-    /// Everything stops with `shutdown`.
+    /// Everything stops with `shutdown`; the returned task (the replica's membership) deletes
+    /// its Lease as it stops, so the caller awaits it before the process exits.
     pub async fn start(
         &self,
         client: kube::Client,
@@ -106,7 +107,7 @@ impl ServingRouterArgs {
         replica: Option<Replica>,
         leader: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<Option<tokio::task::JoinHandle<()>>> {
         let addr: SocketAddr = self.serving_addr.parse().with_context(|| {
             format!("--serving-addr \"{}\" is not an address", self.serving_addr)
         })?;
@@ -122,6 +123,7 @@ impl ServingRouterArgs {
             enable_scale_to_zero: self.enable_scale_to_zero,
             request_timeout: self.serving_request_timeout,
         };
+        let mut membership_task = None;
         if let Some(replica) = replica {
             match self.advertised(local) {
                 Some(address) => {
@@ -132,12 +134,12 @@ impl ServingRouterArgs {
                         address,
                     };
                     let (stop, leader) = (shutdown.clone(), leader.clone());
-                    tokio::spawn(gantry_router::peers::run_membership(
+                    membership_task = Some(tokio::spawn(gantry_router::peers::run_membership(
                         membership,
                         router.clone(),
                         move || leader.load(Ordering::SeqCst),
                         async move { stop.cancelled().await },
-                    ));
+                    )));
                 }
                 None => tracing::warn!(
                     serving = %local,
@@ -160,6 +162,6 @@ impl ServingRouterArgs {
             move || leader.load(Ordering::SeqCst),
             async move { stop.cancelled().await },
         ));
-        Ok(())
+        Ok(membership_task)
     }
 }
