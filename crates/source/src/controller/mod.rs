@@ -30,6 +30,7 @@ use gantry_runtime::controller::Controller;
 use gantry_runtime::controller::{Cx, Reconciler, jittered};
 use gantry_runtime::events::Severity;
 use gantry_runtime::trigger::Trigger;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
@@ -449,6 +450,32 @@ fn success_status(
     }
 }
 
+/// The conditions after a failed reconcile, shared by every source kind. A failure that will be
+/// retried (`condition`: its own condition, e.g. `FetchFailed`) sets that condition, Ready=False
+/// and Reconciling=True (ProgressingWithRetry); a stalled one (`None`: only a spec change helps)
+/// sets Ready=False and Stalled=True.
+pub(crate) fn failed_conditions(
+    previous: &[Condition],
+    generation: Option<i64>,
+    condition: Option<&str>,
+    reason: &str,
+    message: &str,
+) -> Vec<Condition> {
+    let mut conds = previous.to_vec();
+    if let Some(condition) = condition {
+        conditions::set(
+            &mut conds,
+            condition,
+            Status::True,
+            reason,
+            message,
+            generation,
+        );
+    }
+    conditions::failed(&mut conds, generation, reason, message, condition.is_none());
+    conds
+}
+
 fn failure_status(
     obj: &GitRepository,
     previous: &GitRepositoryStatus,
@@ -457,18 +484,13 @@ fn failure_status(
 ) -> GitRepositoryStatus {
     let generation = obj.metadata.generation;
     let message = err.to_string();
-    let reason = err.reason();
-    let mut conds = previous.conditions.clone();
-    conditions::set(
-        &mut conds,
-        err.condition(),
-        Status::True,
-        reason,
-        &message,
+    let conds = failed_conditions(
+        &previous.conditions,
         generation,
+        Some(err.condition()),
+        err.reason(),
+        &message,
     );
-    // Ready=False and, as it will be retried, Reconciling=True (ProgressingWithRetry).
-    conditions::failed(&mut conds, generation, reason, &message, false);
     GitRepositoryStatus {
         observed_generation: previous.observed_generation.or(Some(-1)),
         conditions: conds,
@@ -490,8 +512,7 @@ async fn stalled(
     let generation = obj.metadata.generation;
     let message = err.to_string();
     let reason = err.reason();
-    let mut conds = previous.conditions.clone();
-    conditions::failed(&mut conds, generation, reason, &message, true);
+    let conds = failed_conditions(&previous.conditions, generation, None, reason, &message);
     let status = GitRepositoryStatus {
         observed_generation: generation,
         conditions: conds,

@@ -41,7 +41,7 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
 use crate::artifact::{ArtifactError, ArtifactStore, OCI_REPOSITORY_KIND};
-use crate::controller::{FIELD_MANAGER, NEW_ARTIFACT_REASON};
+use crate::controller::{FIELD_MANAGER, NEW_ARTIFACT_REASON, failed_conditions};
 use crate::registry::{
     ClientConfig, Credentials, Reference, ReferenceError, RegistryClient, RegistryError,
 };
@@ -641,17 +641,13 @@ fn failure_status(
 ) -> OCIRepositoryStatus {
     let generation = obj.metadata.generation;
     let message = err.to_string();
-    let reason = err.reason();
-    let mut conds = previous.conditions.clone();
-    conditions::set(
-        &mut conds,
-        err.condition(),
-        Status::True,
-        reason,
-        &message,
+    let conds = failed_conditions(
+        &previous.conditions,
         generation,
+        Some(err.condition()),
+        err.reason(),
+        &message,
     );
-    conditions::failed(&mut conds, generation, reason, &message, false);
     OCIRepositoryStatus {
         observed_generation: previous.observed_generation.or(Some(-1)),
         conditions: conds,
@@ -671,8 +667,7 @@ async fn stalled(
     let generation = obj.metadata.generation;
     let message = err.to_string();
     let reason = err.reason();
-    let mut conds = previous.conditions.clone();
-    conditions::failed(&mut conds, generation, reason, &message, true);
+    let conds = failed_conditions(&previous.conditions, generation, None, reason, &message);
     let status = OCIRepositoryStatus {
         observed_generation: generation,
         conditions: conds,
