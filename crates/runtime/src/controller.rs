@@ -376,6 +376,7 @@ impl<R: Reconciler> Controller<R> {
         let metrics = self.inner.cx.shared.metrics.clone();
         let objects = watcher(api, watcher::Config::default())
             .default_backoff()
+            .modify(forget_bookkeeping)
             .reflect(self.writer)
             .inspect_ok(move |event| {
                 // Deleted without our finalizer (or it was removed by hand): its series go anyway.
@@ -408,6 +409,22 @@ impl<R: Reconciler> Controller<R> {
             .await;
     }
 }
+
+/// Drops what no reconciler reads before an object enters the cache: `managedFields` and
+/// `kubectl apply`'s copy of the whole object in an annotation are most of a small object's
+/// size, and the cache holds every object of the kind for the life of the process. Writes never
+/// start from a cached object (status is server-side applied, the finalizer merge-patched), so
+/// nothing is lost on the server.
+fn forget_bookkeeping<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` (client-side) keeps the last applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What wakes a reconcile: a new generation, a new reconcile request, a deletion. Status writes
 /// (ours included) and label edits do not.
@@ -526,6 +543,25 @@ pub fn jittered<K: Resource>(obj: &K, interval: Duration) -> Duration {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+
+    #[test]
+    fn the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object() {
+        let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "a",
+                "annotations": {
+                    LAST_APPLIED: "{\"kind\":\"ConfigMap\"}",
+                    "reconcile.fluxcd.io/requestedAt": "now",
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+            },
+        }))
+        .unwrap();
+        forget_bookkeeping(&mut cm);
+        assert_eq!(cm.metadata.managed_fields, None);
+        let kept: Vec<&String> = cm.annotations().keys().collect();
+        assert_eq!(kept, ["reconcile.fluxcd.io/requestedAt"]);
+    }
 
     #[test]
     fn only_spec_requests_and_deletion_wake_a_reconcile() {
