@@ -4,7 +4,6 @@
 //! latency (see docs/benchmarks.md).
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_api::kustomize::v1::{CrossNamespaceSourceReference, Kustomization, KustomizationSpec};
@@ -16,6 +15,7 @@ use gantry_api::notification::v1beta3::{
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_core::notification::webhook::sign_sha256;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
+use gantry_testkit::http::json_sink;
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
@@ -63,26 +63,6 @@ fn start_gantry(namespace: &str, receiver_port: u16) -> Gantry {
     }
 }
 
-/// A generic Provider endpoint on loopback that records every JSON body.
-async fn endpoint() -> (Arc<Mutex<Vec<serde_json::Value>>>, String) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let state = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
-        let state = state.clone();
-        async move {
-            if let Ok(json) = serde_json::from_slice(&body) {
-                state.lock().unwrap().push(json);
-            }
-            "ok"
-        }
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Stops with the test's runtime.
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/events"))
-}
-
 #[tokio::test]
 async fn github_push_webhook_fetches_at_once_and_failures_alert() {
     with_namespace("notify-e2e", |client, ns| async move {
@@ -117,7 +97,7 @@ async fn github_push_webhook_fetches_at_once_and_failures_alert() {
             ..Default::default()
         };
         receivers.create(&PostParams::default(), &Receiver::new("github", spec)).await.unwrap();
-        let (seen, address) = endpoint().await;
+        let (seen, address) = json_sink("events").await;
         let spec = ProviderSpec { type_: "generic".into(), address: Some(address), ..Default::default() };
         Api::<Provider>::namespaced(client.clone(), &ns).create(&PostParams::default(), &Provider::new("generic", spec)).await.unwrap();
         let spec = AlertSpec {

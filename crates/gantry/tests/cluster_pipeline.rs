@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -20,6 +19,7 @@ use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::notification::v1::Receiver;
 use gantry_core::notification::webhook::sign_sha256;
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port, git};
+use gantry_testkit::http::{Seen, json_sink};
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use gantry_testkit::{TEST_LABEL, delete_namespace, install_crds, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -65,7 +65,7 @@ struct Pipeline {
     image: String,
     repo: TestRepo,
     /// Alerts delivered to the generic Provider, in order.
-    alerts: Arc<Mutex<Vec<Value>>>,
+    alerts: Seen,
     http: reqwest::Client,
     /// Full URLs of the two receivers.
     registry_hook: String,
@@ -207,7 +207,7 @@ impl Pipeline {
             },
         );
 
-        let (alerts, provider_address) = endpoint().await;
+        let (alerts, provider_address) = json_sink("alerts").await;
         create_objects(
             &client,
             &ns,
@@ -566,26 +566,6 @@ async fn release_finalizers(client: &Client, ns: &str) {
                 .await;
         }
     }
-}
-
-/// A generic Provider endpoint on loopback that records every JSON body; stops with the test's
-/// runtime.
-async fn endpoint() -> (Arc<Mutex<Vec<Value>>>, String) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let state = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
-        let state = state.clone();
-        async move {
-            if let Ok(json) = serde_json::from_slice(&body) {
-                state.lock().unwrap().push(json);
-            }
-            "ok"
-        }
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/alerts"))
 }
 
 fn ready(ks: Option<&Kustomization>) -> Option<&Condition> {

@@ -2,7 +2,7 @@
 //! git server holds the ksvc manifest, a Kustomization applies it, the serving controllers make
 //! its Revisions and the router serves them from zero through stand-in servers bound to the
 //! pods' 127.244.x addresses (kwok runs no containers; a watcher in the test plays the kubelet,
-//! as in `cluster_serving_router.rs`).
+//! as in `cluster_serving_router.rs`; helpers in `common/serving.rs`).
 //!
 //! - A commit that changes the image makes a new Revision that comes up, becomes Ready, takes
 //!   the traffic (answered by the new image's stand-in), while the old one goes to zero; the
@@ -14,15 +14,16 @@
 //! Every address is loopback; the router runs with `--serving-loopback-only=true` and each test
 //! asserts it refused nothing.
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::serving::{GRACE, Served, WINDOW, get, kubelet, metric, routed, start_gantry};
 use gantry_api::kustomize::v1::Kustomization;
 use gantry_api::serving::v1::{Revision, Service};
-use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo, free_port};
+use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
 use gantry_testkit::registry::{Registry, RegistryAuth};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -39,115 +40,15 @@ const GIT_PASSWORD: &str = "apps-password";
 const WAIT: Duration = Duration::from_secs(90);
 /// `--stable-window` + `--scale-to-zero-grace-period` of the `gantry run` below, plus slack for a
 /// loaded machine.
-const SLEEP_WITHIN: Duration = Duration::from_secs(4 + 2 + 30);
+const SLEEP_WITHIN: Duration = WINDOW
+    .saturating_add(GRACE)
+    .saturating_add(Duration::from_secs(30));
 /// The field manager of the autoscaler's `/scale` writes.
 const AUTOSCALER: &str = "gantry-autoscaler";
 
-struct Gantry {
-    child: Child,
-    serving: SocketAddr,
-    metrics: String,
-    _storage: tempfile::TempDir,
-}
-
-impl Drop for Gantry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `gantry run` for `namespace`, every listener on loopback, short autoscaling windows.
-fn start_gantry(namespace: &str) -> Gantry {
-    let storage = tempfile::tempdir().unwrap();
-    let serving: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "run",
-            "--watch-namespace",
-            namespace,
-            "--leader-elect=false",
-        ])
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-        .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--serving-addr={serving}"))
-        .args(["--uptime-addr=127.0.0.1:0", "--storage-addr=127.0.0.1:0"])
-        .arg("--serving-domain=example.com")
-        .args(["--serving-loopback-only=true", "--stable-window=4s"])
-        .args(["--scale-to-zero-grace-period=2s", "--autoscaler-tick=200ms"])
-        .arg("--storage-path")
-        .arg(storage.path())
-        .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
-        .env(
-            "GANTRY_LOG",
-            std::env::var("GANTRY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting gantry run");
-    Gantry {
-        child,
-        serving,
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        _storage: storage,
-    }
-}
-
-/// Plays the kubelet: a stand-in server on every pod IP of the namespace, stopped with its pod.
-/// It answers `<image> from <pod IP>`, the image being the pod's container image, so a response
-/// says which Revision served it.
-fn kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
-    let pods: Api<Pod> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-        loop {
-            let list = pods
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            let live: Vec<(String, String, String)> = list
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| {
-                    let image = p.spec.as_ref()?.containers.first()?.image.clone()?;
-                    Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?, image))
-                })
-                .collect();
-            for (name, ip, image) in &live {
-                if running.contains_key(name) {
-                    continue;
-                }
-                let ip: std::net::IpAddr = ip.parse().unwrap();
-                assert!(
-                    ip.is_loopback(),
-                    "kwok gave pod {name} the address {ip}, off the machine"
-                );
-                let listener = tokio::net::TcpListener::bind((ip, PORT)).await.unwrap();
-                let answer = format!("{image} from {ip}");
-                let app = axum::Router::new().fallback(move || {
-                    let answer = answer.clone();
-                    async move { answer }
-                });
-                running.insert(
-                    name.clone(),
-                    tokio::spawn(async move {
-                        let _ = axum::serve(listener, app).await;
-                    }),
-                );
-            }
-            running.retain(|name, task| {
-                let keep = live.iter().any(|(n, _, _)| n == name);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+/// The stand-in kubelet of these tests: a pod's server is up as soon as the pod has an IP.
+fn stand_ins(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    kubelet(client, ns, PORT, Served::default(), Arc::new(true.into()))
 }
 
 /// The ksvc as a team keeps it in git (`initial_scale` `None` is Knative's default of 1 pod).
@@ -327,48 +228,6 @@ fn replicas_owners(d: &Deployment) -> Vec<String> {
         .collect()
 }
 
-async fn get(http: &reqwest::Client, gantry: &Gantry, host: &str) -> (u16, String) {
-    let resp = http
-        .get(format!("http://{}/", gantry.serving))
-        .header("host", host)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("request to {host}: {e}"));
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
-
-/// Waits until the router answers (an unknown host is 404) and its watches have caught up.
-async fn routed(http: &reqwest::Client, gantry: &Gantry) {
-    let deadline = Instant::now() + WAIT;
-    while http
-        .get(format!("http://{}/", gantry.serving))
-        .header("host", "nobody.invalid")
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the router never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
-async fn metric(gantry: &Gantry, name: &str) -> f64 {
-    let text = reqwest::get(&gantry.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Asks for a Kustomization reconcile as `flux reconcile` does and waits until it is handled
 /// with Ready=True (drift correction of everything it applies).
 async fn resync(client: &Client, ns: &str) {
@@ -440,7 +299,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
  {
     with_namespace("ksvc-gitops", |client, ns| async move {
         install_crds(&client).await;
-        let kubelet = kubelet(client.clone(), &ns);
+        let kubelet = stand_ins(client.clone(), &ns);
         let root = tempfile::tempdir().unwrap();
         let repo = TestRepo::new(root.path(), "apps");
         repo.write(
@@ -479,7 +338,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         wait_serving(&client, &ns, "hello-00001").await;
 
         // Served from zero by the stand-in of the first image.
-        let (status, body) = get(&http, &gantry, &host).await;
+        let (status, body) = get(&http, &gantry, &host, None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             body.starts_with("example.invalid/hello:1 from 127.244."),
@@ -514,7 +373,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         // image answers.
         let switched = Instant::now();
         loop {
-            let (status, body) = get(&http, &gantry, &host).await;
+            let (status, body) = get(&http, &gantry, &host, None).await;
             assert_eq!(status, 200, "{body}");
             if body.starts_with("example.invalid/hello:2 from 127.244.") {
                 break;
@@ -565,7 +424,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
         })
         .await;
         // From zero again: the new image answers; the old Revision stays asleep.
-        let (status, body) = get(&http, &gantry, &host).await;
+        let (status, body) = get(&http, &gantry, &host, None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             body.starts_with("example.invalid/hello:2 from 127.244."),
@@ -594,7 +453,7 @@ async fn a_ksvc_from_git_serves_from_zero_and_a_new_image_takes_over_without_fig
 async fn a_tag_pushed_to_the_registry_becomes_a_new_revision_that_serves_and_sleeps() {
     with_namespace("ksvc-images", |client, ns| async move {
         install_crds(&client).await;
-        let kubelet = kubelet(client.clone(), &ns);
+        let kubelet = stand_ins(client.clone(), &ns);
         let registry = Registry::start(RegistryAuth::Anonymous);
         let image = registry.image("hello");
         registry.push_variant("hello", "1.0.0", "1.0.0").await;
@@ -662,7 +521,7 @@ async fn a_tag_pushed_to_the_registry_becomes_a_new_revision_that_serves_and_sle
         wait_serving(&client, &ns, "hello-00001").await;
         wait_replicas(&client, &ns, "hello-00001", 0, WAIT).await;
         routed(&http, &gantry).await;
-        let (status, body) = get(&http, &gantry, &host).await;
+        let (status, body) = get(&http, &gantry, &host, None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             body.starts_with(&format!("{image}:1.0.0 from 127.244.")),
@@ -689,7 +548,7 @@ async fn a_tag_pushed_to_the_registry_becomes_a_new_revision_that_serves_and_sle
         assert_eq!(author, "Gantry Bot");
 
         // The new Revision serves (from zero: its initial scale is 0 too), then both sleep.
-        let (status, body) = get(&http, &gantry, &host).await;
+        let (status, body) = get(&http, &gantry, &host, None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             body.starts_with(&format!("{image}:1.1.0 from 127.244.")),
@@ -754,7 +613,7 @@ async fn tamper_and_wait_corrected(client: &Client, ns: &str, revision: &str) ->
 async fn a_hand_edited_revision_deployment_is_put_back_and_its_replicas_stay_the_autoscalers() {
     with_namespace("ksvc-drift", |client, ns| async move {
         install_crds(&client).await;
-        let kubelet = kubelet(client.clone(), &ns);
+        let kubelet = stand_ins(client.clone(), &ns);
         let gantry = start_gantry(&ns);
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
         let mut svc: Service =
@@ -807,7 +666,7 @@ async fn a_hand_edited_revision_deployment_is_put_back_and_its_replicas_stay_the
 async fn a_ksvc_with_a_long_name_gets_knatives_shortened_revision_and_deployment_names() {
     with_namespace("ksvc-long", |client, ns| async move {
         install_crds(&client).await;
-        let kubelet = kubelet(client.clone(), &ns);
+        let kubelet = stand_ins(client.clone(), &ns);
         let gantry = start_gantry(&ns);
         // 60 characters: `<name>-00001` would be 66, past a Kubernetes label's 63.
         let name = "a-very-long-service-name-that-a-team-chose-for-its-app-12345";
@@ -840,7 +699,7 @@ async fn a_ksvc_with_a_long_name_gets_knatives_shortened_revision_and_deployment
         let host = svc.status.unwrap().url.unwrap();
         let host = host.trim_start_matches("http://");
         assert_eq!(host, format!("{name}.{ns}.example.com"));
-        let (status, body) = get(&http, &gantry, host).await;
+        let (status, body) = get(&http, &gantry, host, None).await;
         assert_eq!(status, 200, "{body}");
         assert!(
             body.starts_with("example.invalid/hello:1 from 127.244."),

@@ -8,27 +8,29 @@
 //!   exactly once when the pod is ready, and the standby, leader now, later scales it to zero
 //!   and deletes the dead replica's Lease.
 //!
-//! As in `cluster_serving_router.rs` (whose helpers these follow): kwok runs no containers, so
+//! As in `cluster_serving_router.rs` (helpers in `common/serving.rs`): kwok runs no containers, so
 //! a watcher in the test plays the kubelet and starts a stand-in HTTP server on each pod's
 //! 127.244.x.y address. Every listener is loopback, both replicas run with
 //! `--serving-loopback-only=true`, the replicas' advertised addresses are asserted loopback,
 //! and neither refused a connection (the leader reaches the standby through the same guard).
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_api::serving::v1::Service;
+use common::serving::{
+    GRACE, Gantry, IMAGE, Served, WINDOW, knative_service, kubelet, metric, replica, routed,
+};
 use gantry_router::peers::{ADDRESS_ANNOTATION, Report, TOKEN_ANNOTATION, lease_name};
-use gantry_testkit::git::free_port;
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 const REVISION: &str = "hello-00001";
@@ -37,182 +39,6 @@ const REVISION: &str = "hello-00001";
 const PORT: u16 = 18_093;
 /// The leader-election Lease `gantry run` uses by default.
 const LEADER_LEASE: &str = "gantry-leader-election";
-/// `--stable-window` and `--scale-to-zero-grace-period` of both replicas.
-const WINDOW: Duration = Duration::from_secs(4);
-const GRACE: Duration = Duration::from_secs(2);
-
-struct Gantry {
-    child: Child,
-    identity: String,
-    serving: SocketAddr,
-    metrics: String,
-    _storage: tempfile::TempDir,
-}
-
-impl Drop for Gantry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A replica taking part in leader election through a Lease in `namespace`.
-fn replica(namespace: &str, identity: &str) -> Gantry {
-    let storage = tempfile::tempdir().unwrap();
-    let serving: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["run", "--watch-namespace", namespace])
-        .arg("--leader-elect=true")
-        .arg(format!("--leader-election-namespace={namespace}"))
-        .env("POD_NAME", identity)
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-        .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--serving-addr={serving}"))
-        .args(["--uptime-addr=127.0.0.1:0", "--storage-addr=127.0.0.1:0"])
-        .arg("--serving-domain=example.com")
-        .arg("--serving-loopback-only=true")
-        .arg(format!("--stable-window={}s", WINDOW.as_secs()))
-        .arg(format!("--scale-to-zero-grace-period={}s", GRACE.as_secs()))
-        .arg("--autoscaler-tick=200ms")
-        .arg("--storage-path")
-        .arg(storage.path())
-        .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
-        .env_remove("POD_IP")
-        .env("GANTRY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting gantry run");
-    Gantry {
-        child,
-        identity: identity.into(),
-        serving,
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        _storage: storage,
-    }
-}
-
-/// What the stand-ins saw: request id → times served.
-type Served = Arc<Mutex<HashMap<String, u32>>>;
-
-/// Plays the kubelet: a stand-in server on every pod IP of the namespace once `open` is set
-/// (until then pods exist but never become ready), stopped with its pod. A request with
-/// `x-sleep-ms` is answered that much later.
-fn kubelet(
-    client: Client,
-    ns: &str,
-    served: Served,
-    open: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    let pods: Api<Pod> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-        loop {
-            let list = pods
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            let live: Vec<(String, String)> = list
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-                .collect();
-            for (name, ip) in &live {
-                if running.contains_key(name) || !open.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let ip: std::net::IpAddr = ip.parse().unwrap();
-                assert!(
-                    ip.is_loopback(),
-                    "kwok gave pod {name} the address {ip}, off the machine"
-                );
-                let listener = tokio::net::TcpListener::bind((ip, PORT))
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!("binding the stand-in of {name} to {ip}:{PORT}: {e}")
-                    });
-                let served = served.clone();
-                let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-                    let served = served.clone();
-                    async move {
-                        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-                        if let Some(id) = header("x-id") {
-                            *served.lock().unwrap().entry(id.to_string()).or_default() += 1;
-                        }
-                        if let Some(ms) = header("x-sleep-ms").and_then(|v| v.parse().ok()) {
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                        }
-                        format!("hello from {ip}")
-                    }
-                });
-                running.insert(
-                    name.clone(),
-                    tokio::spawn(async move {
-                        let _ = axum::serve(listener, app).await;
-                    }),
-                );
-            }
-            running.retain(|name, task| {
-                let keep = live.iter().any(|(n, _)| n == name);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
-
-/// A ksvc at zero (`initial-scale: "0"`); the leader's serving controllers make its Revision,
-/// the Revision's Deployment at zero and the status that routes 100 % to it.
-async fn knative_service(client: &Client, ns: &str) -> String {
-    let service: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "serving.knative.dev/v1",
-        "kind": "Service",
-        "metadata": { "name": "hello", "namespace": ns },
-        "spec": { "template": {
-            "metadata": { "annotations": { "autoscaling.knative.dev/initial-scale": "0" } },
-            "spec": {
-                "timeoutSeconds": 120,
-                "containers": [{
-                    "image": "example.invalid/hello:1",
-                    "ports": [{ "containerPort": PORT }],
-                }],
-            },
-        }},
-    }))
-    .unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    services
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap();
-    let host = format!("hello.{ns}.example.com");
-    let url = format!("http://{host}");
-    wait_for(&services, "hello", Duration::from_secs(60), |svc| {
-        let Some(status) = svc.and_then(|s| s.status.as_ref()) else {
-            return false;
-        };
-        status.url.as_deref() == Some(url.as_str())
-            && status
-                .traffic
-                .iter()
-                .any(|t| t.revision_name.as_deref() == Some(REVISION))
-    })
-    .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait_for(
-        &deployments,
-        &format!("{REVISION}-deployment"),
-        Duration::from_secs(60),
-        |d| d.and_then(|d| d.spec.as_ref()?.replicas) == Some(0),
-    )
-    .await;
-    host
-}
 
 /// Waits until `identity` holds the leader-election Lease.
 async fn leads(client: &Client, ns: &str, identity: &str, within: Duration) {
@@ -268,35 +94,6 @@ async fn replicas(client: &Client, ns: &str) -> i32 {
     d.spec.and_then(|s| s.replicas).unwrap_or(-1)
 }
 
-async fn metric(gantry: &Gantry, name: &str) -> f64 {
-    let text = reqwest::get(&gantry.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until the replica's router answers and its watches have caught up.
-async fn routed(http: &reqwest::Client, gantry: &Gantry) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http
-        .get(format!("http://{}/", gantry.serving))
-        .header("host", "nobody.invalid")
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the router never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
 fn send(
     http: &reqwest::Client,
     gantry: &Gantry,
@@ -324,7 +121,7 @@ async fn two_replicas(client: &Client, ns: &str) -> (Gantry, Gantry, String) {
     let a = replica(ns, "gantry-a");
     leads(client, ns, "gantry-a", Duration::from_secs(60)).await;
     let b = replica(ns, "gantry-b");
-    let host = knative_service(client, ns).await;
+    let host = knative_service(client, ns, PORT, 120).await;
     let http = reqwest::Client::new();
     routed(&http, &a).await;
     routed(&http, &b).await;
@@ -336,7 +133,7 @@ async fn a_long_request_through_the_standby_keeps_the_revision_awake_for_the_lea
     with_namespace("serving-ha", |client, ns| async move {
         install_crds(&client).await;
         let served: Served = Arc::default();
-        let kubelet = kubelet(client.clone(), &ns, served.clone(), Arc::new(true.into()));
+        let kubelet = kubelet(client.clone(), &ns, PORT, served.clone(), Arc::new(true.into()));
         let (a, b, host) = two_replicas(&client, &ns).await;
         let token_a = replica_lease(&client, &ns, &a).await;
         replica_lease(&client, &ns, &b).await;
@@ -426,7 +223,7 @@ async fn the_standby_serves_its_held_requests_when_the_leader_dies_mid_wake_then
         install_crds(&client).await;
         let served: Served = Arc::default();
         let open = Arc::new(AtomicBool::new(false));
-        let kubelet = kubelet(client.clone(), &ns, served.clone(), open.clone());
+        let kubelet = kubelet(client.clone(), &ns, PORT, served.clone(), open.clone());
         let (mut a, b, host) = two_replicas(&client, &ns).await;
         replica_lease(&client, &ns, &b).await;
         let http = reqwest::Client::new();
@@ -474,7 +271,10 @@ async fn the_standby_serves_its_held_requests_when_the_leader_dies_mid_wake_then
         for (i, t) in on_b.into_iter().enumerate() {
             let (status, body) = t.await.unwrap().unwrap_or_else(|e| panic!("b-{i}: {e}"));
             assert_eq!(status, 200, "b-{i}: {body}");
-            assert!(body.starts_with("hello from 127.244."), "{body}");
+            assert!(
+                body.starts_with(&format!("{IMAGE} from 127.244.")),
+                "{body}"
+            );
         }
         for t in on_a {
             // Their connection died with the leader: never answered, never forwarded.

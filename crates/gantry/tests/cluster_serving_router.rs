@@ -10,196 +10,22 @@
 //! IP and port, as a kubelet would start the container. Every address is loopback; the router
 //! runs with `--serving-loopback-only=true` and the test asserts it refused nothing.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_api::serving::v1::Service;
-use gantry_testkit::git::free_port;
+use common::serving::{
+    GRACE, IMAGE, Served, WINDOW, get, knative_service, kubelet, metric, routed, start_gantry,
+};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 
 const REVISION: &str = "hello-00001";
 const PORT: u16 = 8080;
-
-struct Gantry {
-    child: Child,
-    serving: SocketAddr,
-    metrics: String,
-    _storage: tempfile::TempDir,
-}
-
-impl Drop for Gantry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gantry(namespace: &str) -> Gantry {
-    let storage = tempfile::tempdir().unwrap();
-    let serving: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "run",
-            "--watch-namespace",
-            namespace,
-            "--leader-elect=false",
-        ])
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-        .arg(format!("--health-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--receiver-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--serving-addr={serving}"))
-        .args(["--uptime-addr=127.0.0.1:0", "--storage-addr=127.0.0.1:0"])
-        .arg("--serving-domain=example.com")
-        .args(["--serving-loopback-only=true", "--stable-window=4s"])
-        .args(["--scale-to-zero-grace-period=2s", "--autoscaler-tick=200ms"])
-        .arg("--storage-path")
-        .arg(storage.path())
-        .env("KUBECONFIG", gantry_testkit::kubeconfig_path())
-        .env("GANTRY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting gantry run");
-    Gantry {
-        child,
-        serving,
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        _storage: storage,
-    }
-}
-
-/// What the stand-ins saw: request id → times served.
-type Served = Arc<Mutex<HashMap<String, u32>>>;
-
-/// Plays the kubelet: a stand-in server on every pod IP of the namespace, stopped with its pod.
-fn kubelet(client: Client, ns: &str, served: Served) -> tokio::task::JoinHandle<()> {
-    let pods: Api<Pod> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-        loop {
-            let list = pods
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            let live: Vec<(String, String)> = list
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-                .collect();
-            for (name, ip) in &live {
-                if running.contains_key(name) {
-                    continue;
-                }
-                let ip: std::net::IpAddr = ip.parse().unwrap();
-                assert!(
-                    ip.is_loopback(),
-                    "kwok gave pod {name} the address {ip}, off the machine"
-                );
-                let listener = tokio::net::TcpListener::bind((ip, PORT)).await.unwrap();
-                let served = served.clone();
-                let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-                    let served = served.clone();
-                    async move {
-                        if let Some(id) = headers.get("x-id").and_then(|v| v.to_str().ok()) {
-                            *served.lock().unwrap().entry(id.to_string()).or_default() += 1;
-                        }
-                        format!("hello from {ip}")
-                    }
-                });
-                running.insert(
-                    name.clone(),
-                    tokio::spawn(async move {
-                        let _ = axum::serve(listener, app).await;
-                    }),
-                );
-            }
-            running.retain(|name, task| {
-                let keep = live.iter().any(|(n, _)| n == name);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
-
-/// A ksvc at zero (`initial-scale: "0"`) as a user writes it; the serving controllers in the
-/// same `gantry run` make its Revision `hello-00001`, the Revision's Deployment at zero and the
-/// status that routes 100 % to it. Returns the ksvc's host once its status says so.
-async fn knative_service(client: &Client, ns: &str) -> String {
-    let service: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "serving.knative.dev/v1",
-        "kind": "Service",
-        "metadata": { "name": "hello", "namespace": ns },
-        "spec": { "template": {
-            "metadata": { "annotations": { "autoscaling.knative.dev/initial-scale": "0" } },
-            "spec": {
-                "timeoutSeconds": 60,
-                "containers": [{
-                    "image": "example.invalid/hello:1",
-                    "ports": [{ "containerPort": PORT }],
-                }],
-            },
-        }},
-    }))
-    .unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    services
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap();
-    let host = format!("hello.{ns}.example.com");
-    let url = format!("http://{host}");
-    wait_for(
-        &services,
-        "hello",
-        Duration::from_secs(60),
-        |svc: Option<&Service>| {
-            let Some(status) = svc.and_then(|s| s.status.as_ref()) else {
-                return false;
-            };
-            status.url.as_deref() == Some(url.as_str())
-                && status
-                    .traffic
-                    .iter()
-                    .any(|t| t.revision_name.as_deref() == Some(REVISION))
-        },
-    )
-    .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait_for(
-        &deployments,
-        &format!("{REVISION}-deployment"),
-        Duration::from_secs(60),
-        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()?.replicas) == Some(0),
-    )
-    .await;
-    host
-}
-
-async fn get(http: &reqwest::Client, gantry: &Gantry, host: &str, id: &str) -> (u16, String) {
-    let resp = http
-        .get(format!("http://{}/", gantry.serving))
-        .header("host", host)
-        .header("x-id", id)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("request {id}: {e}"));
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
 
 async fn replicas(client: &Client, ns: &str) -> i32 {
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
@@ -236,57 +62,32 @@ async fn scale_to_zero(client: &Client, ns: &str) {
     }
 }
 
-async fn metric(gantry: &Gantry, name: &str) -> f64 {
-    let text = reqwest::get(&gantry.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until the router has the route (its watch has seen the ksvc).
-async fn routed(http: &reqwest::Client, gantry: &Gantry, host: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = http
-            .get(format!("http://{}/", gantry.serving))
-            .header("host", "nobody.invalid")
-            .send()
-            .await;
-        if resp.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the router never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // An unknown host is 404; ours is routed once the watches have caught up. Nothing is sent
-    // to the Revision here: a routed request would wake it, which the caller does on purpose.
-    let _ = host;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
 #[tokio::test]
 async fn requests_at_zero_wake_the_revision_through_gantry_run_and_it_sleeps_when_idle() {
     with_namespace("serving", |client, ns| async move {
         install_crds(&client).await;
         let served: Served = Arc::default();
-        let kubelet = kubelet(client.clone(), &ns, served.clone());
+        let kubelet = kubelet(
+            client.clone(),
+            &ns,
+            PORT,
+            served.clone(),
+            Arc::new(true.into()),
+        );
         let gantry = start_gantry(&ns);
-        let host = knative_service(&client, &ns).await;
+        let host = knative_service(&client, &ns, PORT, 60).await;
         let http = reqwest::Client::new();
-        routed(&http, &gantry, &host).await;
+        routed(&http, &gantry).await;
 
         // 1 request at zero, 20 runs, each back at zero before the next.
         for i in 0..20 {
             assert_eq!(replicas(&client, &ns).await, 0);
-            let (status, body) = get(&http, &gantry, &host, &format!("cold-{i}")).await;
+            let (status, body) = get(&http, &gantry, &host, Some(&format!("cold-{i}"))).await;
             assert_eq!(status, 200, "run {i}: {body}");
-            assert!(body.starts_with("hello from 127.244."), "{body}");
+            assert!(
+                body.starts_with(&format!("{IMAGE} from 127.244.")),
+                "{body}"
+            );
             scale_to_zero(&client, &ns).await;
             // The router sees the Deployment at zero before the next run.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -327,7 +128,7 @@ async fn requests_at_zero_wake_the_revision_through_gantry_run_and_it_sleeps_whe
         wait_for(
             &deployments,
             &format!("{REVISION}-deployment"),
-            Duration::from_secs(4 + 2 + 5),
+            WINDOW + GRACE + Duration::from_secs(5),
             |d| d.and_then(|d| d.spec.as_ref()?.replicas) == Some(0),
         )
         .await;
@@ -347,13 +148,13 @@ async fn requests_at_zero_wake_the_revision_through_gantry_run_and_it_sleeps_whe
         // Restarted while asleep: the next request still wakes it.
         drop(gantry);
         let gantry = start_gantry(&ns);
-        routed(&http, &gantry, &host).await;
+        routed(&http, &gantry).await;
         assert_eq!(
             replicas(&client, &ns).await,
             0,
             "a restart leaves a sleeping revision asleep"
         );
-        let (status, body) = get(&http, &gantry, &host, "after-restart").await;
+        let (status, body) = get(&http, &gantry, &host, Some("after-restart")).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             metric(&gantry, "gantry_serving_dial_refused_total").await,

@@ -4,12 +4,12 @@
 //! reason `InvalidSpec`, naming the condition and the position.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gantry_api::notification::v1beta3::Provider;
 use gantry_api::uptime::v1alpha1::Monitor;
 use gantry_testkit::git::free_port;
+use gantry_testkit::http::{Seen, json_sink};
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
@@ -68,25 +68,7 @@ async fn stand_in(addr: &str) -> (std::net::SocketAddr, CancellationToken) {
     (bound, stop)
 }
 
-async fn receiver() -> (Arc<Mutex<Vec<serde_json::Value>>>, String) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let state = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
-        let state = state.clone();
-        async move {
-            if let Ok(json) = serde_json::from_slice(&body) {
-                state.lock().unwrap().push(json);
-            }
-            "ok"
-        }
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/alerts"))
-}
-
-fn reasons(seen: &Arc<Mutex<Vec<serde_json::Value>>>) -> Vec<String> {
+fn reasons(seen: &Seen) -> Vec<String> {
     seen.lock()
         .unwrap()
         .iter()
@@ -99,7 +81,7 @@ fn state(m: Option<&Monitor>) -> Option<String> {
         .and_then(|s| s.state.clone())
 }
 
-async fn wait_alert(seen: &Arc<Mutex<Vec<serde_json::Value>>>, reason: &str) -> serde_json::Value {
+async fn wait_alert(seen: &Seen, reason: &str) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(e) = seen.lock().unwrap().iter().find(|e| e["reason"] == reason) {
@@ -119,7 +101,7 @@ async fn a_monitor_goes_down_and_up_with_one_alert_each_and_events() {
     with_namespace("uptime", |client, ns| async move {
         install_crds(&client).await;
         let (addr, stop) = stand_in("127.0.0.1:0").await;
-        let (seen, hook) = receiver().await;
+        let (seen, hook) = json_sink("alerts").await;
         let providers: Api<Provider> = Api::namespaced(client.clone(), &ns);
         let provider: Provider = serde_json::from_value(serde_json::json!({
             "apiVersion": "notification.toolkit.fluxcd.io/v1beta3",

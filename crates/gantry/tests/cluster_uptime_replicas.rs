@@ -9,12 +9,12 @@
 //! alert's `downSince`. Counts are asserted at the receiver after a settle period.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gantry_api::notification::v1beta3::Provider;
 use gantry_api::uptime::v1alpha1::Monitor;
 use gantry_testkit::git::free_port;
+use gantry_testkit::http::{Seen, json_sink};
 use gantry_testkit::postgres::Postgres;
 use gantry_testkit::{install_crds, wait_for, with_namespace};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -82,27 +82,6 @@ async fn stand_in(addr: &str) -> (std::net::SocketAddr, CancellationToken) {
     (bound, stop)
 }
 
-type Seen = Arc<Mutex<Vec<serde_json::Value>>>;
-
-/// The alert receiver: every JSON body posted to it, in arrival order.
-async fn receiver() -> (Seen, String) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let state = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
-        let state = state.clone();
-        async move {
-            if let Ok(json) = serde_json::from_slice(&body) {
-                state.lock().unwrap().push(json);
-            }
-            "ok"
-        }
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (seen, format!("http://{addr}/alerts"))
-}
-
 fn reasons(seen: &Seen) -> Vec<String> {
     seen.lock()
         .unwrap()
@@ -165,7 +144,7 @@ async fn two_replicas_alert_once_across_a_leader_kill_mid_outage() {
     with_namespace("uptime-ha", |client, ns| async move {
         install_crds(&client).await;
         let (addr, stop) = stand_in("127.0.0.1:0").await;
-        let (seen, hook) = receiver().await;
+        let (seen, hook) = json_sink("alerts").await;
         let providers: Api<Provider> = Api::namespaced(client.clone(), &ns);
         let provider: Provider = serde_json::from_value(serde_json::json!({
             "apiVersion": "notification.toolkit.fluxcd.io/v1beta3",

@@ -15,6 +15,7 @@
 
 pub mod flux;
 pub mod git;
+pub mod http;
 pub mod postgres;
 pub mod registry;
 
