@@ -130,6 +130,9 @@ impl Contender {
 pub struct Figures {
     pub wall: Duration,
     pub peak_rss_mib: f64,
+    /// The largest anonymous RSS seen, sampled every 500 ms with the Ready count (summed over
+    /// the controller processes).
+    pub peak_anon_mib: f64,
     /// CPU seconds of the controller process(es) from the start to all Ready (children too).
     pub cpu_seconds: f64,
     pub apiserver_cpu_seconds: Option<f64>,
@@ -200,7 +203,7 @@ fn print_table(count: usize, concurrency: u16, results: &[(String, Figures)]) {
             .join(", ")
     );
     println!(
-        "| run | wall (s) | controller peak RSS (MiB) | controller CPU (s) | API server CPU (s) | controller requests / Kustomization | all requests / Kustomization |"
+        "| run | wall (s) | controller peak RSS (MiB): all / anonymous | controller CPU (s) | API server CPU (s) | controller requests / Kustomization | all requests / Kustomization |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, f) in results {
@@ -217,7 +220,7 @@ fn print_table(count: usize, concurrency: u16, results: &[(String, Figures)]) {
             if name == "floor" {
                 "-".into()
             } else {
-                format!("{:.0}", f.peak_rss_mib)
+                format!("{:.0} / {:.0}", f.peak_rss_mib, f.peak_anon_mib)
             },
             if name == "floor" {
                 "-".into()
@@ -465,11 +468,13 @@ async fn measure(
         result?;
     }
     let mut peak = 0.0f64;
+    let mut peak_anon = 0.0f64;
     let mut lists = 0usize;
     loop {
         for &pid in &pids {
             peak = peak.max(bench_support::peak_rss_mib(pid));
         }
+        peak_anon = peak_anon.max(pids.iter().map(|&p| bench_support::anon_rss_mib(p)).sum());
         let list = kustomizations.list(&ListParams::default()).await?;
         lists += 1;
         let ready = list
@@ -532,6 +537,7 @@ async fn measure(
     Ok(Figures {
         wall,
         peak_rss_mib: peak,
+        peak_anon_mib: peak_anon,
         cpu_seconds,
         apiserver_cpu_seconds,
         requests,

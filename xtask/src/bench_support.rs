@@ -50,6 +50,12 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
     status_mib(pid, "VmHWM:")
 }
 
+/// RssAnon: the anonymous part of the resident set now (heap and stacks; not the binary's own
+/// code and data pages, which are file-backed, shared and reclaimable), MiB.
+pub fn anon_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "RssAnon:")
+}
+
 /// RSS (MiB) at the end and CPU use (% of one core, the process's own) of `pid` over `period`.
 pub async fn idle_usage(pid: u32, period: Duration) -> (f64, f64) {
     let own = || stat_fields(pid).map_or(0, |f| f.iter().skip(11).take(2).sum::<u64>());
@@ -193,5 +199,7 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_seconds(pid) > 0.0);
         assert!(peak_rss_mib(pid) > 1.0);
+        let anon = anon_rss_mib(pid);
+        assert!(anon > 0.0 && anon <= status_mib(pid, "VmRSS:"), "{anon}");
     }
 }
