@@ -505,6 +505,10 @@ impl Router {
     }
 
     fn first_byte(&self, rev: &Revision) {
+        // Set (under the lock) before held requests are woken; warm requests stop here.
+        if !rev.first_byte_pending.load(Ordering::Relaxed) {
+            return;
+        }
         let mut w = rev
             .wake_times
             .lock()
@@ -516,6 +520,7 @@ impl Router {
                 .get_or_create(&phase("first_byte"))
                 .observe(requested.elapsed().as_secs_f64());
             *w = Default::default();
+            rev.first_byte_pending.store(false, Ordering::SeqCst);
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct Revision {
     /// A wake was requested and no pod has been ready since (deduplicates wakes).
     pub waking: AtomicBool,
     pub wake_times: Mutex<WakeTimes>,
+    /// A wake's pod became ready and its first byte is not recorded yet: lets every other
+    /// request skip the `wake_times` lock.
+    pub first_byte_pending: AtomicBool,
     pub scale: Mutex<ScaleState>,
 }
 
@@ -122,6 +125,7 @@ impl Revision {
             replicas: AtomicI64::new(-1),
             waking: AtomicBool::new(false),
             wake_times: Mutex::new(WakeTimes::default()),
+            first_byte_pending: AtomicBool::new(false),
             scale: Mutex::new(ScaleState {
                 buckets: Buckets::new(Duration::from_secs(1), retain),
                 decider: Decider::default(),

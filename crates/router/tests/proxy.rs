@@ -118,6 +118,16 @@ async fn one_request_at_zero_twenty_times() {
         s.scaler.set(&s.key, 0).await;
     }
     assert_eq!(s.scaler.wakes(), 20, "each run woke the revision once");
+    // Each wake's first byte is recorded once (warm requests skip that bookkeeping).
+    let mut registry = prometheus_client::registry::Registry::default();
+    s.router.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("gantry_serving_cold_start_seconds_count{phase=\"first_byte\"}"))
+        .unwrap_or_else(|| panic!("no first_byte series in:\n{text}"));
+    assert!(count.ends_with(" 20"), "{count}");
     served_once(&s.scaler, (0..20).map(|i| format!("r{i}")));
     assert_loopback_only(&s.router);
 }
