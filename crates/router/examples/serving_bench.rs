@@ -548,7 +548,7 @@ async fn warm(secs: u64, rounds: usize, nginx: Option<PathBuf>) {
             let i = (round + k) % contenders.len();
             let f = measure(&contenders[i], secs).await;
             println!(
-                "  round {} {:<7} p50/p99 ms: {:.3}/{:.3} at {} rps, {:.3}/{:.3} at {} rps; saturation {:.0} rps; errors {}; proxy {:.2}/{:.2}/{:.2} cores",
+                "  round {} {:<7} p50/p99 ms: {:.3}/{:.3} at {} rps, {:.3}/{:.3} at {} rps; saturation {:.0} rps; errors {}; proxy {:.2}/{:.2}/{:.2} cores; load {}",
                 round + 1,
                 contenders[i].name,
                 f.p50[0],
@@ -562,6 +562,7 @@ async fn warm(secs: u64, rounds: usize, nginx: Option<PathBuf>) {
                 f.cost[0].cores,
                 f.cost[1].cores,
                 f.cost[2].cores,
+                load_average(),
             );
             all[i].push(f);
         }
@@ -635,6 +636,31 @@ async fn warm(secs: u64, rounds: usize, nginx: Option<PathBuf>) {
             added(&|f| f.p99[1]),
             RATES[1],
             100.0 * med(rows, &|f| f.saturation) / med(direct, &|f| f.saturation),
+        );
+    }
+    // The router against nginx within each round (both saw the same machine minutes apart):
+    // throughput, and requests per core-second of the proxy's own CPU at saturation.
+    let nginx_rows = contenders
+        .iter()
+        .position(|c| c.name == "nginx")
+        .map(|i| &all[i]);
+    if let (Some(nginx_rows), Some(gantry_rows)) = (nginx_rows, all.last()) {
+        let per_core = |f: &Figures| f.saturation / f.cost[2].cores.max(1e-9);
+        let ratio = |get: &dyn Fn(&Figures) -> f64| {
+            median(
+                gantry_rows
+                    .iter()
+                    .zip(nginx_rows)
+                    .map(|(g, n)| get(g) / get(n))
+                    .collect(),
+            )
+        };
+        println!(
+            "  gantry / nginx (median of per-round ratios): saturation {:.2}; requests per core-second at saturation {:.2} ({:.0} vs {:.0})",
+            ratio(&|f| f.saturation),
+            ratio(&per_core),
+            median(gantry_rows.iter().map(per_core).collect()),
+            median(nginx_rows.iter().map(per_core).collect()),
         );
     }
     drop(nginx);

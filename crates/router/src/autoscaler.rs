@@ -64,7 +64,12 @@ impl Router {
     /// returns the scale changes to make.
     pub fn autoscale_tick_with(&self, peers: &PeerTick<RevisionKey>) -> Vec<Decision> {
         let mut out = Vec::new();
+        let now = std::time::Instant::now();
         for rev in self.revisions() {
+            // Every replica ticks: each closes its own connections idle for too long.
+            for pod in rev.pods().iter() {
+                pod.conns.prune(now);
+            }
             if let Some(d) = self.decide(&rev, peers) {
                 out.push(d);
             }

@@ -10,6 +10,7 @@
 //!   counts, and the draining step before a scale to zero.
 //! - [`peers`]: every replica reports its exact counts to the leader, which decides from the
 //!   sum (replica Leases, a report endpoint on the serving listener, scrapes each tick).
+//! - [`pool`]: each pod's kept-alive HTTP/1.1 connections (the warm path's client).
 //! - [`dial`]: the loopback guard every backend connection (and peer scrape) goes through.
 
 use std::collections::{HashMap, HashSet};
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod dial;
 pub mod metrics;
 pub mod peers;
+pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod revision;
@@ -64,6 +66,8 @@ pub struct RouterSettings {
     pub probe_interval: Duration,
     /// Refuse (and count) backend connections outside 127.0.0.0/8 and ::1.
     pub loopback_only: bool,
+    /// Idle HTTP/1.1 connections kept per pod; more are closed when their response ends.
+    pub max_idle_per_pod: usize,
 }
 
 impl Default for RouterSettings {
@@ -72,6 +76,7 @@ impl Default for RouterSettings {
             queue_limit: 10_000,
             probe_interval: Duration::from_millis(10),
             loopback_only: false,
+            max_idle_per_pod: 256,
         }
     }
 }

@@ -59,6 +59,7 @@ fn became_ready(router: &Router, rev: &Revision, pod: &Pod) {
         if let (Some(requested), None) = (w.requested, w.ready) {
             let now = Instant::now();
             w.ready = Some(now);
+            rev.first_byte_pending.store(true, Ordering::SeqCst);
             let m = &router.inner.metrics.cold_start;
             let scheduled = w.scheduled.unwrap_or(now);
             m.get_or_create(&phase("pod_scheduled"))

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::dial::{DialGuard, GuardedConnector};
 use crate::metrics::RevisionLabels;
+use crate::pool::{DialError, Sender, dial};
 use crate::probe::phase;
 use crate::revision::{Lease, Pod, Revision};
 use crate::table::{RevisionConfig, host_key};
@@ -31,30 +32,52 @@ use crate::{Router, ScaleReason};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// HTTP/1.1 and HTTP/2-prior-knowledge clients to the pods, both behind the dial guard.
+/// The HTTP/2-prior-knowledge client to h2c pods, behind the dial guard. (HTTP/1.1 pods get
+/// per-pod connections from [`crate::pool`]; an h2c pod needs one multiplexed connection, which
+/// hyper-util's client already keeps per pod address.)
 pub(crate) struct Clients {
-    http1: Client<GuardedConnector, Incoming>,
     h2c: Client<GuardedConnector, Incoming>,
 }
 
 impl Clients {
     pub(crate) fn new(guard: Arc<DialGuard>) -> Self {
-        let connector = GuardedConnector::new(guard);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1024)
-            .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(connector);
-        Clients { http1, h2c }
+            .build(GuardedConnector::new(guard));
+        Clients { h2c }
+    }
+}
+
+/// Forwarding one request to a pod failed.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("the pod's HTTP/1.1 connection failed")]
+    Http1(#[source] hyper::Error),
+    #[error("the pod's h2c connection failed")]
+    H2c(#[source] hyper_util::client::legacy::Error),
+}
+
+impl ForwardError {
+    /// The pod could not be reached at all (not an error on an open connection).
+    fn is_connect(&self) -> bool {
+        match self {
+            ForwardError::Dial(_) => true,
+            ForwardError::Http1(_) => false,
+            ForwardError::H2c(e) => e.is_connect(),
+        }
     }
 }
 
 /// A response body that holds the request's lease until the body ends or is dropped, so an open
-/// stream (SSE, a long download) counts as in flight.
+/// stream (SSE, a long download) counts as in flight; and the pod connection it came on, which
+/// goes back to the pod's idle connections once the body has been read to the end.
 pub struct ProxyBody {
     inner: Inner,
     lease: Option<Lease>,
+    conn: Option<Sender>,
+    max_idle: usize,
 }
 
 /// The pod's body as hyper gives it (no box per response), or the router's own answer.
@@ -68,7 +91,20 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Own(inner),
             lease: None,
+            conn: None,
+            max_idle: 0,
         }
+    }
+
+    /// The body is over: the connection (if it was read to the end) goes back to the pod before
+    /// the slot is freed, so the request that gets the slot finds it; then the slot is freed.
+    fn finish(&mut self, read_to_end: bool) {
+        if let (Some(conn), Some(lease)) = (self.conn.take(), &self.lease)
+            && read_to_end
+        {
+            lease.pod.give_back(conn, self.max_idle);
+        }
+        self.lease = None;
     }
 
     fn text(s: impl Into<Bytes>) -> Self {
@@ -96,9 +132,12 @@ impl Body for ProxyBody {
             Inner::Pod(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Inner::Own(b) => Pin::new(b).poll_frame(cx),
         };
-        if let Poll::Ready(None) = polled {
+        match &polled {
             // The stream is over: free the pod slot now rather than when hyper drops the body.
-            self.lease = None;
+            Poll::Ready(None) => self.finish(true),
+            // A broken body: its connection cannot carry another request.
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            _ => {}
         }
         polled
     }
@@ -115,6 +154,15 @@ impl Body for ProxyBody {
             Inner::Pod(b) => b.size_hint(),
             Inner::Own(b) => b.size_hint(),
         }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper drops a body without polling its end once it reports `is_end_stream` (a known
+        // length fully read, or none at all): such a connection is reusable too.
+        let read_to_end = self.is_end_stream();
+        self.finish(read_to_end);
     }
 }
 
@@ -337,7 +385,16 @@ impl Router {
         {
             parts.headers.insert(HOST, v);
         }
-        parts.uri = match pod_uri(addr, parts.uri.path_and_query()) {
+        // HTTP/1.1 to a pod takes the origin form (`/path?query`), which is what HTTP/1.1
+        // clients send already; the h2c client wants the pod's address in the URI.
+        let uri = if config.h2c {
+            pod_uri(addr, parts.uri.path_and_query())
+        } else if parts.uri.authority().is_some() || parts.uri.path_and_query().is_none() {
+            origin_form(parts.uri.path_and_query())
+        } else {
+            Some(std::mem::take(&mut parts.uri))
+        };
+        parts.uri = match uri {
             Some(uri) => uri,
             None => return answer(StatusCode::BAD_REQUEST, "invalid request path"),
         };
@@ -347,10 +404,15 @@ impl Router {
             Version::HTTP_11
         };
         strip_hop_headers(&mut parts.headers, upgrading && !config.h2c);
-        let client = if config.h2c {
-            &self.inner.clients.h2c
-        } else {
-            &self.inner.clients.http1
+        let req = Request::from_parts(parts, body);
+        let sending = async {
+            if config.h2c {
+                let resp = self.inner.clients.h2c.request(req).await;
+                resp.map(|r| (r, None)).map_err(ForwardError::H2c)
+            } else {
+                let sent = self.send_http1(&lease.pod, req).await;
+                sent.map(|(r, conn)| (r, Some(conn)))
+            }
         };
         let rejected = || {
             self.inner
@@ -359,21 +421,17 @@ impl Router {
                 .get_or_create(&RevisionLabels::from(&rev.key))
                 .inc();
         };
-        let mut resp = match tokio::time::timeout_at(
-            deadline,
-            client.request(Request::from_parts(parts, body)),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => resp,
+        let (mut resp, conn) = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(Ok(sent)) => sent,
             Ok(Err(err)) => {
                 rejected();
                 if err.is_connect() {
                     // The pod stopped answering: route around it until a probe succeeds again.
                     lease.pod.ready.store(false, Ordering::SeqCst);
+                    lease.pod.conns.clear();
                     crate::probe::spawn(self.clone(), rev.clone(), lease.pod.clone());
                 }
-                tracing::warn!(revision = %rev.key, pod = %addr, %err, "forwarding failed");
+                tracing::warn!(revision = %rev.key, pod = %addr, err = %DisplayChain(&err), "forwarding failed");
                 return answer(StatusCode::BAD_GATEWAY, "the revision's pod did not answer");
             }
             Err(_) => {
@@ -391,6 +449,8 @@ impl Router {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
+            // The pod's connection becomes the tunnel: it is not given back (`conn` drops here).
+            drop(conn);
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 let (client, backend) = tokio::join!(client_upgrade, backend_upgrade);
@@ -411,10 +471,44 @@ impl Router {
         resp.map(|b| ProxyBody {
             inner: Inner::Pod(b),
             lease: Some(lease),
+            conn,
+            max_idle: self.inner.settings.max_idle_per_pod,
         })
     }
 
+    /// Sends an HTTP/1.1 request on one of the pod's idle connections, or on a new one. A
+    /// request that an idle connection closed before writing it (the pod timed the connection
+    /// out meanwhile) is sent again on the next; once written, a request is never sent twice.
+    async fn send_http1(
+        &self,
+        pod: &Pod,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Sender), ForwardError> {
+        loop {
+            let (mut conn, idle) = match pod.conns.take() {
+                Some(conn) => (conn, true),
+                None => (dial(&self.inner.guard, pod.endpoint.addr).await?, false),
+            };
+            // A new connection takes its first request before its task has run; an idle one
+            // may still be finishing its previous response.
+            if idle && !conn.is_ready() && conn.ready().await.is_err() {
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if idle => req = unsent,
+                    _ => return Err(ForwardError::Http1(err.into_error())),
+                },
+            }
+        }
+    }
+
     fn first_byte(&self, rev: &Revision) {
+        // Set (under the lock) before held requests are woken; warm requests stop here.
+        if !rev.first_byte_pending.load(Ordering::Relaxed) {
+            return;
+        }
         let mut w = rev
             .wake_times
             .lock()
@@ -426,6 +520,7 @@ impl Router {
                 .get_or_create(&phase("first_byte"))
                 .observe(requested.elapsed().as_secs_f64());
             *w = Default::default();
+            rev.first_byte_pending.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -457,6 +552,31 @@ fn pod_uri(addr: SocketAddr, path: Option<&PathAndQuery>) -> Option<Uri> {
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     Uri::from_parts(parts).ok()
+}
+
+/// `/path?query` alone (`/` when the URI has no path, as in `http://host`).
+fn origin_form(path: Option<&PathAndQuery>) -> Option<Uri> {
+    let mut parts = uri::Parts::default();
+    parts.path_and_query = Some(
+        path.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
+}
+
+/// An error with its sources, for a log line.
+struct DisplayChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use gantry_core::serving::autoscale::{Activity, Buckets, Decider};
 use tokio::sync::Notify;
 
+use crate::pool::{Idle, Sender};
 use crate::table::{Endpoint, RevisionConfig, RevisionKey};
 
 /// A pod the router knows: ready once its probe succeeded.
@@ -25,9 +26,23 @@ pub struct Pod {
     pub present: AtomicBool,
     /// A prober runs for this pod.
     pub probing: AtomicBool,
+    /// Kept-alive HTTP/1.1 connections to the pod, closed when it leaves.
+    pub conns: Idle,
 }
 
 impl Pod {
+    /// Keeps an HTTP/1.1 connection whose response was read to the end, for the next request;
+    /// closes it if the pod has left the table (checked again after, see `set_endpoints`).
+    pub(crate) fn give_back(&self, sender: Sender, max_idle: usize) {
+        if !self.present.load(Ordering::SeqCst) {
+            return;
+        }
+        self.conns.put(sender, max_idle);
+        if !self.present.load(Ordering::SeqCst) {
+            self.conns.clear();
+        }
+    }
+
     fn new(endpoint: Endpoint) -> Self {
         Pod {
             endpoint,
@@ -35,6 +50,7 @@ impl Pod {
             ready: AtomicBool::new(false),
             present: AtomicBool::new(true),
             probing: AtomicBool::new(false),
+            conns: Idle::default(),
         }
     }
 }
@@ -84,6 +100,9 @@ pub struct Revision {
     /// A wake was requested and no pod has been ready since (deduplicates wakes).
     pub waking: AtomicBool,
     pub wake_times: Mutex<WakeTimes>,
+    /// A wake's pod became ready and its first byte is not recorded yet: lets every other
+    /// request skip the `wake_times` lock.
+    pub first_byte_pending: AtomicBool,
     pub scale: Mutex<ScaleState>,
 }
 
@@ -106,6 +125,7 @@ impl Revision {
             replicas: AtomicI64::new(-1),
             waking: AtomicBool::new(false),
             wake_times: Mutex::new(WakeTimes::default()),
+            first_byte_pending: AtomicBool::new(false),
             scale: Mutex::new(ScaleState {
                 buckets: Buckets::new(Duration::from_secs(1), retain),
                 decider: Decider::default(),
@@ -152,6 +172,8 @@ impl Revision {
         for gone in guard.iter().filter(|p| !endpoints.contains(&p.endpoint)) {
             gone.present.store(false, Ordering::SeqCst);
             gone.ready.store(false, Ordering::SeqCst);
+            // After `present` is cleared: a connection given back later sees it and closes.
+            gone.conns.clear();
         }
         if !added.is_empty() {
             let mut w = self

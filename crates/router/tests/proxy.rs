@@ -118,6 +118,16 @@ async fn one_request_at_zero_twenty_times() {
         s.scaler.set(&s.key, 0).await;
     }
     assert_eq!(s.scaler.wakes(), 20, "each run woke the revision once");
+    // Each wake's first byte is recorded once (warm requests skip that bookkeeping).
+    let mut registry = prometheus_client::registry::Registry::default();
+    s.router.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("gantry_serving_cold_start_seconds_count{phase=\"first_byte\"}"))
+        .unwrap_or_else(|| panic!("no first_byte series in:\n{text}"));
+    assert!(count.ends_with(" 20"), "{count}");
     served_once(&s.scaler, (0..20).map(|i| format!("r{i}")));
     assert_loopback_only(&s.router);
 }
@@ -479,6 +489,229 @@ async fn the_dial_guard_refuses_addresses_off_the_machine() {
     let g = s.router.dial_guard();
     assert!(g.refused.load(Ordering::SeqCst) > 0);
     assert_eq!(g.other.load(Ordering::SeqCst), 0);
+}
+
+/// Polls `done` every 20 ms until it holds, failing after `limit` with `what`.
+async fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_requests_reuse_the_pods_connections() {
+    let s = setup(
+        RouterSettings::default(),
+        RevisionConfig::default(),
+        StandInScaler::default(),
+    )
+    .await;
+    s.scaler.set(&s.key, 1).await;
+    let c = client();
+    for i in 0..200 {
+        let (status, body, _) = get(&c, s.addr, HOST, "/", &format!("w{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let pod = s.scaler.live_pods()[0].clone();
+    assert_eq!(
+        pod.stats.conns_used.load(Ordering::SeqCst),
+        1,
+        "200 requests one after another on one kept-alive connection"
+    );
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let c = c.clone();
+            let addr = s.addr;
+            tasks.push(tokio::spawn(async move {
+                get(&c, addr, HOST, "/", &format!("p{round}-{i}")).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().0, StatusCode::OK);
+        }
+    }
+    let used = pod.stats.conns_used.load(Ordering::SeqCst);
+    assert!(
+        used <= 20,
+        "{used} connections for at most 20 requests at once"
+    );
+    served_once(&s.scaler, (0..200).map(|i| format!("w{i}")));
+    assert_loopback_only(&s.router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_leaves_the_table_has_its_connections_closed() {
+    let s = setup(
+        RouterSettings::default(),
+        RevisionConfig::default(),
+        StandInScaler::default(),
+    )
+    .await;
+    s.scaler.set(&s.key, 1).await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            get(&c, addr, HOST, "/sleep?ms=100", &format!("l{i}")).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+    let pod = s.scaler.live_pods()[0].clone();
+    assert!(pod.stats.conns_open.load(Ordering::SeqCst) > 0);
+    // The pod leaves the Revision (its server keeps running, as a terminating pod's may).
+    s.router.set_endpoints(&s.key, &[]);
+    eventually(
+        Duration::from_secs(10),
+        "the router kept connections to a pod that left",
+        || pod.stats.conns_open.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+    assert_loopback_only(&s.router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_pod_closes_are_not_reused() {
+    let s = setup(
+        RouterSettings::default(),
+        RevisionConfig::default(),
+        StandInScaler::default(),
+    )
+    .await;
+    s.scaler.set(&s.key, 1).await;
+    let c = client();
+    for i in 0..50 {
+        let (status, body, _) = get(&c, s.addr, HOST, "/close", &format!("x{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let pod = s.scaler.live_pods()[0].clone();
+    assert_eq!(
+        pod.stats.conns_used.load(Ordering::SeqCst),
+        50,
+        "a connection the pod closes carries one request"
+    );
+    // Kept connections, then the pod's server restarts on the same address: all of them break.
+    for i in 0..20 {
+        assert_eq!(
+            get(&c, s.addr, HOST, "/", &format!("y{i}")).await.0,
+            StatusCode::OK
+        );
+    }
+    let state = s.router.revision(&s.key).pods()[0].clone();
+    assert!(!state.conns.is_empty(), "a connection is kept");
+    pod.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        match tokio::net::TcpListener::bind(pod.addr).await {
+            Ok(l) => {
+                drop(l);
+                break support::StandIn::start(pod.addr.ip(), pod.addr.port()).await;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "rebinding {}: {e}", pod.addr),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the router noticed its connections closing",
+        || state.conns.is_empty(),
+    )
+    .await;
+    for i in 0..20 {
+        let (status, body, _) = get(&c, s.addr, HOST, "/", &format!("z{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(restarted.served_total(), 20);
+    assert_loopback_only(&s.router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_per_pod_are_bounded() {
+    let settings = RouterSettings {
+        max_idle_per_pod: 2,
+        ..Default::default()
+    };
+    let s = setup(
+        settings,
+        RevisionConfig::default(),
+        StandInScaler::default(),
+    )
+    .await;
+    s.scaler.set(&s.key, 1).await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            get(&c, addr, HOST, "/sleep?ms=500", &format!("b{i}")).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+    let pod = s.scaler.live_pods()[0].clone();
+    let used = pod.stats.conns_used.load(Ordering::SeqCst);
+    assert!(used > 2, "requests at once took {used} connections");
+    let state = s.router.revision(&s.key).pods()[0].clone();
+    assert!(state.conns.len() <= 2, "{} idle", state.conns.len());
+    eventually(
+        Duration::from_secs(10),
+        "connections beyond the idle bound stayed open",
+        || pod.stats.conns_open.load(Ordering::SeqCst) <= 2,
+    )
+    .await;
+    assert_loopback_only(&s.router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_path_dials_through_the_guard() {
+    let config = RevisionConfig {
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    // One probe per pod (then an hour's wait), so a later refusal is the forward's own dial.
+    let settings = RouterSettings {
+        probe_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let s = setup(settings, config, StandInScaler::default()).await;
+    s.router.set_endpoints(
+        &s.key,
+        &[Endpoint {
+            addr: "10.244.0.5:8080".parse().unwrap(),
+        }],
+    );
+    s.router.set_replicas(&s.key, 1);
+    let g = s.router.dial_guard();
+    eventually(Duration::from_secs(10), "the probe was not refused", || {
+        g.refused.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // As if the pod had passed its probe: the request goes to the forward path's dial.
+    for p in s.router.revision(&s.key).pods().iter() {
+        p.ready.store(true, Ordering::SeqCst);
+    }
+    let (status, _, _) = get(&client(), s.addr, HOST, "/", "d").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        g.refused.load(Ordering::SeqCst),
+        2,
+        "the forward's dial was refused"
+    );
+    assert_eq!(g.other.load(Ordering::SeqCst), 0);
+    assert!(
+        !s.router.revision(&s.key).pods()[0]
+            .ready
+            .load(Ordering::SeqCst),
+        "the unreachable pod is routed around"
+    );
 }
 
 /// Short windows for the autoscaler tests: stable 2 s, grace 1 s, idle after 3 s.

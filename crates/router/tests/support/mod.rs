@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub struct Stats {
     pub in_flight: AtomicU32,
     pub max_in_flight: AtomicU32,
     pub versions: Mutex<Vec<Version>>,
+    /// Connections open right now (the router's and its prober's).
+    pub conns_open: AtomicI64,
+    /// Connections that carried at least one request.
+    pub conns_used: AtomicU64,
 }
 
 pub struct StandIn {
@@ -75,14 +79,21 @@ impl StandIn {
                     continue;
                 };
                 let s = s.clone();
+                s.conns_open.fetch_add(1, Ordering::SeqCst);
                 conns.spawn(async move {
+                    let used = Arc::new(AtomicBool::new(false));
+                    let stats = s.clone();
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
+                        if !used.swap(true, Ordering::SeqCst) {
+                            s.conns_used.fetch_add(1, Ordering::SeqCst);
+                        }
                         async move { Ok::<_, Infallible>(handle(req, s, addr).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
+                    stats.conns_open.fetch_sub(1, Ordering::SeqCst);
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -124,6 +135,11 @@ async fn handle(mut req: Request<Incoming>, stats: Arc<Stats>, me: SocketAddr) -
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(full(format!("{me}")))
         }
+        // The pod closes the connection after this response.
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(full(format!("{me}")))
+            .unwrap(),
         "/sse" => {
             let events = futures::stream::unfold(0u32, |i| async move {
                 if i == 3 {
