@@ -376,6 +376,7 @@ impl<R: Reconciler> Controller<R> {
         let metrics = self.inner.cx.shared.metrics.clone();
         let objects = watcher(api, watcher::Config::default())
             .default_backoff()
+            .modify(slim::<R::Object>)
             .reflect(self.writer)
             .inspect_ok(move |event| {
                 // Deleted without our finalizer (or it was removed by hand): its series go anyway.
@@ -408,6 +409,20 @@ impl<R: Reconciler> Controller<R> {
             .await;
     }
 }
+
+/// Drops what no reconciler reads before an object enters the cache: `managedFields` (often
+/// larger than the rest of the object) and kubectl's last-applied annotation (a second copy of
+/// it). The cache holds every object of the kind for as long as the process runs.
+fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// kubectl's client-side apply record.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What wakes a reconcile: a new generation, a new reconcile request, a deletion. Status writes
 /// (ours included) and label edits do not.
@@ -562,5 +577,30 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
         );
         assert_ne!(wakes_reconcile(&deleting), base, "deletion");
+    }
+
+    #[test]
+    fn cached_objects_lose_managed_fields_and_last_applied_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut cm = ConfigMap::default();
+        cm.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        cm.metadata.annotations = Some(
+            [
+                (LAST_APPLIED_ANNOTATION.to_string(), "{}".to_string()),
+                ("kept".to_string(), "yes".to_string()),
+            ]
+            .into(),
+        );
+        cm.metadata.generation = Some(3);
+        slim(&mut cm);
+        assert_eq!(cm.metadata.managed_fields, None);
+        assert_eq!(
+            cm.metadata.annotations,
+            Some([("kept".to_string(), "yes".to_string())].into())
+        );
+        assert_eq!(cm.metadata.generation, Some(3));
     }
 }
