@@ -14,7 +14,7 @@
 //! autoscaler. A standby that finds a Revision at zero wakes it itself (a wake only ever raises
 //! the replica count), so it never answers 503 for not being the leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,8 +270,9 @@ async fn watch_services(api: Api<Service>, router: Router) {
 }
 
 async fn watch_revisions(api: Api<Revision>, router: Router, defaults: Defaults) {
-    let mut known: Vec<RevisionKey> = Vec::new();
-    let mut fresh: Option<Vec<RevisionKey>> = None;
+    // A set: every status write of a Revision is another Apply of a key already known.
+    let mut known: HashSet<RevisionKey> = HashSet::new();
+    let mut fresh: Option<HashSet<RevisionKey>> = None;
     let mut events = watcher(api).boxed();
     while let Some(event) = next(&mut events, "Knative Revisions").await {
         let key = |r: &Revision| RevisionKey::new(r.namespace().unwrap_or_default(), r.name_any());
@@ -279,17 +280,17 @@ async fn watch_revisions(api: Api<Revision>, router: Router, defaults: Defaults)
             Event::Apply(r) | Event::InitApply(r) => {
                 let k = key(&r);
                 router.set_revision(&k, revision_config(&r, &defaults));
-                fresh.as_mut().unwrap_or(&mut known).push(k);
+                fresh.as_mut().unwrap_or(&mut known).insert(k);
             }
             Event::Delete(r) => {
                 let k = key(&r);
-                known.retain(|x| *x != k);
+                known.remove(&k);
                 router.remove_revision(&k);
             }
-            Event::Init => fresh = Some(Vec::new()),
+            Event::Init => fresh = Some(HashSet::new()),
             Event::InitDone => {
                 let now = fresh.take().unwrap_or_default();
-                for gone in known.iter().filter(|k| !now.contains(k)) {
+                for gone in known.difference(&now) {
                     router.remove_revision(gone);
                 }
                 known = now;

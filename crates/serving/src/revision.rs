@@ -17,6 +17,7 @@ use gantry_runtime::controller::{Cx, Reconciler};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -483,7 +484,9 @@ pub fn deployment_changes(
     client: Client,
     namespace: Option<&str>,
 ) -> impl Stream<Item = ObjectRef<Revision>> + Send + 'static {
-    let api: Api<Deployment> = match namespace {
+    // Metadata only: the label is all this reads, and a whole Deployment (its pod template,
+    // `managedFields`) would be decoded for every change only to be dropped.
+    let api: Api<PartialObjectMeta<Deployment>> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };

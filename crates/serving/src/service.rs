@@ -22,6 +22,7 @@ use gantry_core::serving::{domain, gc, naming, supported};
 use gantry_runtime::controller::{Cx, Reconciler};
 use gantry_runtime::events::Severity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,8 +32,11 @@ use serde_json::json;
 use crate::conditions::{self, set};
 use crate::{CONTROLLER, Settings, resources};
 
-/// How often a Service is looked at without a change (GC is time-based).
+/// How often a Service is looked at without a change while GC waits for a Revision to age.
 const RESYNC: Duration = Duration::from_secs(600);
+
+/// How often a Service is looked at when no Revision of it can be garbage-collected by time.
+const IDLE_RESYNC: Duration = Duration::from_secs(10 * 3600);
 
 /// The Service controller's domain steps.
 pub struct Services {
@@ -223,7 +227,7 @@ impl Reconciler for Services {
 
         mark_routing_states(&revisions_api, &revisions, &routed, latest_created).await?;
         apply_placeholder(cx, &svc, &self.settings.router_host).await?;
-        collect_garbage(
+        let gc_pending = collect_garbage(
             &revisions_api,
             &revisions,
             &routed,
@@ -235,7 +239,11 @@ impl Reconciler for Services {
         cx.write_status(&svc, &status)
             .await
             .map_err(Error::Status)?;
-        Ok(Action::requeue(RESYNC))
+        // A Revision's changes wake the Service (`revision_changes`); only GC's clock needs a
+        // timer. Without one, a rare look still repairs a hand-edited Kubernetes Service (what
+        // Knative's informers' 10 h resync does), and 1000 ksvcs cost no steady reconcile load.
+        let resync = if gc_pending { RESYNC } else { IDLE_RESYNC };
+        Ok(Action::requeue(resync))
     }
 
     async fn cleanup(&self, _svc: Arc<Service>, _cx: &Cx<Service>) -> Result<(), Error> {
@@ -446,7 +454,7 @@ async fn collect_garbage(
     routed: &[traffic::Resolved],
     latest_ready: Option<&Revision>,
     config: &gc::Config,
-) {
+) -> bool {
     let candidates: Vec<gc::Candidate> = revisions
         .iter()
         .map(|r| {
@@ -473,17 +481,18 @@ async fn collect_garbage(
         })
         .collect();
     let latest = latest_ready.map(|r| r.name_any());
-    for name in gc::collect(
-        &candidates,
-        latest.as_deref(),
-        config,
-        jiff::Timestamp::now(),
-    ) {
+    let collect = |now| gc::collect(&candidates, latest.as_deref(), config, now);
+    let due = collect(jiff::Timestamp::now());
+    // What would go if enough time passed: more than is due now means a later look is needed.
+    let mut pending = collect(jiff::Timestamp::MAX).len() > due.len();
+    for name in due {
         tracing::info!(namespace = api.namespace().unwrap_or_default(), revision = %name, "deleting Revision without traffic (config-gc)");
         if let Err(err) = api.delete(&name, &DeleteParams::background()).await {
             tracing::warn!(revision = %name, %err, "garbage-collecting Revision");
+            pending = true;
         }
     }
+    pending
 }
 
 /// Services whose Revisions changed (a Revision became Ready, scaled, failed), from a watch on
@@ -492,7 +501,8 @@ pub fn revision_changes(
     client: Client,
     namespace: Option<&str>,
 ) -> impl Stream<Item = ObjectRef<Service>> + Send + 'static {
-    let api: Api<Revision> = match namespace {
+    // Metadata only: the label is all this reads (the Service reconcile lists the Revisions).
+    let api: Api<PartialObjectMeta<Revision>> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
