@@ -246,6 +246,22 @@ async fn a_knative_example_applied_by_a_kustomization_becomes_ready_with_its_url
         assert_eq!(kube_svc.type_.as_deref(), Some("ExternalName"));
         assert_eq!(kube_svc.external_name.as_deref(), Some(ROUTER));
 
+        // Pointed elsewhere by hand: put back at once (its watch wakes the Service; the next
+        // timed look is hours away).
+        let kube_services = Api::<KubeService>::namespaced(client.clone(), &ns);
+        kube_services
+            .patch(
+                "helloworld",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"externalName": "elsewhere.invalid"}})),
+            )
+            .await
+            .unwrap();
+        wait_for(&kube_services, "helloworld", WAIT, |s| {
+            s.and_then(|s| s.spec.as_ref()?.external_name.as_deref()) == Some(ROUTER)
+        })
+        .await;
+
         // Applied again by the Kustomization (drift correction): still one Revision.
         Api::<Kustomization>::namespaced(client.clone(), &ns)
             .patch(

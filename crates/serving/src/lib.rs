@@ -16,7 +16,9 @@
 use std::sync::Arc;
 
 use gantry_core::serving::{domain, gc};
+use gantry_api::serving::v1::Revision;
 use gantry_runtime::controller::{Controller, Shared};
+use k8s_openapi::api::core::v1::Service as KubeService;
 
 pub mod conditions;
 pub mod resources;
@@ -74,7 +76,11 @@ pub async fn run(
     let services = Controller::new(service::Services::new(settings.clone()), shared.clone())
         .namespace(namespace.as_deref())
         .concurrency(settings.concurrency)
-        .requested_by(service::revision_changes(
+        .requested_by(service::labelled_changes::<Revision>(
+            client.clone(),
+            namespace.as_deref(),
+        ))
+        .requested_by(service::labelled_changes::<KubeService>(
             client.clone(),
             namespace.as_deref(),
         ));

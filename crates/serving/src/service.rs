@@ -239,9 +239,9 @@ impl Reconciler for Services {
         cx.write_status(&svc, &status)
             .await
             .map_err(Error::Status)?;
-        // A Revision's changes wake the Service (`revision_changes`); only GC's clock needs a
-        // timer. Without one, a rare look still repairs a hand-edited Kubernetes Service (what
-        // Knative's informers' 10 h resync does), and 1000 ksvcs cost no steady reconcile load.
+        // Changes to its Revisions and its Kubernetes Service wake the Service
+        // (`labelled_changes`); only GC's clock needs a timer. Otherwise a rare look (Knative's
+        // informers resync every 10 h too) and 1000 ksvcs cost no steady reconcile load.
         let resync = if gc_pending { RESYNC } else { IDLE_RESYNC };
         Ok(Action::requeue(resync))
     }
@@ -495,14 +495,25 @@ async fn collect_garbage(
     pending
 }
 
-/// Services whose Revisions changed (a Revision became Ready, scaled, failed), from a watch on
-/// Revisions.
-pub fn revision_changes(
+/// Services whose objects of kind `K` changed, from a metadata-only watch of the objects that
+/// carry the Service label: Revisions (one became Ready, scaled, failed) and the Kubernetes
+/// Service named after it (edited or deleted by hand: put back at once, as Knative's informers
+/// do, not at the next resync). The label is all this reads; the reconcile reads the rest.
+pub fn labelled_changes<K>(
     client: Client,
     namespace: Option<&str>,
-) -> impl Stream<Item = ObjectRef<Service>> + Send + 'static {
-    // Metadata only: the label is all this reads (the Service reconcile lists the Revisions).
-    let api: Api<PartialObjectMeta<Revision>> = match namespace {
+) -> impl Stream<Item = ObjectRef<Service>> + Send + 'static
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<PartialObjectMeta<K>> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
