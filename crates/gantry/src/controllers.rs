@@ -37,6 +37,10 @@ pub struct Settings {
     pub uptime_heartbeat: Option<(String, std::time::Duration)>,
 }
 
+/// How long the uptime history may keep retrying its last write at shutdown: within
+/// `gantry run`'s grace for reconciles in flight (5 s).
+const UPTIME_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Runs every controller until `shutdown` is cancelled.
 pub async fn run(
     client: kube::Client,
@@ -133,7 +137,7 @@ pub async fn run(
         .await
         .context("opening the uptime history (--storage-path, --database-url)")?;
     let (engine_tx, engine_rx) = tokio::sync::oneshot::channel();
-    let uptime = gantry_uptime::controller::run(
+    let checks = gantry_uptime::controller::run(
         shared.clone(),
         gantry_uptime::controller::Settings {
             namespace: settings.watch_namespace.clone(),
@@ -144,6 +148,15 @@ pub async fn run(
         Some(engine_tx),
         shutdown.clone(),
     );
+    let history = store.clone();
+    let uptime = async move {
+        checks.await;
+        // Once checks stop, what is queued (results waiting for the database, the last
+        // batch, sent alerts' outbox deletions) is written before the process exits.
+        if let Err(err) = history.close_within(UPTIME_CLOSE_WAIT).await {
+            tracing::error!(%err, "uptime history at shutdown");
+        }
+    };
     let stop_page = shutdown.clone();
     let heartbeats = async move {
         let (Ok(engine), Some(uptime_listener)) = (engine_rx.await, uptime_listener) else {

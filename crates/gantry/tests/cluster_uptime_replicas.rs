@@ -2,8 +2,10 @@
 //! Postgres (`--database-url`, a private server on loopback): a Monitor against a loopback
 //! stand-in alerts a loopback receiver (generic Provider) exactly once per transition.
 //!
-//! The stand-in stops: one DOWN alert. The leader is SIGKILLed the moment that alert arrives
-//! (mid-outage, before anything else it would do); the standby takes the Lease, recovers the
+//! The stand-in stops: one DOWN alert. The leader is SIGKILLed right after delivering it
+//! (mid-outage, once its outbox row is deleted: a kill in the milliseconds between the delivery
+//! and that deletion repeats the alert, at-least-once delivery, and a kill before the delivery
+//! is `uptime_durability_cli`'s case); the standby takes the Lease, recovers the
 //! Monitor's state from the database and keeps checking without a second DOWN alert. The
 //! stand-in comes back: one recovery alert, whose outage runs from the same start as the DOWN
 //! alert's `downSince`. Counts are asserted at the receiver after a settle period.
@@ -201,6 +203,8 @@ async fn two_replicas_alert_once_across_a_leader_kill_mid_outage() {
         // The outage begins; the leader announces it once and is killed at that moment.
         stop.cancel();
         let down = wait_alert(&seen, "MonitorDown").await;
+        // Time to take the delivered alert out of the outbox (a write of milliseconds).
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let mut killed = replicas.remove(at);
         killed.child.kill().unwrap();
         killed.child.wait().unwrap();

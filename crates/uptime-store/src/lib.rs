@@ -3,7 +3,7 @@
 //! - [`store`]: the history in SQLite (an embedded file, the default) or Postgres (shared by
 //!   replicas): raw results for a retention (7 days by default), per-hour and per-day aggregates
 //!   for a year, last state per monitor and incidents, with writes buffered in memory while the
-//!   database is away.
+//!   database is away, and the outbox of alerts not yet sent.
 //! - [`status`]: the status page (server-rendered HTML with inline SVG, a JSON API, badges),
 //!   rendered from cached aggregates.
 //!
@@ -16,8 +16,8 @@ pub mod store;
 mod window;
 
 pub use model::{
-    Aggregate, DayBar, Incident, LastState, Millis, MonitorInfo, MonitorKey, ResponsePoint, Sample,
-    State, Summary, now_ms,
+    Aggregate, AlertId, DayBar, Incident, LastState, Millis, MonitorInfo, MonitorKey,
+    ResponsePoint, Sample, State, Summary, now_ms,
 };
 pub use status::{StatusOptions, StatusPage};
 pub use store::{Error, Health, Location, Page, PageMonitor, RetentionReport, Store, StoreConfig};

@@ -136,6 +136,15 @@ pub struct Sample {
     pub message: Option<String>,
 }
 
+/// An alert waiting in the outbox: the monitor and the time of the result that raised it (one
+/// alert per result at most). Queued with that result, so the transition and its alert are
+/// stored in one transaction; removed once the alert was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlertId {
+    pub key: MonitorKey,
+    pub at: Millis,
+}
+
 /// The latest known state of a monitor, kept in memory and in the database, so a restarted
 /// checker resumes where it stopped (mid-outage included).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,6 +8,12 @@
 //! (`RETURNING`), the monitors' last states and incident changes. While the database is away the
 //! queue holds up to [`StoreConfig::buffer_capacity`] samples, dropping the oldest (counted in
 //! [`Health::dropped`]), and [`Store::health`] says what failed.
+//!
+//! Alerts go through an outbox: [`Store::record_alerting`] queues the alert with the result that
+//! raised it, so the state change and the alert are committed in the same transaction;
+//! [`Store::alert_sent`] deletes it once sent. Alerts a killed process left behind are loaded
+//! when the store opens ([`Store::take_pending_alerts`]) and sent by the next checker. At the
+//! end, [`Store::close_within`] keeps trying to write what is queued for a bounded time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -26,7 +32,7 @@ use sqlx::{QueryBuilder, Row};
 use tokio::sync::Notify;
 
 use crate::model::{
-    Aggregate, BUCKETS, DAY_MS, DayBar, HOUR_MS, Incident, LastState, Millis, MonitorInfo,
+    Aggregate, AlertId, BUCKETS, DAY_MS, DayBar, HOUR_MS, Incident, LastState, Millis, MonitorInfo,
     MonitorKey, ResponsePoint, Sample, State, Summary, now_ms,
 };
 use crate::window::{self, Windows};
@@ -66,6 +72,12 @@ pub enum Error {
         backend: &'static str,
         #[source]
         source: sqlx::Error,
+    },
+    #[error("{lost} results not written to the history within {bound:?} of stopping: {error}")]
+    NotWritten {
+        lost: usize,
+        bound: Duration,
+        error: String,
     },
     #[error("the database holds state code {0}, which this version does not know")]
     UnknownState(i16),
@@ -216,6 +228,9 @@ macro_rules! on_db {
 }
 
 /// Rows per multi-row statement: under SQLite's 32 766 and Postgres's 65 535 bound parameters.
+/// These statements are not kept prepared (`persistent(false)`): their text differs with every
+/// row count, so sqlx's per-connection cache (100 statements) would fill with compiled
+/// multi-row statements of every size, each as large as its hundreds of bound values.
 const CHUNK: usize = 500;
 /// Samples per write transaction.
 const MAX_BATCH: usize = 20_000;
@@ -229,6 +244,21 @@ enum IncidentOp {
         started_at: Millis,
         ended_at: Millis,
     },
+}
+
+/// A change to the alert outbox, queued with the samples and written in order.
+#[derive(Debug, Clone)]
+enum OutboxOp {
+    Add { id: AlertId, payload: String },
+    Done(AlertId),
+}
+
+impl OutboxOp {
+    fn key(&self) -> &MonitorKey {
+        match self {
+            OutboxOp::Add { id, .. } | OutboxOp::Done(id) => &id.key,
+        }
+    }
 }
 
 impl IncidentOp {
@@ -250,6 +280,9 @@ struct Mem {
     dirty_states: HashSet<MonitorKey>,
     open: HashMap<MonitorKey, Incident>,
     incident_ops: VecDeque<IncidentOp>,
+    outbox_ops: VecDeque<OutboxOp>,
+    /// Alerts found in the outbox when the store opened (left by a previous process).
+    pending_alerts: Vec<(AlertId, String)>,
     failing_since: Option<Millis>,
     last_error: Option<String>,
     /// Samples taken by the writer and not yet committed.
@@ -312,11 +345,18 @@ mod futures_core_box {
     pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox",
+        include_str!("../migrations/sqlite/0002_outbox.sql"),
+    ),
+];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -327,6 +367,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "fillfactor",
         include_str!("../migrations/postgres/0002_fillfactor.sql"),
+    ),
+    (
+        3,
+        "outbox",
+        include_str!("../migrations/postgres/0003_outbox.sql"),
     ),
 ];
 
@@ -440,21 +485,31 @@ impl Store {
 
     /// [`Store::record`] for many samples under one lock.
     pub fn record_many(&self, samples: impl IntoIterator<Item = Sample>) {
-        let capacity = self.inner.config.buffer_capacity.max(1);
         let mut dropped = 0;
-        let wake;
-        {
+        let wake = {
             let mut mem = self.mem();
             for sample in samples {
-                mem.track(&sample);
-                if mem.buffer.len() >= capacity {
-                    mem.buffer.pop_front();
-                    dropped += 1;
-                }
-                mem.buffer.push_back(sample);
+                dropped += self.push_locked(&mut mem, sample);
             }
-            wake = mem.buffer.len() >= MAX_BATCH / 2;
+            mem.buffer.len() >= MAX_BATCH / 2
+        };
+        self.recorded(dropped, wake);
+    }
+
+    /// Tracks and queues one sample; returns how many old ones the bound dropped.
+    fn push_locked(&self, mem: &mut Mem, sample: Sample) -> u64 {
+        let capacity = self.inner.config.buffer_capacity.max(1);
+        let mut dropped = 0;
+        mem.track(&sample);
+        if mem.buffer.len() >= capacity {
+            mem.buffer.pop_front();
+            dropped += 1;
         }
+        mem.buffer.push_back(sample);
+        dropped
+    }
+
+    fn recorded(&self, dropped: u64, wake: bool) {
         // The windows changed: the status page's cache is stale.
         self.inner.generation.fetch_add(1, Ordering::Relaxed);
         if dropped > 0 {
@@ -467,6 +522,53 @@ impl Store {
         if wake {
             self.inner.wake.notify_one();
         }
+    }
+
+    /// [`Store::record`] for a result that raised an alert: the alert (`payload`, opaque to the
+    /// store) goes into the outbox in the same transaction as the result's state change, and
+    /// stays there until [`Store::alert_sent`].
+    pub fn record_alerting(&self, sample: Sample, payload: String) -> AlertId {
+        let id = AlertId {
+            key: sample.key.clone(),
+            at: sample.at,
+        };
+        let (dropped, wake) = {
+            // Under the lock of the sample's state change, so no batch takes one without the
+            // other.
+            let mut mem = self.mem();
+            mem.outbox_ops.push_back(OutboxOp::Add {
+                id: id.clone(),
+                payload,
+            });
+            let dropped = self.push_locked(&mut mem, sample);
+            (dropped, mem.buffer.len() >= MAX_BATCH / 2)
+        };
+        self.recorded(dropped, wake);
+        id
+    }
+
+    /// The alert was sent (or will never be: its Provider refused it for good): removed from
+    /// the outbox, at once if it was not written yet, else with a prompt write.
+    pub fn alert_sent(&self, id: &AlertId) {
+        let mut mem = self.mem();
+        let queued = mem
+            .outbox_ops
+            .iter()
+            .position(|op| matches!(op, OutboxOp::Add { id: queued, .. } if queued == id));
+        if let Some(i) = queued {
+            mem.outbox_ops.remove(i);
+            return;
+        }
+        mem.outbox_ops.push_back(OutboxOp::Done(id.clone()));
+        drop(mem);
+        // A prompt delete keeps the window in which a killed process repeats the alert short.
+        self.inner.wake.notify_one();
+    }
+
+    /// Alerts left in the outbox by a process that stopped before sending them, oldest first;
+    /// each is returned once (the caller sends them, then calls [`Store::alert_sent`]).
+    pub fn take_pending_alerts(&self) -> Vec<(AlertId, String)> {
+        std::mem::take(&mut self.mem().pending_alerts)
     }
 
     /// The last state of every monitor, from memory (loaded from the database at start): a
@@ -617,6 +719,8 @@ impl Store {
         mem.open = fresh.open;
         mem.recent = fresh.recent;
         mem.windows = fresh.windows;
+        // What the previous leader did not send; this one sends it.
+        mem.pending_alerts = fresh.pending_alerts;
         // Results queued since the flush are not in the database yet: count them again.
         let queued: Vec<(MonitorKey, Millis, State, Option<i32>)> = mem
             .buffer
@@ -636,6 +740,39 @@ impl Store {
         let result = self.flush().await;
         on_db!(&self.inner.db, p => p.close().await);
         result
+    }
+
+    /// [`Store::close`] at the end of a process: while the database is away (results were
+    /// waiting in memory, or it went away just now) the write is retried until it succeeds or
+    /// `bound` has passed; what is still queued then is lost, and the error says how much.
+    pub async fn close_within(self, bound: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut wait = Duration::from_millis(100);
+        let mut last = None;
+        let written = tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.flush().await {
+                    Ok(()) => return,
+                    Err(err) => {
+                        tracing::warn!(%err, "writing the uptime history before exiting; retrying");
+                        last = Some(err.to_string());
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        })
+        .await;
+        let lost = self.health().buffered;
+        on_db!(&self.inner.db, p => p.close().await);
+        match written {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::NotWritten {
+                lost,
+                bound,
+                error: last.unwrap_or_else(|| "the database did not answer".into()),
+            }),
+        }
     }
 
     fn db_error(&self, source: sqlx::Error) -> Error {
@@ -951,7 +1088,7 @@ impl Store {
         let Some(id) = id else { return Ok(()) };
         on_db!(&self.inner.db, p => {
             let mut tx = p.begin().await.map_err(|e| self.db_error(e))?;
-            for table in ["samples", "hourly", "daily", "monitor_state", "incidents"] {
+            for table in ["samples", "hourly", "daily", "monitor_state", "incidents", "alert_outbox"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE monitor_id = $1"))
                     .bind(id).execute(&mut *tx).await.map_err(|e| self.db_error(e))?;
             }
@@ -1246,12 +1383,14 @@ impl Mem {
             .filter_map(|k| self.states.get(&k).cloned())
             .collect();
         let incidents: Vec<IncidentOp> = self.incident_ops.drain(..).collect();
+        let outbox: Vec<OutboxOp> = self.outbox_ops.drain(..).collect();
         let mut known = HashMap::new();
         for key in samples
             .iter()
             .map(|s| &s.key)
             .chain(states.iter().map(|s: &LastState| &s.key))
             .chain(incidents.iter().map(IncidentOp::key))
+            .chain(outbox.iter().map(OutboxOp::key))
         {
             if let Some(id) = self.ids.get(key) {
                 known.insert(key.clone(), *id);
@@ -1262,6 +1401,7 @@ impl Mem {
             infos,
             states,
             incidents,
+            outbox,
             known,
         }
     }
@@ -1286,6 +1426,9 @@ impl Mem {
         for op in batch.incidents.into_iter().rev() {
             self.incident_ops.push_front(op);
         }
+        for op in batch.outbox.into_iter().rev() {
+            self.outbox_ops.push_front(op);
+        }
         dropped
     }
 }
@@ -1297,6 +1440,7 @@ struct Batch {
     infos: Vec<MonitorInfo>,
     states: Vec<LastState>,
     incidents: Vec<IncidentOp>,
+    outbox: Vec<OutboxOp>,
     /// Database ids already known for the keys involved.
     known: HashMap<MonitorKey, i64>,
 }
@@ -1307,6 +1451,7 @@ impl Batch {
             && self.infos.is_empty()
             && self.states.is_empty()
             && self.incidents.is_empty()
+            && self.outbox.is_empty()
     }
 }
 
@@ -1330,7 +1475,8 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<HashMap<MonitorKey, i64>,
         }
         let needed = batch.samples.iter().map(|s| &s.key)
             .chain(batch.states.iter().map(|s| &s.key))
-            .chain(batch.incidents.iter().map(IncidentOp::key));
+            .chain(batch.incidents.iter().map(IncidentOp::key))
+            .chain(batch.outbox.iter().map(OutboxOp::key));
         let missing: HashSet<&MonitorKey> = needed.filter(|k| !ids.contains_key(*k)).collect();
         for key in missing {
             // A monitor known only by its samples: a row without its display fields, which a
@@ -1362,7 +1508,7 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<HashMap<MonitorKey, i64>,
             // answer was lost) adds nothing to the aggregates.
             qb.push(" ON CONFLICT (monitor_id, at) DO NOTHING \
                       RETURNING monitor_id, at, state, success, response_us");
-            let rows = qb.build().fetch_all(&mut *tx).await?;
+            let rows = qb.build().persistent(false).fetch_all(&mut *tx).await?;
             for r in &rows {
                 let id: i64 = r.try_get(0)?;
                 let at: i64 = r.try_get(1)?;
@@ -1399,7 +1545,7 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<HashMap<MonitorKey, i64>,
                     " ON CONFLICT (monitor_id, bucket) DO UPDATE SET {adds}, rt_max_us = CASE \
                      WHEN excluded.rt_max_us > {table}.rt_max_us THEN excluded.rt_max_us \
                      ELSE {table}.rt_max_us END"));
-                qb.build().execute(&mut *tx).await?;
+                qb.build().persistent(false).execute(&mut *tx).await?;
             }
         }
         for chunk in batch.states.chunks(CHUNK) {
@@ -1416,7 +1562,7 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<HashMap<MonitorKey, i64>,
                      since = excluded.since, last_at = excluded.last_at, success = excluded.success, \
                      response_us = excluded.response_us, http_status = excluded.http_status, \
                      message = excluded.message WHERE excluded.last_at >= monitor_state.last_at");
-            qb.build().execute(&mut *tx).await?;
+            qb.build().persistent(false).execute(&mut *tx).await?;
         }
         for op in &batch.incidents {
             let id = ids.get(op.key()).copied().unwrap_or_default();
@@ -1431,6 +1577,23 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<HashMap<MonitorKey, i64>,
                     sqlx::query("UPDATE incidents SET ended_at = $1 \
                                  WHERE monitor_id = $2 AND started_at = $3")
                         .bind(*ended_at).bind(id).bind(*started_at)
+                        .execute(&mut *tx).await?;
+                }
+            }
+        }
+        // In queue order: an alert sent before its row was written is added, then deleted.
+        for op in &batch.outbox {
+            let id = ids.get(op.key()).copied().unwrap_or_default();
+            match op {
+                OutboxOp::Add { id: alert, payload } => {
+                    sqlx::query("INSERT INTO alert_outbox (monitor_id, at, payload) \
+                                 VALUES ($1, $2, $3) ON CONFLICT (monitor_id, at) DO NOTHING")
+                        .bind(id).bind(alert.at).bind(payload)
+                        .execute(&mut *tx).await?;
+                }
+                OutboxOp::Done(alert) => {
+                    sqlx::query("DELETE FROM alert_outbox WHERE monitor_id = $1 AND at = $2")
+                        .bind(id).bind(alert.at)
                         .execute(&mut *tx).await?;
                 }
             }
@@ -1547,6 +1710,16 @@ async fn load(db: &Db, backend: &'static str) -> Result<Mem, Error> {
                 ended_at: None,
                 cause: r.try_get(2).map_err(err)?,
             });
+        }
+        let rows = sqlx::query("SELECT monitor_id, at, payload FROM alert_outbox ORDER BY at")
+            .fetch_all(p).await.map_err(err)?;
+        for r in &rows {
+            let id: i64 = r.try_get(0).map_err(err)?;
+            let Some(key) = keys.get(&id) else { continue };
+            mem.pending_alerts.push((
+                AlertId { key: key.clone(), at: r.try_get(1).map_err(err)? },
+                r.try_get(2).map_err(err)?,
+            ));
         }
     });
     Ok(mem)

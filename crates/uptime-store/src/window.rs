@@ -90,31 +90,37 @@ fn day_of(at: Millis) -> i32 {
     i32::try_from(at.div_euclid(DAY_MS)).unwrap_or(i32::MAX)
 }
 
-/// The slot for `key` in an ascending deque, inserted (and trimmed to `keep` behind the newest)
-/// if missing; `None` if it is older than what is kept.
+/// The slot for `key` in an ascending deque, inserted if missing (what it pushes out of the
+/// window, `too_old` behind the newest, is dropped first, so the deque never holds more than
+/// `keep` and is allocated once, exactly); `None` if it is older than what is kept.
 fn slot<T, K: Ord + Copy>(
     deque: &mut VecDeque<T>,
     key: K,
     key_of: impl Fn(&T) -> K,
     new: impl FnOnce() -> T,
     too_old: impl Fn(K, K) -> bool,
+    keep: usize,
 ) -> Option<&mut T> {
     let newest = deque.back().map(&key_of);
     if newest.is_some_and(|n| too_old(key, n)) {
         return None;
     }
-    let i = match deque.binary_search_by(|t| key_of(t).cmp(&key)) {
-        Ok(i) => i,
-        Err(i) => {
-            deque.insert(i, new());
-            let newest = deque.back().map(&key_of).unwrap_or(key);
+    match deque.binary_search_by(|t| key_of(t).cmp(&key)) {
+        Ok(i) => deque.get_mut(i),
+        Err(_) => {
+            let newest = newest.map_or(key, |n| n.max(key));
             while deque.front().is_some_and(|t| too_old(key_of(t), newest)) {
                 deque.pop_front();
             }
-            deque.iter().position(|t| key_of(t) == key)?
+            if deque.capacity() == 0 {
+                // 10 000 monitors: doubling growth would leave ~1.3 KiB a monitor unused.
+                deque.reserve_exact(keep);
+            }
+            let i = deque.partition_point(|t| key_of(t) < key);
+            deque.insert(i, new());
+            deque.get_mut(i)
         }
-    };
-    deque.get_mut(i)
+    }
 }
 
 impl Windows {
@@ -134,6 +140,7 @@ impl Windows {
                 histogram: [0; BUCKETS],
             },
             |k, newest| k <= newest - HOURS * HOUR_MS,
+            HOURS as usize,
         ) {
             h.counts.add(state);
             if let Some(us) = response_us {
@@ -155,6 +162,7 @@ impl Windows {
                 counts: Counts::default(),
             },
             |k, newest| i64::from(k) <= i64::from(newest) - DAYS,
+            DAYS as usize,
         ) {
             d.counts.add(state);
         }
@@ -178,6 +186,7 @@ impl Windows {
             |h| h.bucket,
             || hour.clone(),
             |k, newest| k <= newest - HOURS * HOUR_MS,
+            HOURS as usize,
         ) {
             *h = hour;
         }
@@ -195,6 +204,7 @@ impl Windows {
             |d| d.day,
             || day.clone(),
             |k, newest| i64::from(k) <= i64::from(newest) - DAYS,
+            DAYS as usize,
         ) {
             *d = day;
         }
@@ -332,6 +342,17 @@ mod tests {
         }
         assert_eq!(w.hours.len() as i64, HOURS);
         assert_eq!(w.days.len() as i64, DAYS);
+        // Allocated once, to the window (no doubling growth left unused).
+        assert!(
+            w.hours.capacity() <= HOURS as usize + 4,
+            "{}",
+            w.hours.capacity()
+        );
+        assert!(
+            w.days.capacity() <= DAYS as usize + 4,
+            "{}",
+            w.days.capacity()
+        );
         // A result older than the windows is ignored.
         let before = w.clone();
         w.add(NOW, State::Down, None);

@@ -72,6 +72,7 @@ on_both_backends!(
     monitor_info_is_kept_and_removed,
     a_new_leader_takes_over_the_state,
     figures_from_memory_match_the_tables_and_survive_a_restart,
+    alerts_stay_in_the_outbox_until_sent,
 );
 
 fn key(name: &str) -> MonitorKey {
@@ -318,6 +319,45 @@ async fn a_new_leader_takes_over_the_state(fx: Fixture) {
     let incidents = follower.incidents(&key("lb"), 10).await.unwrap();
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0].ended_at, Some(t0 + 60_000));
+}
+
+/// An alert recorded with its transition is in the database with it, and comes back to the next
+/// process (or leader) until it is marked sent; one sent before it was even written leaves
+/// nothing behind.
+async fn alerts_stay_in_the_outbox_until_sent(fx: Fixture) {
+    let store = fx.open().await;
+    let t0 = now_ms() - 60_000;
+    store.record(sample("api", t0, State::Up, 10));
+    let down = store.record_alerting(sample("api", t0 + 1000, State::Down, 10), "down".into());
+    store.flush().await.unwrap();
+    // Killed before sending: the next process finds the state and the alert.
+    drop(store);
+    let next = fx.open().await;
+    assert_eq!(next.last_state(&key("api")).unwrap().state, State::Down);
+    assert_eq!(
+        next.take_pending_alerts(),
+        [(down.clone(), "down".to_string())]
+    );
+    assert!(next.take_pending_alerts().is_empty(), "handed out once");
+    next.alert_sent(&down);
+    // Sent before its row was written: nothing is written at all.
+    let up = next.record_alerting(sample("api", t0 + 2000, State::Up, 10), "up".into());
+    next.alert_sent(&up);
+    next.close().await.unwrap();
+    let again = fx.open().await;
+    assert!(
+        again.take_pending_alerts().is_empty(),
+        "sent alerts are gone"
+    );
+    assert_eq!(again.last_state(&key("api")).unwrap().state, State::Up);
+
+    // A leader taking over reads what the previous one left.
+    let follower = fx.open().await;
+    let slow = again.record_alerting(sample("api", t0 + 3000, State::Up, 900), "slow".into());
+    again.flush().await.unwrap();
+    drop(again);
+    follower.reload().await.unwrap();
+    assert_eq!(follower.take_pending_alerts(), [(slow, "slow".to_string())]);
 }
 
 /// What status and the status page show ([`Store::figures`], [`Store::page`]) is kept in memory

@@ -5,6 +5,12 @@
 //! Sending never blocks a check: each delivery is its own task; a provider that is down is
 //! retried ([`MAX_ATTEMPTS`](gantry_notification::dispatch::MAX_ATTEMPTS)) in the background
 //! and the failure is logged and counted.
+//!
+//! With a history store, an alert is first written to its outbox as a [`Queued`] alert, in the
+//! same transaction as the state change that raised it, and deleted once its deliveries are
+//! done: a process killed in between leaves it to the next one, which sends it
+//! ([`crate::engine::Engine::run`]). Delivery is at least once: a process killed in the
+//! milliseconds between a delivery and the deletion repeats that alert.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +50,36 @@ pub trait Directory: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Delivery>, String>>;
 }
 
+/// An alert as the outbox keeps it: everything needed to send it again in another process.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Queued {
+    /// `namespace/name` of the Monitor (for logs).
+    pub monitor: String,
+    pub namespace: String,
+    pub providers: Vec<String>,
+    pub alert: Option<String>,
+    pub event: Event,
+}
+
+impl Queued {
+    /// `None` when the Monitor names no Provider nor Alert.
+    pub fn new(plan: &Plan, alert: &state::Alert, now: jiff::Timestamp) -> Option<Self> {
+        if plan.alerts == AlertTargets::default() {
+            return None;
+        }
+        Some(Queued {
+            monitor: plan.key.to_string(),
+            namespace: plan.key.namespace.clone(),
+            providers: plan.alerts.providers.clone(),
+            alert: plan.alerts.alert.clone(),
+            event: event_for(plan, alert, now),
+        })
+    }
+}
+
+/// Called once an alert's deliveries are over (sent, or refused for good).
+pub type Done = Box<dyn FnOnce() + Send>;
+
 /// Sends alerts in the background.
 #[derive(Clone)]
 pub struct Notifier {
@@ -76,34 +112,50 @@ impl Notifier {
         now: jiff::Timestamp,
         stored: Option<BoxFuture<'static, ()>>,
     ) {
-        if plan.alerts == AlertTargets::default() {
-            return;
+        if let Some(queued) = Queued::new(plan, alert, now) {
+            self.send_queued(queued, stored, None);
         }
-        let event = event_for(plan, alert, now);
+    }
+
+    /// Sends a [`Queued`] alert once `stored` resolves (or after [`PERSIST_WAIT`]), then calls
+    /// `done` when every delivery is over, successful or not: an alert a Provider refuses after
+    /// its retries is not sent again. A process stopping before that never calls `done`.
+    pub fn send_queued(
+        &self,
+        queued: Queued,
+        stored: Option<BoxFuture<'static, ()>>,
+        done: Option<Done>,
+    ) {
         let this = self.clone();
-        let namespace = plan.key.namespace.clone();
-        let targets = plan.alerts.clone();
-        let key = plan.key.to_string();
         tokio::spawn(async move {
+            let key = queued.monitor.clone();
             if let Some(stored) = stored
                 && tokio::time::timeout(PERSIST_WAIT, stored).await.is_err()
             {
                 tracing::warn!(monitor = %key, "alert sent before its state was stored (history database slow or away)");
             }
-            let deliveries = match this.directory.resolve(&namespace, &targets).await {
-                Ok(d) => d,
+            let targets = AlertTargets {
+                providers: queued.providers,
+                alert: queued.alert,
+            };
+            match this.directory.resolve(&queued.namespace, &targets).await {
+                Ok(deliveries) => {
+                    let sends = deliveries.into_iter().map(|delivery| {
+                        let mut event = queued.event.clone();
+                        alert::enrich(&mut event, &delivery.metadata, delivery.summary.as_deref());
+                        let this = this.clone();
+                        let key = key.clone();
+                        async move { this.deliver(&key, delivery, event).await }
+                    });
+                    futures::future::join_all(sends).await;
+                }
                 Err(err) => {
                     this.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(monitor = %key, "alert not sent: {err}");
-                    return;
                 }
-            };
-            for delivery in deliveries {
-                let mut event = event.clone();
-                alert::enrich(&mut event, &delivery.metadata, delivery.summary.as_deref());
-                let this = this.clone();
-                let key = key.clone();
-                tokio::spawn(async move { this.deliver(&key, delivery, event).await });
+            }
+            if let Some(done) = done {
+                done();
             }
         });
     }

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alert::Notifier;
+use crate::alert::{Notifier, Queued};
 use crate::check::{self, CheckResult};
 use crate::history::{History, Uptime};
 use crate::plan::{Key, Plan};
@@ -88,8 +88,23 @@ pub trait Recorder: Send + Sync + 'static {
     fn register(&self, plan: &Plan);
     /// The state recorded before this process started: the state and since when.
     fn recovered(&self, key: &Key) -> Option<(State, Timestamp)>;
-    /// One check's result and the state it left.
-    fn record(&self, plan: &Plan, at: Timestamp, state: State, result: &CheckResult);
+    /// One check's result and the state it left, and the alert it raised if any: kept with
+    /// the state change (an outbox) until [`alert_sent`](Self::alert_sent), so a process
+    /// killed before sending it leaves it to the next one. Returns the alert's id then.
+    fn record(
+        &self,
+        plan: &Plan,
+        at: Timestamp,
+        state: State,
+        result: &CheckResult,
+        alert: Option<&Queued>,
+    ) -> Option<AlertId>;
+    /// The alert's deliveries are over: it leaves the outbox.
+    fn alert_sent(&self, _id: &AlertId) {}
+    /// Alerts a previous process (or leader) recorded and did not send; each returned once.
+    fn pending_alerts(&self) -> Vec<(AlertId, Queued)> {
+        Vec::new()
+    }
     /// The Monitor is gone.
     fn forget(&self, key: &Key);
     /// Resolves once what was recorded so far is stored where the next leader (or the next
@@ -103,6 +118,9 @@ pub trait Recorder: Send + Sync + 'static {
     /// restart. `None` before any result.
     fn figures(&self, key: &Key) -> Option<Figures>;
 }
+
+/// Which alert of the outbox.
+pub type AlertId = gantry_uptime_store::AlertId;
 
 /// How long an alert waits for its state to be stored before it is sent anyway: a database
 /// that is away must not silence alerts (it then risks a repeat after a leader change).
@@ -439,8 +457,26 @@ impl Engine {
         }
     }
 
-    /// Runs the scheduler until `shutdown`.
+    /// Runs the scheduler until `shutdown`. Alerts a previous process recorded without sending
+    /// them (killed in between, or a leader replaced) are sent first.
     pub async fn run(&self, shutdown: CancellationToken) {
+        if let Some(recorder) = self.recorder() {
+            let pending = recorder.pending_alerts();
+            if !pending.is_empty() {
+                tracing::info!(
+                    alerts = pending.len(),
+                    "sending the alerts a previous process recorded but did not send"
+                );
+            }
+            for (id, queued) in pending {
+                let r = recorder.clone();
+                self.inner.notifier.send_queued(
+                    queued,
+                    None,
+                    Some(Box::new(move || r.alert_sent(&id))),
+                );
+            }
+        }
         let waiting = lock(&self.inner.before_start).take().unwrap_or_default();
         let start = Instant::now();
         for (after, key, epoch) in waiting {
@@ -550,10 +586,14 @@ impl Engine {
             });
             step
         };
-        // Recorded before the snapshot, so its figures count this result.
-        if let Some(r) = &recorder {
-            r.record(plan, now, step.to, result);
-        }
+        let queued = step
+            .alert
+            .as_ref()
+            .and_then(|alert| Queued::new(plan, alert, now));
+        // Recorded before the snapshot, so its figures count this result; the alert with it.
+        let alert_id = recorder
+            .as_ref()
+            .and_then(|r| r.record(plan, now, step.to, result, queued.as_ref()));
         let snap = snapshot(plan, &lock(&entry.runtime), now, recorder.as_deref());
         if let Some(m) = &self.inner.metrics {
             let (ns, name, t) = (&plan.key.namespace, &plan.key.name, plan.type_.as_str());
@@ -576,11 +616,19 @@ impl Engine {
                 },
             );
         }
-        if let Some(alert) = &step.alert {
-            // Stored first: a leader killed after this alert leaves its successor the state
-            // it announced, so the successor neither repeats it nor misses the recovery.
-            let stored = self.recorder().map(|r| r.persisted());
-            self.inner.notifier.send_after(plan, alert, now, stored);
+        if let Some(queued) = queued {
+            // Stored first, with the alert in the outbox: a leader killed after this leaves its
+            // successor the state it announced and the alert if unsent, so the successor
+            // neither repeats it nor misses it (nor the recovery).
+            let stored = recorder.as_ref().map(|r| r.persisted());
+            let done = match (&recorder, alert_id) {
+                (Some(r), Some(id)) => {
+                    let r = r.clone();
+                    Some(Box::new(move || r.alert_sent(&id)) as crate::alert::Done)
+                }
+                _ => None,
+            };
+            self.inner.notifier.send_queued(queued, stored, done);
         }
         self.inner.sink.report(Report {
             snapshot: snap,

@@ -27,6 +27,10 @@ use crate::alert::{Delivery, Directory, Notifier};
 use crate::engine::{DEFAULT_CONCURRENCY, Engine, LogSink};
 use crate::plan::{self, AlertTargets, Clients, Secrets};
 
+/// How long the last write of the history may be retried when the process stops (the
+/// database away at that moment): within a service manager's usual stop timeout.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Namespace of objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -496,9 +500,10 @@ pub async fn start(
             if let Err(err) = served {
                 tracing::error!(%err, "uptime server");
             }
-            // What is queued is written before the process ends.
+            // What is queued is written before the process ends, retried for a while if the
+            // database is away.
             if let Some(store) = store
-                && let Err(err) = store.close().await
+                && let Err(err) = store.close_within(CLOSE_WAIT).await
             {
                 tracing::error!(%err, "writing the last results");
             }

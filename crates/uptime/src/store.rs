@@ -2,14 +2,15 @@
 //! [`Recorder`]: every result is written (buffered while the database is away), the last
 //! state comes back after a restart, so a recovery is announced even by a new process, and the
 //! uptime and response-time figures of the status come from the store's windows (the same ones
-//! the status page shows, loaded from the aggregates at start).
+//! the status page shows, loaded from the aggregates at start). Alerts go through its outbox.
 
 use gantry_core::uptime::state::State;
 use gantry_uptime_store::{MonitorInfo, MonitorKey, Sample, Store};
 use jiff::Timestamp;
 
+use crate::alert::Queued;
 use crate::check::CheckResult;
-use crate::engine::{Figures, Recorder};
+use crate::engine::{AlertId, Figures, Recorder};
 use crate::history::Uptime;
 use crate::plan::{Key, Plan};
 
@@ -56,19 +57,56 @@ impl Recorder for Store {
         Some((state_from(last.state), since))
     }
 
-    fn record(&self, plan: &Plan, at: Timestamp, state: State, result: &CheckResult) {
-        Store::record(
-            self,
-            Sample {
-                key: key_of(&plan.key),
-                at: at.as_millisecond(),
-                state: state_to(state),
-                success: result.success,
-                response_us: i32::try_from(result.response_time.as_micros()).ok(),
-                http_status: None,
-                message: (!result.success).then(|| result.message.chars().take(512).collect()),
-            },
-        );
+    fn record(
+        &self,
+        plan: &Plan,
+        at: Timestamp,
+        state: State,
+        result: &CheckResult,
+        alert: Option<&Queued>,
+    ) -> Option<AlertId> {
+        let sample = Sample {
+            key: key_of(&plan.key),
+            at: at.as_millisecond(),
+            state: state_to(state),
+            success: result.success,
+            response_us: i32::try_from(result.response_time.as_micros()).ok(),
+            http_status: None,
+            message: (!result.success).then(|| result.message.chars().take(512).collect()),
+        };
+        let payload = alert.and_then(|a| match serde_json::to_string(a) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::error!(monitor = %plan.key, %err, "alert not kept in the outbox");
+                None
+            }
+        });
+        match payload {
+            Some(payload) => Some(self.record_alerting(sample, payload)),
+            None => {
+                Store::record(self, sample);
+                None
+            }
+        }
+    }
+
+    fn alert_sent(&self, id: &AlertId) {
+        Store::alert_sent(self, id);
+    }
+
+    fn pending_alerts(&self) -> Vec<(AlertId, Queued)> {
+        self.take_pending_alerts()
+            .into_iter()
+            .filter_map(|(id, payload)| match serde_json::from_str(&payload) {
+                Ok(queued) => Some((id, queued)),
+                Err(err) => {
+                    // Written by another version: dropped rather than sent malformed.
+                    tracing::warn!(monitor = %id.key, %err, "unreadable alert in the outbox dropped");
+                    Store::alert_sent(self, &id);
+                    None
+                }
+            })
+            .collect()
     }
 
     fn persisted(&self) -> futures::future::BoxFuture<'static, ()> {
