@@ -15,8 +15,8 @@
 
 use std::sync::Arc;
 
-use gantry_core::serving::{domain, gc};
 use gantry_api::serving::v1::Revision;
+use gantry_core::serving::{domain, gc};
 use gantry_runtime::controller::{Controller, Shared};
 use k8s_openapi::api::core::v1::Service as KubeService;
 
