@@ -491,6 +491,31 @@ async fn the_dial_guard_refuses_addresses_off_the_machine() {
     assert_eq!(g.other.load(Ordering::SeqCst), 0);
 }
 
+/// A router with default per-Revision settings whose Revision has one ready pod.
+async fn one_warm_pod(settings: RouterSettings) -> Setup {
+    let s = setup(
+        settings,
+        RevisionConfig::default(),
+        StandInScaler::default(),
+    )
+    .await;
+    s.scaler.set(&s.key, 1).await;
+    s
+}
+
+/// Sends `n` GETs of `path` at once (ids `<prefix><i>`) and asserts every one is answered 200.
+async fn all_ok_at_once(c: &support::Client, addr: SocketAddr, path: &str, prefix: &str, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (c, path, id) = (c.clone(), path.to_string(), format!("{prefix}{i}"));
+            tokio::spawn(async move { get(&c, addr, HOST, &path, &id).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+}
+
 /// Polls `done` every 20 ms until it holds, failing after `limit` with `what`.
 async fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
@@ -502,13 +527,7 @@ async fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_requests_reuse_the_pods_connections() {
-    let s = setup(
-        RouterSettings::default(),
-        RevisionConfig::default(),
-        StandInScaler::default(),
-    )
-    .await;
-    s.scaler.set(&s.key, 1).await;
+    let s = one_warm_pod(RouterSettings::default()).await;
     let c = client();
     for i in 0..200 {
         let (status, body, _) = get(&c, s.addr, HOST, "/", &format!("w{i}")).await;
@@ -521,17 +540,7 @@ async fn warm_requests_reuse_the_pods_connections() {
         "200 requests one after another on one kept-alive connection"
     );
     for round in 0..5 {
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let c = c.clone();
-            let addr = s.addr;
-            tasks.push(tokio::spawn(async move {
-                get(&c, addr, HOST, "/", &format!("p{round}-{i}")).await
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap().0, StatusCode::OK);
-        }
+        all_ok_at_once(&c, s.addr, "/", &format!("p{round}-"), 20).await;
     }
     let used = pod.stats.conns_used.load(Ordering::SeqCst);
     assert!(
@@ -544,25 +553,9 @@ async fn warm_requests_reuse_the_pods_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_leaves_the_table_has_its_connections_closed() {
-    let s = setup(
-        RouterSettings::default(),
-        RevisionConfig::default(),
-        StandInScaler::default(),
-    )
-    .await;
-    s.scaler.set(&s.key, 1).await;
+    let s = one_warm_pod(RouterSettings::default()).await;
     let c = client();
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let c = c.clone();
-        let addr = s.addr;
-        tasks.push(tokio::spawn(async move {
-            get(&c, addr, HOST, "/sleep?ms=100", &format!("l{i}")).await
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().0, StatusCode::OK);
-    }
+    all_ok_at_once(&c, s.addr, "/sleep?ms=100", "l", 10).await;
     let pod = s.scaler.live_pods()[0].clone();
     assert!(pod.stats.conns_open.load(Ordering::SeqCst) > 0);
     // The pod leaves the Revision (its server keeps running, as a terminating pod's may).
@@ -578,13 +571,7 @@ async fn a_pod_that_leaves_the_table_has_its_connections_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_the_pod_closes_are_not_reused() {
-    let s = setup(
-        RouterSettings::default(),
-        RevisionConfig::default(),
-        StandInScaler::default(),
-    )
-    .await;
-    s.scaler.set(&s.key, 1).await;
+    let s = one_warm_pod(RouterSettings::default()).await;
     let c = client();
     for i in 0..50 {
         let (status, body, _) = get(&c, s.addr, HOST, "/close", &format!("x{i}")).await;
@@ -637,25 +624,9 @@ async fn idle_connections_per_pod_are_bounded() {
         max_idle_per_pod: 2,
         ..Default::default()
     };
-    let s = setup(
-        settings,
-        RevisionConfig::default(),
-        StandInScaler::default(),
-    )
-    .await;
-    s.scaler.set(&s.key, 1).await;
+    let s = one_warm_pod(settings).await;
     let c = client();
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let c = c.clone();
-        let addr = s.addr;
-        tasks.push(tokio::spawn(async move {
-            get(&c, addr, HOST, "/sleep?ms=500", &format!("b{i}")).await
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().0, StatusCode::OK);
-    }
+    all_ok_at_once(&c, s.addr, "/sleep?ms=500", "b", 10).await;
     let pod = s.scaler.live_pods()[0].clone();
     let used = pod.stats.conns_used.load(Ordering::SeqCst);
     assert!(used > 2, "requests at once took {used} connections");

@@ -308,11 +308,14 @@ impl Scaler for Handle {
     }
 }
 
-/// A client to the router: HTTP/1.1, one connection per concurrent request.
-pub fn client() -> hyper_util::client::legacy::Client<
+/// What the tests send requests to the router with.
+pub type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
-> {
+>;
+
+/// A client to the router: HTTP/1.1, one connection per concurrent request.
+pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(2000)
         .build_http()
