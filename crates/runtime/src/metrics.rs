@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -98,28 +100,42 @@ pub struct Metrics {
     uptime: UptimeMetrics,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MonitorLabels {
+/// One Monitor's labels (`namespace`, `name`, `type`), allocated once and shared by each of
+/// its series: with 10 000 Monitors, owned strings per series and per family cost ~6 MiB.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct MonitorSeries(Arc<MonitorId>);
+
+#[derive(Debug, Hash, PartialEq, Eq)]
+struct MonitorId {
     namespace: String,
     name: String,
-    r#type: String,
+    r#type: &'static str,
+}
+
+impl EncodeLabelSet for MonitorSeries {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let id = &*self.0;
+        [
+            ("namespace", id.namespace.as_str()),
+            ("name", id.name.as_str()),
+            ("type", id.r#type),
+        ]
+        .encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MonitorResultLabels {
-    namespace: String,
-    name: String,
-    r#type: String,
-    result: String,
+struct CheckResult {
+    result: &'static str,
 }
 
 /// Per-Monitor series of uptime checks, in the same registry as everything else.
 #[derive(Clone, Debug)]
 pub struct UptimeMetrics {
-    up: Family<MonitorLabels, Gauge>,
-    duration: Family<MonitorLabels, Histogram>,
-    certificate_expiry: Family<MonitorLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    checks: Family<MonitorResultLabels, prometheus_client::metrics::counter::Counter>,
+    up: Family<MonitorSeries, Gauge>,
+    duration: Family<MonitorSeries, Histogram>,
+    certificate_expiry: Family<MonitorSeries, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    checks: Family<(MonitorSeries, CheckResult), prometheus_client::metrics::counter::Counter>,
 }
 
 impl UptimeMetrics {
@@ -156,67 +172,55 @@ impl UptimeMetrics {
         this
     }
 
-    fn labels(namespace: &str, name: &str, type_: &str) -> MonitorLabels {
-        MonitorLabels {
+    /// The labels of a Monitor's series; keep it as long as the Monitor is checked.
+    pub fn series(namespace: &str, name: &str, type_: &'static str) -> MonitorSeries {
+        MonitorSeries(Arc::new(MonitorId {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            r#type: type_.to_string(),
-        }
+            r#type: type_,
+        }))
     }
 
     /// Records one check.
     pub fn observe_check(
         &self,
-        namespace: &str,
-        name: &str,
-        type_: &str,
+        series: &MonitorSeries,
         success: bool,
         took: Duration,
         certificate_expiry: Option<f64>,
     ) {
-        let labels = Self::labels(namespace, name, type_);
         self.duration
-            .get_or_create(&labels)
+            .get_or_create(series)
             .observe(took.as_secs_f64());
         if let Some(seconds) = certificate_expiry {
-            self.certificate_expiry.get_or_create(&labels).set(seconds);
+            self.certificate_expiry.get_or_create(series).set(seconds);
         }
-        self.checks
-            .get_or_create(&MonitorResultLabels {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                r#type: type_.to_string(),
-                result: if success { "success" } else { "failure" }.to_string(),
-            })
-            .inc();
+        let result = CheckResult {
+            result: if success { "success" } else { "failure" },
+        };
+        self.checks.get_or_create(&(series.clone(), result)).inc();
     }
 
     /// Sets `gantry_uptime_up`: `Some(true)` up, `Some(false)` down, `None` unknown (removed).
-    pub fn set_up(&self, namespace: &str, name: &str, type_: &str, up: Option<bool>) {
-        let labels = Self::labels(namespace, name, type_);
+    pub fn set_up(&self, series: &MonitorSeries, up: Option<bool>) {
         match up {
             Some(up) => {
-                self.up.get_or_create(&labels).set(i64::from(up));
+                self.up.get_or_create(series).set(i64::from(up));
             }
             None => {
-                self.up.remove(&labels);
+                self.up.remove(series);
             }
         }
     }
 
     /// Forgets a Monitor: every series that names it.
-    pub fn remove(&self, namespace: &str, name: &str, type_: &str) {
-        let labels = Self::labels(namespace, name, type_);
-        self.up.remove(&labels);
-        self.duration.remove(&labels);
-        self.certificate_expiry.remove(&labels);
+    pub fn remove(&self, series: &MonitorSeries) {
+        self.up.remove(series);
+        self.duration.remove(series);
+        self.certificate_expiry.remove(series);
         for result in ["success", "failure"] {
-            self.checks.remove(&MonitorResultLabels {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                r#type: type_.to_string(),
-                result: result.to_string(),
-            });
+            self.checks
+                .remove(&(series.clone(), CheckResult { result }));
         }
     }
 }
@@ -486,6 +490,41 @@ mod tests {
             suspended: false,
             revision: "main@sha1:0123".into(),
         }
+    }
+
+    #[test]
+    fn a_monitors_series_carry_its_labels_and_are_all_forgotten_with_it() {
+        let metrics = Metrics::new();
+        let m = metrics.uptime();
+        let web = UptimeMetrics::series("prod", "web", "http");
+        let db = UptimeMetrics::series("prod", "db", "tcp");
+        m.observe_check(&web, true, Duration::from_millis(20), Some(3600.0));
+        m.observe_check(&web, false, Duration::from_millis(40), None);
+        m.set_up(&web, Some(false));
+        m.observe_check(&db, true, Duration::from_millis(1), None);
+        m.set_up(&db, Some(true));
+        let text = metrics.encode();
+        for line in [
+            r#"gantry_uptime_up{namespace="prod",name="web",type="http"} 0"#,
+            r#"gantry_uptime_up{namespace="prod",name="db",type="tcp"} 1"#,
+            r#"gantry_uptime_checks_total{namespace="prod",name="web",type="http",result="success"} 1"#,
+            r#"gantry_uptime_checks_total{namespace="prod",name="web",type="http",result="failure"} 1"#,
+            r#"gantry_uptime_check_duration_seconds_count{namespace="prod",name="web",type="http"} 2"#,
+            r#"gantry_uptime_certificate_expiry_seconds{namespace="prod",name="web",type="http"} 3600.0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+
+        // Pending: no `up` series; the others stay.
+        m.set_up(&web, None);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"gantry_uptime_up{namespace="prod",name="web""#), "{text}");
+        assert!(text.contains(r#"gantry_uptime_checks_total{namespace="prod",name="web""#));
+
+        m.remove(&UptimeMetrics::series("prod", "web", "http"));
+        let text = metrics.encode();
+        assert!(!text.contains(r#"name="web""#), "{text}");
+        assert!(text.contains(r#"gantry_uptime_up{namespace="prod",name="db",type="tcp"} 1"#));
     }
 
     #[test]

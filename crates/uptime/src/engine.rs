@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gantry_core::uptime::state::{Machine, Outcome, State, Step};
-use gantry_runtime::metrics::UptimeMetrics;
+use gantry_runtime::metrics::{MonitorSeries, UptimeMetrics};
 use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -157,6 +157,8 @@ struct Entry {
     plan: Arc<Plan>,
     epoch: u64,
     runtime: Arc<Mutex<Runtime>>,
+    /// The labels of its metrics.
+    series: MonitorSeries,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -243,15 +245,25 @@ impl Engine {
     pub fn upsert(&self, plan: Plan) {
         let key = plan.key.clone();
         let plan = Arc::new(plan);
+        let series = || UptimeMetrics::series(&key.namespace, &key.name, plan.type_.as_str());
         let mut monitors = lock(&self.inner.monitors);
         let (entry, first) = match monitors.get(&key) {
             Some(old) => {
                 let same = old.plan.generation.is_some() && old.plan.generation == plan.generation;
                 let epoch = if same { old.epoch } else { old.epoch + 1 };
+                let series = if old.plan.type_ == plan.type_ {
+                    old.series.clone()
+                } else {
+                    if let Some(m) = &self.inner.metrics {
+                        m.remove(&old.series);
+                    }
+                    series()
+                };
                 let entry = Entry {
                     plan: plan.clone(),
                     epoch,
                     runtime: old.runtime.clone(),
+                    series,
                 };
                 (
                     entry,
@@ -263,6 +275,7 @@ impl Engine {
                     plan: plan.clone(),
                     epoch: 1,
                     runtime: Arc::new(Mutex::new(self.recovered(&plan))),
+                    series: series(),
                 },
                 Some(Duration::from_millis(spread(&key, plan.interval))),
             ),
@@ -338,7 +351,7 @@ impl Engine {
             lock(&self.inner.heartbeats).remove(path);
         }
         if let Some(m) = &self.inner.metrics {
-            m.remove(&key.namespace, &key.name, entry.plan.type_.as_str());
+            m.remove(&entry.series);
         }
         if let Some(r) = self.recorder() {
             r.forget(key);
@@ -596,19 +609,14 @@ impl Engine {
             .and_then(|r| r.record(plan, now, step.to, result, queued.as_ref()));
         let snap = snapshot(plan, &lock(&entry.runtime), now, recorder.as_deref());
         if let Some(m) = &self.inner.metrics {
-            let (ns, name, t) = (&plan.key.namespace, &plan.key.name, plan.type_.as_str());
             m.observe_check(
-                ns,
-                name,
-                t,
+                &entry.series,
                 result.success,
                 result.response_time,
                 result.certificate_seconds.map(|s| s as f64),
             );
             m.set_up(
-                ns,
-                name,
-                t,
+                &entry.series,
                 match step.to {
                     State::Up => Some(true),
                     State::Down => Some(false),

@@ -305,12 +305,12 @@ fn plans(config: &Config) -> Result<Vec<plan::Plan>, Error> {
 /// load or holds an invalid Monitor changes nothing (the running configuration goes on); the
 /// error says why. Returns how many Monitors are scheduled.
 pub fn reload(dir: &Path, live: &LiveConfig, engine: &Engine) -> Result<usize, Error> {
-    let config = Arc::new(load(dir)?);
+    let config = load(dir)?;
     if config.monitors.is_empty() {
         return Err(Error::Empty(dir.to_path_buf()));
     }
     let plans = plans(&config)?;
-    live.set(config);
+    live.set(Arc::new(without_monitors(config)));
     let keep: std::collections::HashSet<plan::Key> = plans.iter().map(|p| p.key.clone()).collect();
     for gone in engine
         .snapshots()
@@ -325,6 +325,13 @@ pub fn reload(dir: &Path, live: &LiveConfig, engine: &Engine) -> Result<usize, E
         engine.upsert(p);
     }
     Ok(n)
+}
+
+/// The configuration kept while serving: the Monitors are compiled into plans and not needed
+/// again (about 1.5 KiB each parsed: 15 MiB for 10 000), alerts read only the other kinds.
+fn without_monitors(mut config: Config) -> Config {
+    config.monitors = Vec::new();
+    config
 }
 
 /// What identifies the directory's contents cheaply: each YAML file's name, size and mtime.
@@ -426,12 +433,14 @@ pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(Engine, SocketAddr, impl std::future::Future<Output = ()>), Error> {
-    let config = Arc::new(load(&settings.config)?);
+    let config = load(&settings.config)?;
     if config.monitors.is_empty() {
         return Err(Error::Empty(settings.config.clone()));
     }
+    // Compiled before anything starts: an invalid Monitor stops the start with every problem.
+    let plans = plans(&config)?;
     let metrics = Metrics::new();
-    let live = LiveConfig::new(config.clone());
+    let live = LiveConfig::new(Arc::new(without_monitors(config)));
     let notifier = Notifier::new(Arc::new(live.clone()));
     let mut engine = Engine::new(
         notifier,
@@ -451,7 +460,10 @@ pub async fn start(
     if let Some(store) = &store {
         engine = engine.with_recorder(Arc::new(store.clone()));
     }
-    let count = schedule(&config, &engine)?;
+    let count = plans.len();
+    for plan in plans {
+        engine.upsert(plan);
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| Error::Listen {
