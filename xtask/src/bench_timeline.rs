@@ -97,6 +97,15 @@ impl Timeline {
         }
     }
 
+    /// How many Kustomizations the watch has seen Ready, and when it saw the last of them.
+    pub fn ready(&self) -> (usize, Duration) {
+        let marks = lock(&self.marks);
+        marks
+            .values()
+            .filter_map(|m| m.ready)
+            .fold((0, Duration::ZERO), |(n, last), at| (n + 1, last.max(at)))
+    }
+
     /// Stops the watches and summarises what they saw (`wall`: the run's wall time).
     pub fn finish(self, wall: Duration) -> Vec<String> {
         for task in &self.tasks {
