@@ -13,11 +13,13 @@
 //! 4N objects server-side-applied by a minimal client at the same concurrency, no dry-run, no
 //! status, no health: what the API server itself allows on this machine; and the same client
 //! keeping Flux's guarantee (each Kustomization's objects all dry-run before any is applied),
-//! the least a controller that keeps it can send.
+//! the least a controller that keeps it can send; and that plus every other write Flux's API
+//! asks for (the benchmark's create of the Kustomization, its finalizer, `Ready`, an Event).
 //!
 //! Readiness is counted from a watch of the Kustomizations, not by listing them: a LIST of N
 //! Kustomizations every half second cost the API server ~3 ms of CPU per Kustomization at
-//! N=1000 (7-8 % of its CPU in a profile), load the floor never had.
+//! N=1000 (7-8 % of its CPU in a profile), load the floor never had. The floors run with the
+//! same watches (Deployments and Kustomizations) as the controllers' runs.
 //!
 //! `--against flux` runs Flux's source-controller and kustomize-controller (built from the Go
 //! module proxy, see `flux_controllers`) the same way, alternating with Gantry.
@@ -36,7 +38,7 @@ use gantry_api::kustomize::v1::{
 };
 use gantry_api::source::v1::{GitRepository, GitRepositoryRef, GitRepositorySpec};
 use gantry_testkit::git::{GitHttpServer, HttpAuth, TestRepo};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
@@ -191,10 +193,9 @@ pub fn gitops(workspace: &Path, kubeconfig: &Path, opts: &Options) -> Result<()>
             );
             results.push((contender.name().to_string(), figures));
         }
-        for dry_run in [false, true] {
-            let floor = runtime.block_on(floor(kubeconfig, count, opts.concurrency, dry_run))?;
-            let name = if dry_run { "floor+dry-run" } else { "floor" };
-            results.push((name.to_string(), floor));
+        for kind in [Floor::Applies, Floor::DryRun, Floor::FluxWrites] {
+            let figures = runtime.block_on(floor(kubeconfig, count, opts.concurrency, kind))?;
+            results.push((kind.name().to_string(), figures));
         }
         print_table(count, opts.concurrency, &results);
     }
@@ -442,32 +443,7 @@ async fn measure(
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
     let creates = (0..count).map(|i| {
         let api = kustomizations.clone();
-        let spec = KustomizationSpec {
-            interval: "1h".into(),
-            path: Some("./app".into()),
-            prune: true,
-            wait: true,
-            timeout: Some("5m".into()),
-            target_namespace: Some(ns.to_string()),
-            name_prefix: Some(format!("k{i}-")),
-            source_ref: CrossNamespaceSourceReference {
-                kind: gantry_api::kustomize::v1::SourceKind::GitRepository,
-                name: "bench".into(),
-                ..Default::default()
-            },
-            post_build: Some(PostBuild {
-                substitute: BTreeMap::from([("INDEX".to_string(), i.to_string())]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        async move {
-            api.create(
-                &PostParams::default(),
-                &Kustomization::new(&format!("k{i}"), spec),
-            )
-            .await
-        }
+        async move { api.create(&PostParams::default(), &kustomization(i, ns)).await }
     });
     let results: Vec<_> = futures::stream::iter(creates)
         .buffer_unordered(50)
@@ -534,6 +510,31 @@ async fn measure(
     })
 }
 
+/// The run's `i`th Kustomization: `./app` of the `bench` GitRepository with its own name prefix
+/// and selector.
+fn kustomization(i: usize, ns: &str) -> Kustomization {
+    let spec = KustomizationSpec {
+        interval: "1h".into(),
+        path: Some("./app".into()),
+        prune: true,
+        wait: true,
+        timeout: Some("5m".into()),
+        target_namespace: Some(ns.to_string()),
+        name_prefix: Some(format!("k{i}-")),
+        source_ref: CrossNamespaceSourceReference {
+            kind: gantry_api::kustomize::v1::SourceKind::GitRepository,
+            name: "bench".into(),
+            ..Default::default()
+        },
+        post_build: Some(PostBuild {
+            substitute: BTreeMap::from([("INDEX".to_string(), i.to_string())]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Kustomization::new(&format!("k{i}"), spec)
+}
+
 fn start_gantry(
     gantry: &Path,
     kubeconfig: &Path,
@@ -558,15 +559,40 @@ fn start_gantry(
     Ok(Process(child))
 }
 
-/// The floor: the same 4N objects, server-side applied by a minimal client with `concurrency`
-/// requests in flight; no status, no health. With `dry_run`, each Kustomization's objects are
-/// all dry-run, then applied (one after the other, `concurrency` Kustomizations at a time):
-/// Flux's guarantee at the least cost.
-async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool) -> Result<Figures> {
+/// What a floor run sends, with no controller logic at all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    /// The 4N server-side applies, `concurrency` in flight: the floor.
+    Applies,
+    /// Per Kustomization (`concurrency` at a time, one request after the other): its 4 objects
+    /// dry-run, then applied. Flux's validation guarantee at the least cost.
+    DryRun,
+    /// Everything the benchmark and a controller keeping Flux's guarantees must send per
+    /// Kustomization: the benchmark's create of the Kustomization, its finalizer, the dry-runs
+    /// and applies, the `Ready` status and one Event. A controller's own overhead is what it
+    /// takes beyond this row.
+    FluxWrites,
+}
+
+impl Floor {
+    fn name(self) -> &'static str {
+        match self {
+            Floor::Applies => "floor",
+            Floor::DryRun => "floor+dry-run",
+            Floor::FluxWrites => "floor+flux-writes",
+        }
+    }
+}
+
+/// A floor run (see [`Floor`]).
+async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -> Result<Figures> {
     let client = crate::cluster::client(kubeconfig).await?;
+    if kind == Floor::FluxWrites {
+        gantry_testkit::install_crds(&client).await;
+    }
     let ns = format!(
-        "bench-floor{}-{count}-{}",
-        if dry_run { "-dry-run" } else { "" },
+        "bench-{}-{count}-{}",
+        kind.name().replace('+', "-"),
         std::process::id()
     );
     create_namespace(&client, &ns).await?;
@@ -598,6 +624,8 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool)
     let requests_before = bench_support::api_requests(&client).await?;
     let apiserver_before = apiserver.map(bench_support::cpu_seconds);
     let started = Instant::now();
+    // The same observers as the controllers' runs (their watches load the API server too).
+    let timeline = crate::bench_timeline::Timeline::start(&client, &ns, started);
     let params = PatchParams::apply("bench-floor").force();
     let apply = |object: &serde_json::Value, params: PatchParams| {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource(object));
@@ -613,16 +641,59 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool)
         }
     };
     let in_flight = usize::from(concurrency.max(1));
-    let results: Vec<Result<(), kube::Error>> = if dry_run {
-        futures::stream::iter(groups.iter().map(|objects| {
-            let apply = &apply;
-            let params = &params;
+    let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let results: Vec<Result<(), kube::Error>> = if kind != Floor::Applies {
+        futures::stream::iter(groups.iter().enumerate().map(|(i, objects)| {
+            let (apply, params, ns) = (&apply, &params, &ns);
+            let (kustomizations, events) = (&kustomizations, &events);
             async move {
+                let name = format!("k{i}");
+                if kind == Floor::FluxWrites {
+                    kustomizations
+                        .create(&PostParams::default(), &kustomization(i, ns))
+                        .await?;
+                    let finalizer = serde_json::json!({
+                        "metadata": {"finalizers": ["finalizers.fluxcd.io"]}
+                    });
+                    kustomizations
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
+                        .await?;
+                }
                 for object in objects {
                     apply(object, params.clone().dry_run()).await?;
                 }
                 for object in objects {
                     apply(object, params.clone()).await?;
+                }
+                if kind == Floor::FluxWrites {
+                    let now = jiff::Timestamp::now().to_string();
+                    let status = serde_json::json!({"status": {
+                        "observedGeneration": 1,
+                        "lastAppliedRevision": "main@sha1:0",
+                        "conditions": [{
+                            "type": "Ready", "status": "True", "observedGeneration": 1,
+                            "reason": "ReconciliationSucceeded",
+                            "message": "Applied revision: main@sha1:0",
+                            "lastTransitionTime": now,
+                        }],
+                    }});
+                    kustomizations
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await?;
+                    let event: Event = serde_json::from_value(serde_json::json!({
+                        "metadata": {"generateName": format!("{name}.")},
+                        "involvedObject": {
+                            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                            "kind": "Kustomization", "name": name, "namespace": ns,
+                        },
+                        "reason": "ReconciliationSucceeded", "type": "Normal",
+                        "message": "Deployment/k-app created, ServiceAccount/k-app created",
+                        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                        "source": {"component": "bench-floor"},
+                    }))
+                    .map_err(kube::Error::SerdeError)?;
+                    events.create(&PostParams::default(), &event).await?;
                 }
                 Ok(())
             }
@@ -637,6 +708,7 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool)
             .await
     };
     let wall = started.elapsed();
+    let timeline = timeline.finish(wall);
     let apiserver_cpu_seconds = apiserver
         .zip(apiserver_before)
         .map(|(pid, before)| bench_support::cpu_seconds(pid) - before);
@@ -644,6 +716,7 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool)
         &requests_before,
         &bench_support::api_requests(&client).await?,
     );
+    drop_finalizers(&client, &ns).await?;
     delete_namespace(&client, &ns).await?;
     for result in results {
         result.context("floor apply")?;
@@ -653,6 +726,7 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, dry_run: bool)
         apiserver_cpu_seconds,
         requests,
         load_before,
+        timeline,
         ..Figures::default()
     })
 }
