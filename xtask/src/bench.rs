@@ -443,7 +443,10 @@ async fn measure(
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), ns);
     let creates = (0..count).map(|i| {
         let api = kustomizations.clone();
-        async move { api.create(&PostParams::default(), &kustomization(i, ns)).await }
+        async move {
+            api.create(&PostParams::default(), &kustomization(i, ns))
+                .await
+        }
     });
     let results: Vec<_> = futures::stream::iter(creates)
         .buffer_unordered(50)
@@ -462,8 +465,7 @@ async fn measure(
             for &pid in &pids {
                 peak = peak.max(bench_support::peak_rss_mib(pid));
             }
-            peak_anon =
-                peak_anon.max(pids.iter().map(|&p| bench_support::anon_rss_mib(p)).sum());
+            peak_anon = peak_anon.max(pids.iter().map(|&p| bench_support::anon_rss_mib(p)).sum());
         }
         let (ready, last) = timeline.ready();
         if ready == count {

@@ -140,7 +140,8 @@ impl Timeline {
             format!("Ready (s since start): {}", spread(ready)),
             format!(
                 "Kustomizations between applied and Ready, on average: {:.1}",
-                held / secs(wall).max(0.001)
+                // abs: a floor has no Ready, and an empty f64 sum is -0.0.
+                (held / secs(wall).max(0.001)).abs()
             ),
         ]
     }

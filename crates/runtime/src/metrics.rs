@@ -518,7 +518,10 @@ mod tests {
         // Pending: no `up` series; the others stay.
         m.set_up(&web, None);
         let text = metrics.encode();
-        assert!(!text.contains(r#"gantry_uptime_up{namespace="prod",name="web""#), "{text}");
+        assert!(
+            !text.contains(r#"gantry_uptime_up{namespace="prod",name="web""#),
+            "{text}"
+        );
         assert!(text.contains(r#"gantry_uptime_checks_total{namespace="prod",name="web""#));
 
         m.remove(&UptimeMetrics::series("prod", "web", "http"));
