@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use gantry_api::uptime::v1alpha1::{MONITOR_DOWN_REASON, MONITOR_SLOW_REASON, MONITOR_UP_REASON};
 use gantry_core::notification::alert::{self, Event, InvolvedObject, ProviderConfig};
 use gantry_core::uptime::state::{self, human};
-use gantry_notification::dispatch::{Stats, send_with_retries};
+use gantry_notification::dispatch::{MAX_ATTEMPTS, MAX_RETRY_WAIT, Stats, send_with_retries};
 
 use crate::engine::PERSIST_WAIT;
 use crate::plan::{AlertTargets, Plan};
@@ -119,7 +119,8 @@ impl Notifier {
 
     /// Sends a [`Queued`] alert once `stored` resolves (or after [`PERSIST_WAIT`]), then calls
     /// `done` when every delivery is over, successful or not: an alert a Provider refuses after
-    /// its retries is not sent again. A process stopping before that never calls `done`.
+    /// its retries (or whose Providers are still not found after them) is not sent again. A
+    /// process stopping before that never calls `done`.
     pub fn send_queued(
         &self,
         queued: Queued,
@@ -138,7 +139,7 @@ impl Notifier {
                 providers: queued.providers,
                 alert: queued.alert,
             };
-            match this.directory.resolve(&queued.namespace, &targets).await {
+            match this.resolve(&key, &queued.namespace, &targets).await {
                 Ok(deliveries) => {
                     let sends = deliveries.into_iter().map(|delivery| {
                         let mut event = queued.event.clone();
@@ -151,13 +152,41 @@ impl Notifier {
                 }
                 Err(err) => {
                     this.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(monitor = %key, "alert not sent: {err}");
+                    tracing::error!(monitor = %key, "alert not sent: {err}");
                 }
             }
             if let Some(done) = done {
                 done();
             }
         });
+    }
+
+    /// The alert's Providers. A failure (a Provider or its Secret not there yet, the API server
+    /// away for a moment) is retried on the deliveries' schedule before the alert is given up:
+    /// the outbox row goes with it, so one failed lookup must not cost the alert.
+    async fn resolve(
+        &self,
+        key: &str,
+        namespace: &str,
+        targets: &AlertTargets,
+    ) -> Result<Vec<Delivery>, String> {
+        let mut attempt = 1;
+        loop {
+            match self.directory.resolve(namespace, targets).await {
+                Ok(deliveries) => return Ok(deliveries),
+                Err(err) if attempt >= MAX_ATTEMPTS => return Err(err),
+                Err(err) => {
+                    let wait = self
+                        .retry_base
+                        .saturating_mul(1 << (attempt - 1))
+                        .min(MAX_RETRY_WAIT);
+                    tracing::warn!(monitor = %key, attempt, ?wait, "alert's Providers not found: {err}; retrying");
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     async fn deliver(&self, key: &str, delivery: Delivery, event: Event) {

@@ -410,3 +410,79 @@ spec: {{type: generic, address: "http://{}/alerts"}}
     );
     second.cancel();
 }
+
+/// A Provider that cannot be found when the alert goes out (its file, or in a cluster its
+/// object or Secret, comes a moment later; the API server away for a moment) is looked up again
+/// with the deliveries' retries: the alert is sent once it is there, not dropped with its
+/// outbox row at the first failed lookup.
+#[tokio::test]
+async fn an_alert_waits_for_a_provider_that_appears_within_its_retries() {
+    let dead = closed_port();
+    let (receiver, received) = alert_receiver().await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        format!(
+            r#"apiVersion: uptime.gantry.dev/v1alpha1
+kind: Monitor
+metadata: {{name: gone}}
+spec:
+  type: tcp
+  interval: 1s
+  timeout: 1s
+  failureThreshold: 1
+  tcp: {{host: 127.0.0.1, port: {dead}}}
+  alerts:
+    providerRefs: [{{name: late}}]
+"#
+        ),
+    )
+    .expect("write");
+    let live = standalone::LiveConfig::new(Arc::new(standalone::load(dir.path()).expect("load")));
+    let mut notifier = Notifier::new(Arc::new(live.clone()));
+    notifier.retry_base = Duration::from_secs(1);
+    let stats = notifier.stats.clone();
+    let engine = Engine::new(notifier, Arc::new(LogSink), None, 16);
+    standalone::reload(dir.path(), &live, &engine).expect("schedule");
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        async move { engine.run(shutdown).await }
+    });
+    eventually(WAIT, "DOWN", || {
+        (state(&engine, "gone") == Some(State::Down)).then_some(())
+    })
+    .await;
+    eventually(WAIT, "a failed lookup of the Provider, retried", || {
+        (stats.retried.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    assert!(received.reasons().is_empty());
+
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata: {{name: late}}
+spec:
+  type: generic
+  address: "http://{}/alerts"
+"#,
+            receiver.addr
+        ),
+    )
+    .expect("write");
+    standalone::reload(dir.path(), &live, &engine).expect("reload");
+    eventually(WAIT, "the DOWN alert", || {
+        received
+            .reasons()
+            .contains(&"MonitorDown".to_string())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(received.reasons(), vec!["MonitorDown".to_string()]);
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    shutdown.cancel();
+}
