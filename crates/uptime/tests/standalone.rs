@@ -210,14 +210,11 @@ stringData:
     shutdown.cancel();
 }
 
-#[tokio::test]
-async fn a_provider_that_is_down_is_retried_and_never_blocks_checks() {
-    let dead = closed_port();
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("m.yaml"),
-        format!(
-            r#"apiVersion: uptime.gantry.dev/v1alpha1
+/// A Monitor `gone` checking a closed port every second, DOWN at its first failure, alerting
+/// through the Provider `provider`.
+fn gone_monitor(provider: &str) -> String {
+    format!(
+        r#"apiVersion: uptime.gantry.dev/v1alpha1
 kind: Monitor
 metadata: {{name: gone}}
 spec:
@@ -225,9 +222,37 @@ spec:
   interval: 1s
   timeout: 1s
   failureThreshold: 1
-  tcp: {{host: 127.0.0.1, port: {dead}}}
+  tcp: {{host: 127.0.0.1, port: {}}}
   alerts:
-    providerRefs: [{{name: down}}]
+    providerRefs: [{{name: {provider}}}]
+"#,
+        closed_port()
+    )
+}
+
+/// Runs `engine` until the returned token is cancelled; returns once `gone` is DOWN.
+async fn run_until_gone_is_down(engine: &Engine) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        async move { engine.run(shutdown).await }
+    });
+    eventually(WAIT, "DOWN", || {
+        (state(engine, "gone") == Some(State::Down)).then_some(())
+    })
+    .await;
+    shutdown
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_is_retried_and_never_blocks_checks() {
+    let dead = closed_port();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        format!(
+            r#"{}
 ---
 apiVersion: notification.toolkit.fluxcd.io/v1beta3
 kind: Provider
@@ -235,7 +260,8 @@ metadata: {{name: down}}
 spec:
   type: slack
   address: "http://127.0.0.1:{dead}/hook"
-"#
+"#,
+            gone_monitor("down")
         ),
     )
     .expect("write");
@@ -245,16 +271,7 @@ spec:
     let stats = notifier.stats.clone();
     let engine = Engine::new(notifier, Arc::new(LogSink), None, 16);
     standalone::schedule(&config, &engine).expect("schedule");
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        async move { engine.run(shutdown).await }
-    });
-    eventually(WAIT, "DOWN", || {
-        (state(&engine, "gone") == Some(State::Down)).then_some(())
-    })
-    .await;
+    let shutdown = run_until_gone_is_down(&engine).await;
     let at_down = engine.checks();
     // While the alert is being retried, checks go on at their interval.
     eventually(WAIT, "a retried delivery", || {
@@ -417,43 +434,16 @@ spec: {{type: generic, address: "http://{}/alerts"}}
 /// outbox row at the first failed lookup.
 #[tokio::test]
 async fn an_alert_waits_for_a_provider_that_appears_within_its_retries() {
-    let dead = closed_port();
     let (receiver, received) = alert_receiver().await;
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("m.yaml"),
-        format!(
-            r#"apiVersion: uptime.gantry.dev/v1alpha1
-kind: Monitor
-metadata: {{name: gone}}
-spec:
-  type: tcp
-  interval: 1s
-  timeout: 1s
-  failureThreshold: 1
-  tcp: {{host: 127.0.0.1, port: {dead}}}
-  alerts:
-    providerRefs: [{{name: late}}]
-"#
-        ),
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("m.yaml"), gone_monitor("late")).expect("write");
     let live = standalone::LiveConfig::new(Arc::new(standalone::load(dir.path()).expect("load")));
     let mut notifier = Notifier::new(Arc::new(live.clone()));
     notifier.retry_base = Duration::from_secs(1);
     let stats = notifier.stats.clone();
     let engine = Engine::new(notifier, Arc::new(LogSink), None, 16);
     standalone::reload(dir.path(), &live, &engine).expect("schedule");
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        async move { engine.run(shutdown).await }
-    });
-    eventually(WAIT, "DOWN", || {
-        (state(&engine, "gone") == Some(State::Down)).then_some(())
-    })
-    .await;
+    let shutdown = run_until_gone_is_down(&engine).await;
     eventually(WAIT, "a failed lookup of the Provider, retried", || {
         (stats.retried.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(())
     })
