@@ -102,13 +102,7 @@ stringData:
         (state(&engine, "web") == Some(State::Down)).then_some(())
     })
     .await;
-    eventually(WAIT, "the DOWN alert", || {
-        received
-            .reasons()
-            .contains(&"MonitorDown".to_string())
-            .then_some(())
-    })
-    .await;
+    received.arrives(WAIT, "MonitorDown").await;
     // Still down for a few more checks: no second alert (no repeat interval set).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(received.reasons(), ["MonitorDown"], "{:#?}", received.all());
@@ -381,13 +375,7 @@ spec: {{type: generic, address: "http://{}/alerts"}}
         (state(&engine, "web") == Some(State::Down)).then_some(())
     })
     .await;
-    eventually(WAIT, "the DOWN alert", || {
-        received
-            .reasons()
-            .contains(&"MonitorDown".to_string())
-            .then_some(())
-    })
-    .await;
+    received.arrives(WAIT, "MonitorDown").await;
     // Let a few more results reach the store, then stop the process (its queue is written).
     tokio::time::sleep(Duration::from_secs(2)).await;
     first.cancel();
@@ -465,13 +453,7 @@ spec:
     )
     .expect("write");
     standalone::reload(dir.path(), &live, &engine).expect("reload");
-    eventually(WAIT, "the DOWN alert", || {
-        received
-            .reasons()
-            .contains(&"MonitorDown".to_string())
-            .then_some(())
-    })
-    .await;
+    received.arrives(WAIT, "MonitorDown").await;
     assert_eq!(received.reasons(), vec!["MonitorDown".to_string()]);
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
     shutdown.cancel();

@@ -304,6 +304,14 @@ impl Received {
             .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
             .collect()
     }
+
+    /// Waits (up to `timeout`) until an alert with `reason` has arrived.
+    pub async fn arrives(&self, timeout: Duration, reason: &str) {
+        eventually(timeout, &format!("the {reason} alert"), || {
+            self.reasons().iter().any(|r| r == reason).then_some(())
+        })
+        .await
+    }
 }
 
 /// A loopback alert receiver (a `generic` Provider's address is `http://<addr>/alerts`).
