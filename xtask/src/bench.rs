@@ -586,6 +586,64 @@ impl Floor {
     }
 }
 
+/// Server-side applies `object` (its own kind, in `ns`) with `params`.
+async fn apply(
+    client: &kube::Client,
+    ns: &str,
+    object: &serde_json::Value,
+    params: &PatchParams,
+) -> Result<(), kube::Error> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(name, params, &Patch::Apply(object))
+        .await
+        .map(drop)
+}
+
+/// What a controller writes at the end of a successful run: `Ready` (a merge patch, as Flux
+/// sends it) and one Event.
+async fn report_ready(
+    kustomizations: &Api<Kustomization>,
+    events: &Api<Event>,
+    ns: &str,
+    name: &str,
+) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "observedGeneration": 1,
+        "lastAppliedRevision": "main@sha1:0",
+        "conditions": [{
+            "type": "Ready", "status": "True", "observedGeneration": 1,
+            "reason": "ReconciliationSucceeded",
+            "message": "Applied revision: main@sha1:0",
+            "lastTransitionTime": now,
+        }],
+    }});
+    kustomizations
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": format!("{name}.")},
+        "involvedObject": {
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+            "kind": "Kustomization", "name": name, "namespace": ns,
+        },
+        "reason": "ReconciliationSucceeded", "type": "Normal",
+        "message": "Deployment/k-app created, ServiceAccount/k-app created",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "source": {"component": "bench-floor"},
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    events
+        .create(&PostParams::default(), &event)
+        .await
+        .map(drop)
+}
+
 /// A floor run (see [`Floor`]).
 async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -> Result<Figures> {
     let client = crate::cluster::client(kubeconfig).await?;
@@ -615,12 +673,6 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -
         }
         groups.push(objects);
     }
-    let resource = |object: &serde_json::Value| {
-        let api_version = object["apiVersion"].as_str().unwrap_or_default();
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let kind = object["kind"].as_str().unwrap_or_default();
-        ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
-    };
     let apiserver = bench_support::apiserver_pid(kubeconfig);
     let load_before = bench_support::load_average();
     let requests_before = bench_support::api_requests(&client).await?;
@@ -629,25 +681,13 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -
     // The same observers as the controllers' runs (their watches load the API server too).
     let timeline = crate::bench_timeline::Timeline::start(&client, &ns, started);
     let params = PatchParams::apply("bench-floor").force();
-    let apply = |object: &serde_json::Value, params: PatchParams| {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource(object));
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let object = object.clone();
-        async move {
-            api.patch(&name, &params, &Patch::Apply(&object))
-                .await
-                .map(drop)
-        }
-    };
+    let dry_run = params.clone().dry_run();
     let in_flight = usize::from(concurrency.max(1));
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let results: Vec<Result<(), kube::Error>> = if kind != Floor::Applies {
         futures::stream::iter(groups.iter().enumerate().map(|(i, objects)| {
-            let (apply, params, ns) = (&apply, &params, &ns);
+            let (client, ns, params, dry_run) = (&client, ns.as_str(), &params, &dry_run);
             let (kustomizations, events) = (&kustomizations, &events);
             async move {
                 let name = format!("k{i}");
@@ -663,39 +703,13 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -
                         .await?;
                 }
                 for object in objects {
-                    apply(object, params.clone().dry_run()).await?;
+                    apply(client, ns, object, dry_run).await?;
                 }
                 for object in objects {
-                    apply(object, params.clone()).await?;
+                    apply(client, ns, object, params).await?;
                 }
                 if kind == Floor::FluxWrites {
-                    let now = jiff::Timestamp::now().to_string();
-                    let status = serde_json::json!({"status": {
-                        "observedGeneration": 1,
-                        "lastAppliedRevision": "main@sha1:0",
-                        "conditions": [{
-                            "type": "Ready", "status": "True", "observedGeneration": 1,
-                            "reason": "ReconciliationSucceeded",
-                            "message": "Applied revision: main@sha1:0",
-                            "lastTransitionTime": now,
-                        }],
-                    }});
-                    kustomizations
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                        .await?;
-                    let event: Event = serde_json::from_value(serde_json::json!({
-                        "metadata": {"generateName": format!("{name}.")},
-                        "involvedObject": {
-                            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                            "kind": "Kustomization", "name": name, "namespace": ns,
-                        },
-                        "reason": "ReconciliationSucceeded", "type": "Normal",
-                        "message": "Deployment/k-app created, ServiceAccount/k-app created",
-                        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                        "source": {"component": "bench-floor"},
-                    }))
-                    .map_err(kube::Error::SerdeError)?;
-                    events.create(&PostParams::default(), &event).await?;
+                    report_ready(kustomizations, events, ns, &name).await?;
                 }
                 Ok(())
             }
@@ -704,10 +718,15 @@ async fn floor(kubeconfig: &Path, count: usize, concurrency: u16, kind: Floor) -
         .collect()
         .await
     } else {
-        futures::stream::iter(groups.iter().flatten().map(|o| apply(o, params.clone())))
-            .buffer_unordered(in_flight)
-            .collect()
-            .await
+        futures::stream::iter(
+            groups
+                .iter()
+                .flatten()
+                .map(|o| apply(&client, &ns, o, &params)),
+        )
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
     };
     let wall = started.elapsed();
     let timeline = timeline.finish(wall);

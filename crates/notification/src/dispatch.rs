@@ -437,6 +437,13 @@ pub enum DeliveryError {
     },
 }
 
+/// The wait after failed attempt `attempt` (1-based): `base` doubling per attempt, at most
+/// [`MAX_RETRY_WAIT`].
+pub fn retry_wait(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_RETRY_WAIT)
+}
+
 /// POSTs `outgoing`, retrying transport errors, 429 and 5xx with doubling waits from `base`
 /// (a 429's `Retry-After` wins, capped at [`MAX_RETRY_WAIT`]). Returns the attempts used.
 pub async fn send_with_retries(
@@ -452,9 +459,7 @@ pub async fn send_with_retries(
         for (k, v) in &outgoing.headers {
             request = request.header(k, v);
         }
-        let wait = base
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(MAX_RETRY_WAIT);
+        let wait = retry_wait(base, attempt);
         let (retry, error, wait) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(attempt),
             Ok(response) => {

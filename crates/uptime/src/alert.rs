@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use gantry_api::uptime::v1alpha1::{MONITOR_DOWN_REASON, MONITOR_SLOW_REASON, MONITOR_UP_REASON};
 use gantry_core::notification::alert::{self, Event, InvolvedObject, ProviderConfig};
 use gantry_core::uptime::state::{self, human};
-use gantry_notification::dispatch::{MAX_ATTEMPTS, MAX_RETRY_WAIT, Stats, send_with_retries};
+use gantry_notification::dispatch::{MAX_ATTEMPTS, Stats, retry_wait, send_with_retries};
 
 use crate::engine::PERSIST_WAIT;
 use crate::plan::{AlertTargets, Plan};
@@ -176,10 +176,7 @@ impl Notifier {
                 Ok(deliveries) => return Ok(deliveries),
                 Err(err) if attempt >= MAX_ATTEMPTS => return Err(err),
                 Err(err) => {
-                    let wait = self
-                        .retry_base
-                        .saturating_mul(1 << (attempt - 1))
-                        .min(MAX_RETRY_WAIT);
+                    let wait = retry_wait(self.retry_base, attempt);
                     tracing::warn!(monitor = %key, attempt, ?wait, "alert's Providers not found: {err}; retrying");
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(wait).await;
